@@ -1,0 +1,309 @@
+/*!
+Failures as the client sees them.
+
+Every failure the daemon answers for itself becomes a [`Failure`]: an HTTP status, a
+short machine-readable code sent in the `X-Authproxy-Error` header, and one or two plain
+sentences naming the host, what failed and the likely fix. Bodies never carry secrets:
+they are built from the target's host and port and from error kinds, never from header
+values or upstream error text.
+*/
+
+use std::fmt;
+use std::io;
+use std::time::Duration;
+
+use pingora::{Error, ErrorSource, ErrorType};
+
+use crate::target::Target;
+
+/// The header that carries [`Failure::code`].
+pub const ERROR_HEADER: &str = "X-Authproxy-Error";
+
+/// A failure the daemon answers with its own response.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    pub status: u16,
+    /// Short, stable, machine-readable (`connect_refused`, `upstream_timeout`, ...).
+    pub code: &'static str,
+    /// One or two sentences for a human; ends with a newline when sent.
+    pub message: String,
+}
+
+impl Failure {
+    pub fn new(status: u16, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn not_a_proxy_request() -> Self {
+        Self::new(
+            400,
+            "not_a_proxy_request",
+            "authproxy is a forward proxy: it expects absolute URLs such as \
+             `GET http://host/path`. Point your tool at it with \
+             http_proxy=http://127.0.0.1:3128 instead of requesting it directly.",
+        )
+    }
+
+    pub fn bad_target(why: &str) -> Self {
+        Self::new(
+            400,
+            "bad_request_target",
+            format!("authproxy cannot proxy this request: {why}. Use an http:// or https:// URL."),
+        )
+    }
+
+    pub fn dns(host: &str, err: &io::Error) -> Self {
+        Self::new(
+            502,
+            "dns_failed",
+            format!(
+                "authproxy could not resolve the host name {host} ({err}). \
+                 Check the spelling of the host in the URL and this machine's DNS settings."
+            ),
+        )
+    }
+
+    pub fn connect(authority: &str, err: &io::Error) -> Self {
+        match err.kind() {
+            io::ErrorKind::ConnectionRefused => Self::connect_refused(authority),
+            io::ErrorKind::TimedOut => Self::connect_timeout(authority, None),
+            _ => Self::new(
+                502,
+                "connect_failed",
+                format!(
+                    "authproxy could not connect to {authority} ({}). \
+                     Check the host and port in the URL and that the server is reachable.",
+                    io_kind(err)
+                ),
+            ),
+        }
+    }
+
+    pub fn connect_refused(authority: &str) -> Self {
+        Self::new(
+            502,
+            "connect_refused",
+            format!(
+                "authproxy could not connect to {authority}: the connection was refused. \
+                 Check that the server is running and that the port in the URL is right."
+            ),
+        )
+    }
+
+    pub fn connect_timeout(authority: &str, after: Option<Duration>) -> Self {
+        Self::new(
+            504,
+            "connect_timeout",
+            format!(
+                "authproxy could not connect to {authority}: no answer{}. \
+                 The server may be down or a firewall may drop the connection.",
+                after.map(|d| format!(" within {}", human(d))).unwrap_or_default()
+            ),
+        )
+    }
+
+    pub fn upstream_timeout(authority: &str, after: Option<Duration>) -> Self {
+        Self::new(
+            504,
+            "upstream_timeout",
+            format!(
+                "{authority} accepted the connection but did not answer{}. \
+                 The server may be overloaded; try again later.",
+                after.map(|d| format!(" within {}", human(d))).unwrap_or_default()
+            ),
+        )
+    }
+
+    pub fn bad_upstream_response(authority: &str) -> Self {
+        Self::new(
+            502,
+            "bad_upstream_response",
+            format!(
+                "{authority} did not answer with valid HTTP. \
+                 Check that the URL's scheme and port are right (http vs https)."
+            ),
+        )
+    }
+
+    pub fn upstream_closed(authority: &str) -> Self {
+        Self::new(
+            502,
+            "upstream_closed",
+            format!(
+                "{authority} closed the connection before it finished its answer. \
+                 Try again; if it persists, the server is failing."
+            ),
+        )
+    }
+
+    pub fn tls(authority: &str) -> Self {
+        Self::new(
+            502,
+            "tls_failed",
+            format!(
+                "the TLS handshake with {authority} failed. \
+                 Check that the server speaks https on this port and that its certificate is trusted."
+            ),
+        )
+    }
+
+    pub fn internal() -> Self {
+        Self::new(
+            500,
+            "internal_error",
+            "authproxy failed while handling this request; see its log for details.",
+        )
+    }
+
+    /// Classifies an error from pingora's proxy loop. `None` means the client went away
+    /// and there is nobody to answer.
+    pub fn from_pingora(e: &Error, target: Option<&Target>, timeouts: &Timeouts) -> Option<Self> {
+        let authority = target.map_or_else(|| "the upstream server".to_owned(), Target::authority);
+        use ErrorType::*;
+        let f = match e.etype() {
+            HTTPStatus(code) if *code >= 400 => Self::new(*code, "http_status", "request refused"),
+            ConnectTimedout | TLSHandshakeTimedout => {
+                Self::connect_timeout(&authority, Some(timeouts.connect))
+            }
+            ConnectRefused => Self::connect_refused(&authority),
+            ConnectNoRoute | ConnectError | BindError | SocketError | ConnectProxyFailure => {
+                Self::new(
+                    502,
+                    "connect_failed",
+                    format!(
+                        "authproxy could not connect to {authority}. \
+                         Check the host and port in the URL and that the server is reachable."
+                    ),
+                )
+            }
+            TLSHandshakeFailure | TLSWantX509Lookup | InvalidCert | HandshakeError => {
+                Self::tls(&authority)
+            }
+            ReadTimedout | WriteTimedout if e.esource() == &ErrorSource::Upstream => {
+                Self::upstream_timeout(&authority, Some(timeouts.read))
+            }
+            ReadTimedout | WriteTimedout | ReadError | WriteError | ConnectionClosed
+                if e.esource() == &ErrorSource::Downstream =>
+            {
+                return None;
+            }
+            InvalidHTTPHeader | H1Error | H2Error | InvalidH2 | ConnectionClosed | ReadError
+            | WriteError
+                if e.esource() == &ErrorSource::Upstream =>
+            {
+                match e.etype() {
+                    ConnectionClosed | ReadError | WriteError => Self::upstream_closed(&authority),
+                    _ => Self::bad_upstream_response(&authority),
+                }
+            }
+            _ if e.esource() == &ErrorSource::Downstream => Self::new(
+                400,
+                "bad_request",
+                "authproxy could not read this request as valid HTTP/1.1.",
+            ),
+            _ if e.esource() == &ErrorSource::Upstream => Self::new(
+                502,
+                "upstream_failed",
+                format!("authproxy failed to fetch the answer from {authority}."),
+            ),
+            _ => Self::internal(),
+        };
+        Some(f)
+    }
+
+    pub fn body(&self) -> String {
+        format!("{}\n", self.message)
+    }
+
+    /// A complete HTTP/1.1 response, for connections pingora does not handle (CONNECT).
+    pub fn to_http1(&self) -> Vec<u8> {
+        let body = self.body();
+        let reason = http::StatusCode::from_u16(self.status)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or("Error");
+        format!(
+            "HTTP/1.1 {} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\n\
+             {ERROR_HEADER}: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            self.status,
+            self.code,
+            body.len()
+        )
+        .into_bytes()
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}: {}", self.status, self.code, self.message)
+    }
+}
+
+/// The timeouts applied to upstream connections (from the configuration snapshot).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    /// TCP connect plus TLS handshake, per address tried.
+    pub connect: Duration,
+    /// Waiting for the response header, and between body reads.
+    pub read: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(10),
+            read: Duration::from_secs(60),
+        }
+    }
+}
+
+fn io_kind(err: &io::Error) -> String {
+    match err.kind() {
+        io::ErrorKind::NotFound => "no such host".to_owned(),
+        io::ErrorKind::Other => "lookup failed".to_owned(),
+        kind => kind.to_string(),
+    }
+}
+
+fn human(d: Duration) -> String {
+    if d.as_millis() % 1000 == 0 {
+        format!("{} s", d.as_secs())
+    } else {
+        format!("{} ms", d.as_millis())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http1_rendering_has_header_and_length() {
+        let f = Failure::connect_refused("example.org:81");
+        let text = String::from_utf8(f.to_http1()).unwrap();
+        assert!(text.starts_with("HTTP/1.1 502 Bad Gateway\r\n"));
+        assert!(text.contains("X-Authproxy-Error: connect_refused\r\n"));
+        let body = text.split("\r\n\r\n").nth(1).unwrap();
+        assert!(text.contains(&format!("Content-Length: {}\r\n", body.len())));
+        assert!(body.contains("example.org:81"));
+    }
+
+    #[test]
+    fn pingora_errors_are_classified() {
+        let t = Target::from_absolute(b"http://h.example:8/").unwrap();
+        let to = Timeouts::default();
+        let e = Error::new(ErrorType::ConnectTimedout);
+        assert_eq!(Failure::from_pingora(&e, Some(&t), &to).unwrap().status, 504);
+        let e = Error::new_up(ErrorType::ReadTimedout);
+        let f = Failure::from_pingora(&e, Some(&t), &to).unwrap();
+        assert_eq!((f.status, f.code), (504, "upstream_timeout"));
+        let e = Error::new_up(ErrorType::InvalidHTTPHeader);
+        assert_eq!(Failure::from_pingora(&e, Some(&t), &to).unwrap().status, 502);
+        let e = Error::new_down(ErrorType::ConnectionClosed);
+        assert_eq!(Failure::from_pingora(&e, Some(&t), &to), None);
+    }
+}

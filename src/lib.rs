@@ -1,0 +1,22 @@
+/*!
+authproxy: a local authenticating forward proxy.
+
+Tools that cannot log in by themselves (old curl and wget, ncdump, GDAL, urllib) set
+`http_proxy=http://127.0.0.1:3128`; the daemon adds what each host needs and hands them
+the data. `main.rs` is a thin CLI over this library, so tests drive the same code:
+build a [`config::Snapshot`], bind a listener, and call [`server::Daemon::run`].
+*/
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod failure;
+pub mod proxy;
+pub mod redact;
+pub mod resolve;
+pub mod secret;
+pub mod server;
+pub mod target;
+pub mod telemetry;
+pub mod tunnel;
+
+pub use server::{Daemon, Tuning};

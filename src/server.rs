@@ -1,0 +1,166 @@
+/*!
+The accept loop: the daemon's listening sockets, each connection's request loop, and
+graceful shutdown.
+
+Connections are accepted here rather than by pingora's `Server`, so the daemon runs on a
+runtime it owns, tests can drive it in-process on `127.0.0.1:0`, and every connection's
+next request can be peeked for `CONNECT` before pingora's HTTP/1 session (which cannot
+tunnel) reads it. Everything else goes to pingora's proxy loop with [`Forwarder`].
+*/
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pingora::apps::HttpServerApp;
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::l4::stream::Stream as L4Stream;
+use pingora::protocols::Stream;
+use pingora::proxy::{http_proxy, HttpProxy};
+use pingora::server::configuration::ServerConf;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
+
+use crate::config::SnapshotHandle;
+use crate::proxy::Forwarder;
+use crate::tunnel;
+
+/// How long a client connection may sit idle between requests.
+const KEEPALIVE_SECS: u64 = 60;
+
+/// Tuning that is not configuration: how many worker threads, how many idle upstream
+/// connections to keep.
+#[derive(Clone, Debug)]
+pub struct Tuning {
+    pub threads: usize,
+    pub upstream_pool: usize,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Self {
+            threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            upstream_pool: 256,
+        }
+    }
+}
+
+/// One daemon: the proxy loop and the current configuration.
+pub struct Daemon {
+    proxy: Arc<HttpProxy<Forwarder>>,
+    snapshots: SnapshotHandle,
+}
+
+impl Daemon {
+    pub fn new(snapshots: SnapshotHandle, tuning: &Tuning) -> Arc<Self> {
+        let conf = ServerConf {
+            threads: tuning.threads,
+            upstream_keepalive_pool_size: tuning.upstream_pool,
+            ..ServerConf::default()
+        };
+        let proxy = http_proxy(&Arc::new(conf), Forwarder::new(snapshots.clone()));
+        Arc::new(Self {
+            proxy: Arc::new(proxy),
+            snapshots,
+        })
+    }
+
+    /// Serves every listener until `shutdown` turns true, then waits up to `drain` for
+    /// requests in flight to finish.
+    pub async fn run(
+        self: Arc<Self>,
+        listeners: Vec<TcpListener>,
+        shutdown: watch::Receiver<bool>,
+        drain: Duration,
+    ) {
+        let tracker = TaskTracker::new();
+        for listener in listeners {
+            let daemon = self.clone();
+            let shutdown = shutdown.clone();
+            let conns = tracker.clone();
+            tracker.spawn(async move { daemon.accept_loop(listener, shutdown, conns).await });
+        }
+        tracker.close();
+        stopped(&mut shutdown.clone()).await;
+        if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
+            tracing::warn!("{} connections still open after {drain:?}; closing them", tracker.len());
+        }
+    }
+
+    async fn accept_loop(
+        self: Arc<Self>,
+        listener: TcpListener,
+        shutdown: watch::Receiver<bool>,
+        conns: TaskTracker,
+    ) {
+        let mut stop = shutdown.clone();
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((sock, _peer)) => {
+                        let _ = sock.set_nodelay(true);
+                        let daemon = self.clone();
+                        let shutdown = shutdown.clone();
+                        conns.spawn(async move { daemon.serve_connection(sock, shutdown).await });
+                    }
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                _ = stopped(&mut stop) => return,
+            }
+        }
+    }
+
+    /// The request loop of one client connection.
+    async fn serve_connection(&self, sock: tokio::net::TcpStream, shutdown: watch::Receiver<bool>) {
+        let mut stream: Stream = Box::new(L4Stream::from(sock));
+        let mut persistent = None;
+        loop {
+            // Peek at the next request: CONNECT goes to the tunnel, the rest to pingora.
+            let mut first = [0u8; 8];
+            let mut stop = shutdown.clone();
+            let peeked = tokio::select! {
+                r = tokio::time::timeout(
+                    Duration::from_secs(KEEPALIVE_SECS),
+                    stream.try_peek(&mut first),
+                ) => matches!(r, Ok(Ok(true))),
+                _ = stopped(&mut stop) => false,
+            };
+            if !peeked {
+                return;
+            }
+            if &first == b"CONNECT " {
+                let snapshot = self.snapshots.load_full();
+                tunnel::serve(stream, &snapshot).await;
+                return;
+            }
+            let mut session = ServerSession::new_http1(stream);
+            match persistent.take() {
+                Some(settings) => pingora::apps::HttpPersistentSettings::apply_to_session(
+                    settings,
+                    &mut session,
+                ),
+                None => session.set_keepalive(Some(KEEPALIVE_SECS)),
+            }
+            if *shutdown.borrow() {
+                session.set_keepalive(None);
+            }
+            match self.proxy.process_new_http(session, &shutdown).await {
+                Some(reused) => {
+                    let (s, p) = reused.consume();
+                    stream = s;
+                    persistent = p;
+                }
+                None => return,
+            }
+        }
+    }
+}
+
+/// Resolves once the shutdown flag is set (or its sender is gone).
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
