@@ -101,7 +101,9 @@ impl Failure {
             format!(
                 "authproxy could not connect to {authority}: no answer{}. \
                  The server may be down or a firewall may drop the connection.",
-                after.map(|d| format!(" within {}", human(d))).unwrap_or_default()
+                after
+                    .map(|d| format!(" within {}", human(d)))
+                    .unwrap_or_default()
             ),
         )
     }
@@ -113,7 +115,9 @@ impl Failure {
             format!(
                 "{authority} accepted the connection but did not answer{}. \
                  The server may be overloaded; try again later.",
-                after.map(|d| format!(" within {}", human(d))).unwrap_or_default()
+                after
+                    .map(|d| format!(" within {}", human(d)))
+                    .unwrap_or_default()
             ),
         )
     }
@@ -270,7 +274,7 @@ fn io_kind(err: &io::Error) -> String {
 }
 
 fn human(d: Duration) -> String {
-    if d.as_millis() % 1000 == 0 {
+    if d.as_millis().is_multiple_of(1000) {
         format!("{} s", d.as_secs())
     } else {
         format!("{} ms", d.as_millis())
@@ -297,12 +301,18 @@ mod tests {
         let t = Target::from_absolute(b"http://h.example:8/").unwrap();
         let to = Timeouts::default();
         let e = Error::new(ErrorType::ConnectTimedout);
-        assert_eq!(Failure::from_pingora(&e, Some(&t), &to).unwrap().status, 504);
+        assert_eq!(
+            Failure::from_pingora(&e, Some(&t), &to).unwrap().status,
+            504
+        );
         let e = Error::new_up(ErrorType::ReadTimedout);
         let f = Failure::from_pingora(&e, Some(&t), &to).unwrap();
         assert_eq!((f.status, f.code), (504, "upstream_timeout"));
         let e = Error::new_up(ErrorType::InvalidHTTPHeader);
-        assert_eq!(Failure::from_pingora(&e, Some(&t), &to).unwrap().status, 502);
+        assert_eq!(
+            Failure::from_pingora(&e, Some(&t), &to).unwrap().status,
+            502
+        );
         let e = Error::new_down(ErrorType::ConnectionClosed);
         assert_eq!(Failure::from_pingora(&e, Some(&t), &to), None);
     }

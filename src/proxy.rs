@@ -122,7 +122,11 @@ impl ProxyHttp for Forwarder {
         let addr = ctx.addrs[ctx.next_addr.min(ctx.addrs.len() - 1)];
         let tls = target.scheme == Scheme::Https;
         let mut peer = HttpPeer::new(addr, tls, target.host.clone());
-        let timeouts = ctx.snapshot.as_ref().map(|s| s.timeouts).unwrap_or_default();
+        let timeouts = ctx
+            .snapshot
+            .as_ref()
+            .map(|s| s.timeouts)
+            .unwrap_or_default();
         peer.options.connection_timeout = Some(timeouts.connect);
         peer.options.read_timeout = Some(timeouts.read);
         peer.options.write_timeout = Some(timeouts.read);
@@ -190,8 +194,17 @@ impl ProxyHttp for Forwarder {
         }
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
-        let timeouts = ctx.snapshot.as_ref().map(|s| s.timeouts).unwrap_or_default();
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let timeouts = ctx
+            .snapshot
+            .as_ref()
+            .map(|s| s.timeouts)
+            .unwrap_or_default();
         let failure = ctx
             .failure
             .take()
@@ -221,9 +234,7 @@ impl ProxyHttp for Forwarder {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
-        let status = session
-            .response_written()
-            .map_or(0, |r| r.status.as_u16());
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let method = &session.req_header().method;
         let elapsed = ctx.started.elapsed();
         let (host, path) = match &ctx.target {

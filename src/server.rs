@@ -11,7 +11,7 @@ tunnel) reads it. Everything else goes to pingora's proxy loop with [`Forwarder`
 use std::sync::Arc;
 use std::time::Duration;
 
-use pingora::apps::HttpServerApp;
+use pingora::apps::{HttpPersistentSettings, HttpServerApp};
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::protocols::Stream;
@@ -83,7 +83,10 @@ impl Daemon {
         tracker.close();
         stopped(&mut shutdown.clone()).await;
         if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
-            tracing::warn!("{} connections still open after {drain:?}; closing them", tracker.len());
+            tracing::warn!(
+                "{} connections still open after {drain:?}; closing them",
+                tracker.len()
+            );
         }
     }
 
@@ -117,33 +120,41 @@ impl Daemon {
     /// The request loop of one client connection.
     async fn serve_connection(&self, sock: tokio::net::TcpStream, shutdown: watch::Receiver<bool>) {
         let mut stream: Stream = Box::new(L4Stream::from(sock));
-        let mut persistent = None;
+        let mut persistent: Option<HttpPersistentSettings> = None;
         loop {
             // Peek at the next request: CONNECT goes to the tunnel, the rest to pingora.
-            let mut first = [0u8; 8];
-            let mut stop = shutdown.clone();
-            let peeked = tokio::select! {
-                r = tokio::time::timeout(
-                    Duration::from_secs(KEEPALIVE_SECS),
-                    stream.try_peek(&mut first),
-                ) => matches!(r, Ok(Ok(true))),
-                _ = stopped(&mut stop) => false,
-            };
-            if !peeked {
-                return;
-            }
-            if &first == b"CONNECT " {
-                let snapshot = self.snapshots.load_full();
-                tunnel::serve(stream, &snapshot).await;
-                return;
+            // Bytes pingora already read past the previous request (a pipelined prefix)
+            // are not on the socket, so such a request goes to pingora unpeeked.
+            if !persistent.as_ref().is_some_and(has_pipelined_prefix) {
+                let mut first = [0u8; 8];
+                let mut stop = shutdown.clone();
+                let peeked = tokio::select! {
+                    r = tokio::time::timeout(
+                        Duration::from_secs(KEEPALIVE_SECS),
+                        stream.try_peek(&mut first),
+                    ) => matches!(r, Ok(Ok(true))),
+                    _ = stopped(&mut stop) => false,
+                };
+                if !peeked {
+                    return;
+                }
+                if &first == b"CONNECT " {
+                    let snapshot = self.snapshots.load_full();
+                    tunnel::serve(stream, &snapshot).await;
+                    return;
+                }
             }
             let mut session = ServerSession::new_http1(stream);
             match persistent.take() {
-                Some(settings) => pingora::apps::HttpPersistentSettings::apply_to_session(
-                    settings,
-                    &mut session,
-                ),
-                None => session.set_keepalive(Some(KEEPALIVE_SECS)),
+                Some(settings) => settings.apply_to_session(&mut session),
+                None => {
+                    session.set_keepalive(Some(KEEPALIVE_SECS));
+                    // Without pipelining, pingora refuses to reuse a connection whose
+                    // client sent its next request the moment the last response byte
+                    // arrived (its idle probe reads that byte); with it, the byte is
+                    // kept as the next request's prefix.
+                    session.set_pipelining_enabled(true);
+                }
             }
             if *shutdown.borrow() {
                 session.set_keepalive(None);
@@ -163,4 +174,10 @@ impl Daemon {
 /// Resolves once the shutdown flag is set (or its sender is gone).
 async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+/// Whether pingora carried bytes of the next request over from the previous one.
+/// pingora 0.9 has no accessor for this; its `Debug` output names the field.
+fn has_pipelined_prefix(settings: &HttpPersistentSettings) -> bool {
+    !format!("{settings:?}").contains("pipelined_prefix: None")
 }

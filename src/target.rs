@@ -98,7 +98,10 @@ impl Target {
     /// Parses a CONNECT authority (`host:port`, `[v6]:port`); the port is required.
     pub fn from_authority(raw: &str) -> Result<Target, TargetError> {
         let auth: http::uri::Authority = raw.parse().map_err(|_| TargetError::Malformed)?;
-        let port = auth.port_u16().filter(|p| *p != 0).ok_or(TargetError::Malformed)?;
+        let port = auth
+            .port_u16()
+            .filter(|p| *p != 0)
+            .ok_or(TargetError::Malformed)?;
         let host = auth.host();
         let host = host
             .strip_prefix('[')
@@ -153,7 +156,13 @@ impl Target {
 /// Displays the URL without its query string (queries may hold keys).
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}://{}{}", self.scheme.as_str(), self.host_header(), self.path())
+        write!(
+            f,
+            "{}://{}{}",
+            self.scheme.as_str(),
+            self.host_header(),
+            self.path()
+        )
     }
 }
 
@@ -199,12 +208,18 @@ mod tests {
 
     #[test]
     fn refusals() {
-        assert_eq!(Target::from_absolute(b"/index.html"), Err(TargetError::OriginForm));
+        assert_eq!(
+            Target::from_absolute(b"/index.html"),
+            Err(TargetError::OriginForm)
+        );
         assert_eq!(
             Target::from_absolute(b"ftp://example.org/"),
             Err(TargetError::UnsupportedScheme)
         );
-        assert_eq!(Target::from_absolute(b"http://:80/"), Err(TargetError::Malformed));
+        assert_eq!(
+            Target::from_absolute(b"http://:80/"),
+            Err(TargetError::Malformed)
+        );
         assert!(Target::from_authority("example.org").is_err());
         assert!(Target::from_authority("example.org:0").is_err());
         assert!(Target::from_authority("u:p@example.org:443").is_err());

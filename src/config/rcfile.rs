@@ -1,0 +1,2105 @@
+/*!
+netCDF-C rc files (`.daprc`, `.dodsrc`, `.ncrc`) read as a configuration source.
+
+Many users of the tools this proxy fronts already keep their credentials, client
+certificates and CA bundles in the rc files netCDF-C reads to configure libcurl per host.
+This module reads those files exactly enough to reuse them, without linking netCDF-C and
+without reading the process environment (everything comes in through [`RcEnv`]):
+
+* [`candidate_paths`] / [`discover`] decide which files are read, highest precedence first;
+* [`parse_bytes`] / [`parse_file`] turn one file into [`RcLine`]s and [`RcWarning`]s and never
+  fail on content (the parser is fuzzed: no input panics);
+* [`resolve`] merges all files into one [`RcRule`] per distinct scope, each already holding
+  everything it inherits, and [`select`] picks the single rule for a request.
+
+Decisions worth knowing (each is documented where it is implemented):
+
+* **Which files.** `NCRCENV_IGNORE` (set, any value) reads nothing; otherwise `NCRCENV_RC`
+  (netCDF-C ≥ 4.9), else `DAPRCFILE` (the older, documented name) names the only file.
+  Otherwise `.daprc`, `.dodsrc`, `.ncrc` in the working directory, then the same names in
+  `$NCRCENV_HOME` (else `$HOME`). Precedence is the order listed, which is *not* netCDF-C's
+  load order (4.9 lets `.dodsrc` override `.daprc`); it follows the documented wording.
+* **Lines.** `KEY=VALUE`, `[host]KEY=VALUE`, `[host:port]KEY=VALUE` and
+  `[scheme://host[:port][/path]]KEY=VALUE`. Split at the first `=`, blanks around key and value
+  are trimmed (with a warning: netCDF-C 4.9's trimming mangles such lines). A line that is not
+  valid UTF-8 is **skipped with a warning** (not read lossily: a lossily decoded password would
+  be silently wrong). Comment lines and blank lines are skipped before the UTF-8 check.
+* **Values are never echoed.** Warnings and errors name the file, line and key, never a value
+  nor a `[prefix]` (a URL prefix may carry `user:password@`). [`RcLine`]'s `Debug` hides the
+  value.
+* **Relative paths** in values (certificates, cookie jar, netrc, CA files) are kept as written.
+  netCDF-C hands them to libcurl unchanged, i.e. relative to the process's working directory;
+  resolving them is the caller's decision.
+*/
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use percent_encoding::percent_decode_str;
+
+use crate::config::{Origin, Sourced};
+use crate::secret::Secret;
+
+// ---------------------------------------------------------------------------------------------
+// Which files
+
+/// The rc file names searched in each directory, highest precedence first.
+pub const RC_FILE_NAMES: [&str; 3] = [".daprc", ".dodsrc", ".ncrc"];
+
+/// The environment that decides which rc files are read. Injected so that tests (and the
+/// reloader) never depend on the real process environment; [`RcEnv::from_process`] is the one
+/// place that reads it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RcEnv {
+    /// `DAPRCFILE`: the only file to read (netCDF-C before 4.9).
+    pub daprcfile: Option<PathBuf>,
+    /// `NCRCENV_RC`: the only file to read (netCDF-C ≥ 4.9). Wins over `daprcfile`.
+    pub ncrcenv_rc: Option<PathBuf>,
+    /// `NCRCENV_IGNORE` is set (to anything): read no rc file at all.
+    pub ignore: bool,
+    /// `NCRCENV_HOME`, else `HOME`.
+    pub home: Option<PathBuf>,
+    /// The working directory.
+    pub cwd: Option<PathBuf>,
+}
+
+impl RcEnv {
+    /// Reads `DAPRCFILE`, `NCRCENV_RC`, `NCRCENV_IGNORE`, `NCRCENV_HOME`, `HOME` and the working
+    /// directory. Empty variables count as unset, except `NCRCENV_IGNORE`, which counts when set
+    /// at all (as in netCDF-C).
+    pub fn from_process() -> Self {
+        fn nonempty(name: &str) -> Option<PathBuf> {
+            std::env::var_os(name)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        }
+        RcEnv {
+            daprcfile: nonempty("DAPRCFILE"),
+            ncrcenv_rc: nonempty("NCRCENV_RC"),
+            ignore: std::env::var_os("NCRCENV_IGNORE").is_some(),
+            home: nonempty("NCRCENV_HOME").or_else(|| nonempty("HOME")),
+            cwd: std::env::current_dir().ok(),
+        }
+    }
+}
+
+/// Relative paths are taken relative to the injected working directory.
+fn absolutize(p: &Path, cwd: Option<&Path>) -> PathBuf {
+    match cwd {
+        Some(c) if p.is_relative() => c.join(p),
+        _ => p.to_path_buf(),
+    }
+}
+
+fn same_dir(a: &Path, b: &Path) -> bool {
+    if a == b {
+        return true;
+    }
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => false,
+    }
+}
+
+/// Every path that would be read if it existed, highest precedence first. The reloader watches
+/// these so that a file created later is picked up.
+///
+/// * `ignore` → none;
+/// * `ncrcenv_rc`, else `daprcfile` → just that file (relative to `cwd` if relative);
+/// * otherwise `cwd/.daprc`, `cwd/.dodsrc`, `cwd/.ncrc`, `home/.daprc`, `home/.dodsrc`,
+///   `home/.ncrc`; when `home` and `cwd` are the same directory its files are listed once.
+pub fn candidate_paths(env: &RcEnv) -> Vec<PathBuf> {
+    if env.ignore {
+        return Vec::new();
+    }
+    let cwd = env.cwd.as_deref();
+    if let Some(only) = env.ncrcenv_rc.as_deref().or(env.daprcfile.as_deref()) {
+        return vec![absolutize(only, cwd)];
+    }
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    if let Some(c) = cwd {
+        dirs.push(c.to_path_buf());
+    }
+    if let Some(h) = env.home.as_deref() {
+        let h = absolutize(h, cwd);
+        if !dirs.iter().any(|d| same_dir(d, &h)) {
+            dirs.push(h);
+        }
+    }
+    dirs.iter()
+        .flat_map(|d| RC_FILE_NAMES.iter().map(move |n| d.join(n)))
+        .collect()
+}
+
+/// The rc files that exist, highest precedence first (a subset of [`candidate_paths`]).
+/// A `NCRCENV_RC`/`DAPRCFILE` naming a missing file yields nothing; compare with
+/// [`candidate_paths`] to report it.
+pub fn discover(env: &RcEnv) -> Vec<PathBuf> {
+    candidate_paths(env)
+        .into_iter()
+        .filter(|p| p.is_file())
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scopes
+
+/// The `[prefix]` of a line: which requests the line applies to.
+///
+/// Hosts are stored lowercased, schemes lowercased, paths without trailing `/` (the root is
+/// `""`). A missing port means "any port".
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RcScope {
+    /// No prefix: every request.
+    Any,
+    /// `[host]` or `[host:port]` (the form documented for netCDF-C before 4.9).
+    Host { host: String, port: Option<u16> },
+    /// `[scheme://host[:port][/path]]` (netCDF-C 4.9's form).
+    Url {
+        scheme: String,
+        host: String,
+        port: Option<u16>,
+        path: String,
+    },
+}
+
+/// The scheme's default port, for the schemes the proxy speaks.
+pub fn default_port(scheme: &str) -> Option<u16> {
+    match scheme.to_ascii_lowercase().as_str() {
+        "http" | "ws" => Some(80),
+        "https" | "wss" => Some(443),
+        _ => None,
+    }
+}
+
+/// The scope as separate optional constraints; `None` means "unconstrained".
+struct Parts<'a> {
+    scheme: Option<&'a str>,
+    host: Option<&'a str>,
+    port: Option<u16>,
+    path: Option<&'a str>,
+}
+
+/// `path` is `prefix` or below it, at a segment boundary. `prefix` has no trailing `/`.
+fn path_under(prefix: &str, path: &str) -> bool {
+    if prefix.is_empty() {
+        return true;
+    }
+    match path.strip_prefix(prefix) {
+        Some(rest) => rest.is_empty() || rest.starts_with('/'),
+        None => false,
+    }
+}
+
+fn strip_brackets(host: &str) -> &str {
+    host.strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host)
+}
+
+impl RcScope {
+    fn parts(&self) -> Parts<'_> {
+        match self {
+            RcScope::Any => Parts {
+                scheme: None,
+                host: None,
+                port: None,
+                path: None,
+            },
+            RcScope::Host { host, port } => Parts {
+                scheme: None,
+                host: Some(host),
+                port: *port,
+                path: None,
+            },
+            RcScope::Url {
+                scheme,
+                host,
+                port,
+                path,
+            } => Parts {
+                scheme: Some(scheme),
+                host: Some(host),
+                port: *port,
+                path: Some(path),
+            },
+        }
+    }
+
+    fn from_parts(p: Parts<'_>) -> Option<RcScope> {
+        match (p.scheme, p.host, p.path) {
+            (None, None, None) if p.port.is_none() => Some(RcScope::Any),
+            (None, Some(h), None) => Some(RcScope::Host {
+                host: h.to_string(),
+                port: p.port,
+            }),
+            (Some(s), Some(h), path) => Some(RcScope::Url {
+                scheme: s.to_string(),
+                host: h.to_string(),
+                port: p.port,
+                path: path.unwrap_or("").to_string(),
+            }),
+            _ => None,
+        }
+    }
+
+    /// The host this scope is tied to, if any.
+    pub fn host(&self) -> Option<&str> {
+        self.parts().host
+    }
+
+    /// Does a request for `scheme://host:port/path` fall under this scope? `port` is the
+    /// request's effective port (the scheme's default applied: see [`default_port`]). Host and
+    /// scheme compare case-insensitively (brackets around an IPv6 literal are ignored), a path
+    /// prefix matches itself and what is below it (`/data` matches `/data` and `/data/x`, not
+    /// `/database`). A query or fragment on `path` is ignored.
+    pub fn matches(&self, scheme: &str, host: &str, port: u16, path: &str) -> bool {
+        let p = self.parts();
+        if let Some(s) = p.scheme {
+            if !s.eq_ignore_ascii_case(scheme) {
+                return false;
+            }
+        }
+        if let Some(h) = p.host {
+            if !strip_brackets(h).eq_ignore_ascii_case(strip_brackets(host)) {
+                return false;
+            }
+        }
+        if let Some(want) = p.port {
+            if want != port {
+                return false;
+            }
+        }
+        if let Some(prefix) = p.path {
+            let path = path.split(['?', '#']).next().unwrap_or("");
+            let path = if path.is_empty() { "/" } else { path };
+            if !path_under(prefix, path) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Orders scopes from least to most specific: unscoped `(0,0)` < `[host]` `(1,0)` <
+    /// `[host:port]` `(2,0)` < `[scheme://host…]` `(3, n)`, where `n` grows with the path length
+    /// (and by one for an explicit port). A scope strictly inside another always has a strictly
+    /// greater specificity.
+    pub fn specificity(&self) -> (u8, usize) {
+        match self {
+            RcScope::Any => (0, 0),
+            RcScope::Host { port: None, .. } => (1, 0),
+            RcScope::Host { port: Some(_), .. } => (2, 0),
+            RcScope::Url { port, path, .. } => (
+                3,
+                path.len().saturating_mul(2) + usize::from(port.is_some()),
+            ),
+        }
+    }
+
+    /// True when every request `other` matches, `self` matches too.
+    pub fn contains(&self, other: &RcScope) -> bool {
+        let a = self.parts();
+        let b = other.parts();
+        let eq = |x: Option<&str>, y: Option<&str>| x.is_none() || x == y;
+        eq(a.scheme, b.scheme)
+            && eq(a.host, b.host)
+            && (a.port.is_none() || a.port == b.port)
+            && match (a.path, b.path) {
+                (None, _) => true,
+                (Some(x), Some(y)) => path_under(x, y),
+                (Some(_), None) => false,
+            }
+    }
+
+    /// Every scope that [contains](Self::contains) `self`, `self` included, least specific
+    /// first.
+    pub fn ancestors(&self) -> Vec<RcScope> {
+        let mut out = vec![RcScope::Any];
+        let p = self.parts();
+        let Some(host) = p.host else {
+            return out;
+        };
+        let ports: Vec<Option<u16>> = match p.port {
+            Some(port) => vec![None, Some(port)],
+            None => vec![None],
+        };
+        for port in &ports {
+            out.push(RcScope::Host {
+                host: host.to_string(),
+                port: *port,
+            });
+        }
+        if let (Some(scheme), Some(path)) = (p.scheme, p.path) {
+            let mut prefixes = vec![""];
+            prefixes.extend(
+                path.char_indices()
+                    .filter(|&(i, c)| c == '/' && i > 0)
+                    .map(|(i, _)| &path[..i]),
+            );
+            if !path.is_empty() {
+                prefixes.push(path);
+            }
+            for prefix in prefixes {
+                for port in &ports {
+                    out.push(RcScope::Url {
+                        scheme: scheme.to_string(),
+                        host: host.to_string(),
+                        port: *port,
+                        path: prefix.to_string(),
+                    });
+                }
+            }
+        }
+        out.sort_by_key(|s| s.specificity());
+        out.dedup();
+        out
+    }
+
+    /// The scope of the requests both match, or `None` when no request matches both.
+    pub fn intersect(&self, other: &RcScope) -> Option<RcScope> {
+        let a = self.parts();
+        let b = other.parts();
+        fn both<T: PartialEq>(x: Option<T>, y: Option<T>) -> Result<Option<T>, ()> {
+            match (x, y) {
+                (Some(x), Some(y)) if x != y => Err(()),
+                (Some(x), _) => Ok(Some(x)),
+                (None, y) => Ok(y),
+            }
+        }
+        let path = match (a.path, b.path) {
+            (Some(x), Some(y)) if path_under(x, y) => Some(y),
+            (Some(x), Some(y)) if path_under(y, x) => Some(x),
+            (Some(_), Some(_)) => return None,
+            (x, y) => x.or(y),
+        };
+        RcScope::from_parts(Parts {
+            scheme: both(a.scheme, b.scheme).ok()?,
+            host: both(a.host, b.host).ok()?,
+            port: both(a.port, b.port).ok()?,
+            path,
+        })
+    }
+}
+
+impl fmt::Display for RcScope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RcScope::Any => f.write_str("(unscoped)"),
+            RcScope::Host { host, port: None } => write!(f, "[{host}]"),
+            RcScope::Host {
+                host,
+                port: Some(p),
+            } => write!(f, "[{host}:{p}]"),
+            RcScope::Url {
+                scheme,
+                host,
+                port,
+                path,
+            } => {
+                write!(f, "[{scheme}://{host}")?;
+                if let Some(p) = port {
+                    write!(f, ":{p}")?;
+                }
+                write!(f, "{path}]")
+            }
+        }
+    }
+}
+
+/// `host`, `host:port`, `[v6]`, `[v6]:port` → lowercased host and port.
+fn parse_host_port(s: &str) -> Result<(String, Option<u16>), &'static str> {
+    let (host, port) = if s.starts_with('[') {
+        let close = s.find(']').ok_or("unclosed IPv6 literal in the [prefix]")?;
+        let rest = &s[close + 1..];
+        let port = if rest.is_empty() {
+            None
+        } else {
+            Some(
+                rest.strip_prefix(':')
+                    .ok_or("junk after the host in the [prefix]")?,
+            )
+        };
+        (&s[..=close], port)
+    } else {
+        match s.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (s, None),
+        }
+    };
+    if host.is_empty() || host == "[]" {
+        return Err("no host in the [prefix]");
+    }
+    if host
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control() || "/?#@\\".contains(c))
+    {
+        return Err("the [prefix] holds an invalid host");
+    }
+    let port = match port {
+        None => None,
+        Some(p) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => Some(
+            p.parse::<u16>()
+                .map_err(|_| "the port in the [prefix] is out of range")?,
+        ),
+        Some(_) => return Err("the port in the [prefix] is not a number"),
+    };
+    Ok((host.to_ascii_lowercase(), port))
+}
+
+/// Parses the inside of `[...]`. The `bool` is true when user info (`user:pass@`) was dropped.
+fn parse_scope(s: &str) -> Result<(RcScope, bool), &'static str> {
+    let s = s.trim_matches(is_blank);
+    if s.is_empty() {
+        return Err("empty [prefix]");
+    }
+    if let Some(idx) = s.find("://") {
+        let scheme = &s[..idx];
+        let valid_scheme = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+            && scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c));
+        if !valid_scheme {
+            return Err("the [prefix] has an invalid scheme");
+        }
+        let rest = &s[idx + 3..];
+        let rest = rest.split(['?', '#']).next().unwrap_or("");
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, ""),
+        };
+        let (authority, had_userinfo) = match authority.rfind('@') {
+            Some(i) => (&authority[i + 1..], true),
+            None => (authority, false),
+        };
+        let (host, port) = parse_host_port(authority)?;
+        if path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err("the path in the [prefix] holds blanks or control characters");
+        }
+        Ok((
+            RcScope::Url {
+                scheme: scheme.to_ascii_lowercase(),
+                host,
+                port,
+                path: path.trim_end_matches('/').to_string(),
+            },
+            had_userinfo,
+        ))
+    } else if s.contains('/') {
+        Err("a path in a [prefix] needs a scheme ([scheme://host/path])")
+    } else {
+        let (host, port) = parse_host_port(s)?;
+        Ok((RcScope::Host { host, port }, false))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Parsing
+
+/// One `KEY=VALUE` line.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RcLine {
+    pub scope: RcScope,
+    /// Uppercased, as written otherwise (aliases are not rewritten here).
+    pub key: String,
+    /// Trimmed; may be empty. May be a secret: never log it.
+    pub value: String,
+    pub origin: Origin,
+}
+
+impl fmt::Debug for RcLine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RcLine")
+            .field("scope", &self.scope)
+            .field("key", &self.key)
+            .field("value", &"***")
+            .field("origin", &self.origin)
+            .finish()
+    }
+}
+
+/// Something odd but not fatal. `message` never contains a value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RcWarning {
+    pub origin: Origin,
+    pub message: String,
+}
+
+impl fmt::Display for RcWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.origin, self.message)
+    }
+}
+
+/// One parsed rc file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RcFile {
+    pub path: PathBuf,
+    /// In file order.
+    pub lines: Vec<RcLine>,
+    pub warnings: Vec<RcWarning>,
+}
+
+fn is_blank(c: char) -> bool {
+    matches!(c, ' ' | '\t' | '\r' | '\x0b' | '\x0c')
+}
+
+fn is_blank_byte(b: &u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\r' | 0x0b | 0x0c)
+}
+
+/// Index of the `]` closing the `[` at index 0, counting nested brackets (IPv6 literals).
+fn closing_bracket(s: &str) -> Option<usize> {
+    let mut depth = 0usize;
+    for (i, b) in s.bytes().enumerate() {
+        match b {
+            b'[' => depth += 1,
+            b']' => {
+                depth = depth.saturating_sub(1);
+                if depth == 0 {
+                    return Some(i);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// Keys netCDF-C reads that this module types (canonical name after aliasing).
+const TYPED_KEYS: &[&str] = &[
+    "HTTP.COOKIEJAR",
+    "HTTP.CREDENTIALS.USERPASSWORD",
+    "HTTP.CREDENTIALS.USERNAME",
+    "HTTP.CREDENTIALS.PASSWORD",
+    "HTTP.NETRC",
+    "HTTP.SSL.VALIDATE",
+    "HTTP.SSL.CERTIFICATE",
+    "HTTP.SSL.KEY",
+    "HTTP.SSL.KEYPASSWORD",
+    "HTTP.SSL.CAINFO",
+    "HTTP.SSL.CAPATH",
+    "HTTP.SSL.VERIFYPEER",
+    "HTTP.SSL.VERIFYHOST",
+    "HTTP.TIMEOUT",
+    "HTTP.CONNECTTIMEOUT",
+    "HTTP.PROXY.SERVER",
+];
+
+/// Keys netCDF-C reads that the proxy cannot act on; accepted and reported as unsupported.
+const UNSUPPORTED_KEYS: &[&str] = &[
+    "HTTP.VERBOSE",
+    "HTTP.DEFLATE",
+    "HTTP.ENCODE",
+    "HTTP.USERAGENT",
+    "HTTP.READ.BUFFERSIZE",
+    "HTTP.KEEPALIVE",
+];
+
+/// The setting a key writes: aliases collapse to one name. Input must be uppercased.
+fn canonical_key(key: &str) -> &str {
+    match key {
+        "HTTP.COOKIE_JAR" | "HTTP.COOKIEFILE" | "HTTP.COOKIE_FILE" => "HTTP.COOKIEJAR",
+        "HTTP.CREDENTIALS.USER" => "HTTP.CREDENTIALS.USERNAME",
+        "HTTP.PROXY_SERVER" => "HTTP.PROXY.SERVER",
+        other => other,
+    }
+}
+
+/// Parses one rc file's bytes. Never fails: malformed lines become warnings.
+///
+/// Lines end at `\n` (a `\r` before it is dropped); a UTF-8 byte-order mark is ignored. Blank
+/// lines and lines whose first non-blank is `#` are skipped. A line that is not valid UTF-8 is
+/// skipped with a warning. Keys are uppercased (ASCII).
+pub fn parse_bytes(path: &Path, bytes: &[u8]) -> RcFile {
+    let shared: Arc<Path> = Arc::from(path);
+    let mut file = RcFile {
+        path: path.to_path_buf(),
+        lines: Vec::new(),
+        warnings: Vec::new(),
+    };
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    for (idx, raw) in bytes.split(|b| *b == b'\n').enumerate() {
+        let origin = Origin {
+            path: Arc::clone(&shared),
+            line: idx + 1,
+        };
+        let first = raw.iter().find(|b| !is_blank_byte(b));
+        if first.is_none() || first == Some(&b'#') {
+            continue;
+        }
+        match std::str::from_utf8(raw) {
+            Ok(text) => parse_line(text, origin, &mut file),
+            Err(_) => file.warnings.push(RcWarning {
+                origin,
+                message: "line is not valid UTF-8; skipped".into(),
+            }),
+        }
+    }
+    file
+}
+
+fn parse_line(text: &str, origin: Origin, file: &mut RcFile) {
+    let warn = |file: &mut RcFile, message: String| {
+        file.warnings.push(RcWarning {
+            origin: origin.clone(),
+            message,
+        })
+    };
+    let body = text.trim_matches(is_blank);
+    let mut blanks = text.starts_with(is_blank);
+    let (scope, rest) = if body.starts_with('[') {
+        let Some(close) = closing_bracket(body) else {
+            warn(file, "`[` without a matching `]`; line skipped".into());
+            return;
+        };
+        match parse_scope(&body[1..close]) {
+            Ok((scope, userinfo)) => {
+                if userinfo {
+                    warn(
+                        file,
+                        "user info in a [prefix] is ignored (put credentials in \
+                         HTTP.CREDENTIALS.* keys)"
+                            .into(),
+                    );
+                }
+                blanks |= body[..close].contains(is_blank);
+                (scope, &body[close + 1..])
+            }
+            Err(why) => {
+                warn(file, format!("{why}; line skipped"));
+                return;
+            }
+        }
+    } else {
+        (RcScope::Any, body)
+    };
+    let Some(eq) = rest.find('=') else {
+        warn(file, "no `=` in this line; skipped".into());
+        return;
+    };
+    let key_raw = &rest[..eq];
+    let value_raw = &rest[eq + 1..];
+    let key = key_raw.trim_matches(is_blank);
+    if key.is_empty() {
+        warn(file, "no key before `=`; line skipped".into());
+        return;
+    }
+    blanks |= key_raw.contains(is_blank) || value_raw.starts_with(is_blank);
+    let key = key.to_ascii_uppercase();
+    if blanks {
+        warn(
+            file,
+            format!("{key}: blanks around the key or `=`; netCDF-C 4.9 would misread this line"),
+        );
+    }
+    if key == "HTTP.PROXY_SERVER" {
+        warn(
+            file,
+            "HTTP.PROXY_SERVER is deprecated; use HTTP.PROXY.SERVER".into(),
+        );
+    }
+    let canon = canonical_key(&key);
+    if canon.starts_with("HTTP.")
+        && !TYPED_KEYS.contains(&canon)
+        && !UNSUPPORTED_KEYS.contains(&canon)
+    {
+        warn(
+            file,
+            format!("{key}: not a key netCDF-C knows (misspelt?); ignored"),
+        );
+    }
+    file.lines.push(RcLine {
+        scope,
+        key,
+        value: value_raw.trim_matches(is_blank).to_string(),
+        origin,
+    });
+}
+
+/// Reads and parses one rc file. Only I/O fails.
+pub fn parse_file(path: &Path) -> std::io::Result<RcFile> {
+    Ok(parse_bytes(path, &std::fs::read(path)?))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Resolving
+
+/// A value that cannot be used. Messages name the file, line and key, never the value.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RcError {
+    #[error("{origin}: {key}: not a boolean (use 0/1, true/false, yes/no or on/off)")]
+    BadBool { origin: Origin, key: String },
+    #[error("{origin}: {key}: not a whole number of seconds")]
+    BadNumber { origin: Origin, key: String },
+    #[error("{origin}: {key}: {reason}")]
+    BadCredentials {
+        origin: Origin,
+        key: String,
+        reason: &'static str,
+    },
+}
+
+impl RcError {
+    pub fn origin(&self) -> &Origin {
+        match self {
+            RcError::BadBool { origin, .. }
+            | RcError::BadNumber { origin, .. }
+            | RcError::BadCredentials { origin, .. } => origin,
+        }
+    }
+}
+
+/// What the rc files say for one scope, inherited values included.
+#[derive(Default, Clone, Debug)]
+pub struct RcSettings {
+    /// Resolved credentials; see [`resolve`] for the rule.
+    pub username: Option<Sourced<String>>,
+    pub password: Option<Sourced<Secret<String>>>,
+    /// `HTTP.COOKIEJAR` (or its aliases `HTTP.COOKIE_JAR`, `HTTP.COOKIEFILE`,
+    /// `HTTP.COOKIE_FILE`). Paths are kept as written (relative = to the process's cwd).
+    pub cookiejar: Option<Sourced<PathBuf>>,
+    pub netrc: Option<Sourced<PathBuf>>,
+    pub ssl_certificate: Option<Sourced<PathBuf>>,
+    pub ssl_key: Option<Sourced<PathBuf>>,
+    pub ssl_keypassword: Option<Sourced<Secret<String>>>,
+    pub ssl_cainfo: Option<Sourced<PathBuf>>,
+    pub ssl_capath: Option<Sourced<PathBuf>>,
+    /// `HTTP.SSL.VERIFYPEER`, or `HTTP.SSL.VALIDATE` (which sets both). Within one scope the
+    /// explicit key beats `VALIDATE`; across scopes the more specific scope wins.
+    pub ssl_verifypeer: Option<Sourced<bool>>,
+    /// `HTTP.SSL.VERIFYHOST` (curl's `2` reads as true), or `HTTP.SSL.VALIDATE`.
+    pub ssl_verifyhost: Option<Sourced<bool>>,
+    /// `HTTP.TIMEOUT`, whole seconds. `0` is kept: curl reads it as "no timeout" (netCDF-C
+    /// ignores a 0 and keeps its default).
+    pub timeout: Option<Sourced<Duration>>,
+    /// `HTTP.CONNECTTIMEOUT`, whole seconds; `0` as for `timeout`.
+    pub connect_timeout: Option<Sourced<Duration>>,
+    /// `HTTP.PROXY.SERVER` (or deprecated `HTTP.PROXY_SERVER`), kept as written: a URL that may
+    /// hold `user:password@`. Not validated here.
+    pub proxy_server: Option<Sourced<Secret<String>>>,
+    /// Keys the proxy cannot act on (`HTTP.VERBOSE`, `HTTP.USERAGENT`, unknown keys, …), as
+    /// written (uppercased), one per setting.
+    pub unsupported: Vec<Sourced<String>>,
+}
+
+/// The settings for one scope. Rules from [`resolve`] are self-contained: a request needs only
+/// the rule [`select`] returns.
+#[derive(Clone, Debug)]
+pub struct RcRule {
+    pub scope: RcScope,
+    pub settings: RcSettings,
+}
+
+/// One scope's own values (nothing inherited), credentials still unresolved.
+#[derive(Default, Clone)]
+struct Layer {
+    settings: RcSettings,
+    user: Option<Sourced<String>>,
+    pass: Option<Sourced<Secret<String>>>,
+    userpass: Option<(Sourced<String>, Sourced<Secret<String>>)>,
+    unsupported: BTreeMap<String, Sourced<String>>,
+}
+
+impl Layer {
+    /// Lays `top` (more specific) over `self`.
+    fn overlay(&mut self, top: &Layer) {
+        fn over<T: Clone>(dst: &mut Option<T>, src: &Option<T>) {
+            if src.is_some() {
+                dst.clone_from(src);
+            }
+        }
+        let (d, s) = (&mut self.settings, &top.settings);
+        over(&mut d.cookiejar, &s.cookiejar);
+        over(&mut d.netrc, &s.netrc);
+        over(&mut d.ssl_certificate, &s.ssl_certificate);
+        over(&mut d.ssl_key, &s.ssl_key);
+        over(&mut d.ssl_keypassword, &s.ssl_keypassword);
+        over(&mut d.ssl_cainfo, &s.ssl_cainfo);
+        over(&mut d.ssl_capath, &s.ssl_capath);
+        over(&mut d.ssl_verifypeer, &s.ssl_verifypeer);
+        over(&mut d.ssl_verifyhost, &s.ssl_verifyhost);
+        over(&mut d.timeout, &s.timeout);
+        over(&mut d.connect_timeout, &s.connect_timeout);
+        over(&mut d.proxy_server, &s.proxy_server);
+        over(&mut self.user, &top.user);
+        over(&mut self.pass, &top.pass);
+        over(&mut self.userpass, &top.userpass);
+        for (k, v) in &top.unsupported {
+            self.unsupported.insert(k.clone(), v.clone());
+        }
+    }
+}
+
+fn parse_bool(v: &str, allow_two: bool) -> Option<bool> {
+    match v.to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Some(true),
+        "0" | "false" | "no" | "off" => Some(false),
+        "2" if allow_two => Some(true),
+        _ => None,
+    }
+}
+
+fn parse_secs(v: &str) -> Option<Duration> {
+    if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    v.parse::<u64>().ok().map(Duration::from_secs)
+}
+
+fn decode(part: &str) -> Option<String> {
+    percent_decode_str(part)
+        .decode_utf8()
+        .ok()
+        .map(|c| c.into_owned())
+}
+
+/// Builds one scope's own layer from its winning lines (keyed by canonical key).
+fn build_layer(slots: &BTreeMap<String, &RcLine>, errors: &mut Vec<RcError>) -> Layer {
+    let mut l = Layer::default();
+    let mut validate: Option<Sourced<bool>> = None;
+    for (slot, line) in slots {
+        let o = || line.origin.clone();
+        let v = line.value.as_str();
+        let key = || line.key.clone();
+        let bad_bool = || RcError::BadBool {
+            origin: o(),
+            key: key(),
+        };
+        let path = |dst: &mut Option<Sourced<PathBuf>>| {
+            *dst = Some(Sourced::new(PathBuf::from(v), o()));
+        };
+        let s = &mut l.settings;
+        match slot.as_str() {
+            "HTTP.COOKIEJAR" => path(&mut s.cookiejar),
+            "HTTP.NETRC" => path(&mut s.netrc),
+            "HTTP.SSL.CERTIFICATE" => path(&mut s.ssl_certificate),
+            "HTTP.SSL.KEY" => path(&mut s.ssl_key),
+            "HTTP.SSL.CAINFO" => path(&mut s.ssl_cainfo),
+            "HTTP.SSL.CAPATH" => path(&mut s.ssl_capath),
+            "HTTP.SSL.KEYPASSWORD" => {
+                s.ssl_keypassword = Some(Sourced::new(Secret::new(v.to_string()), o()))
+            }
+            "HTTP.PROXY.SERVER" => {
+                s.proxy_server = Some(Sourced::new(Secret::new(v.to_string()), o()))
+            }
+            "HTTP.SSL.VALIDATE" => match parse_bool(v, false) {
+                Some(b) => validate = Some(Sourced::new(b, o())),
+                None => errors.push(bad_bool()),
+            },
+            "HTTP.SSL.VERIFYPEER" => match parse_bool(v, false) {
+                Some(b) => s.ssl_verifypeer = Some(Sourced::new(b, o())),
+                None => errors.push(bad_bool()),
+            },
+            "HTTP.SSL.VERIFYHOST" => match parse_bool(v, true) {
+                Some(b) => s.ssl_verifyhost = Some(Sourced::new(b, o())),
+                None => errors.push(bad_bool()),
+            },
+            "HTTP.TIMEOUT" | "HTTP.CONNECTTIMEOUT" => match parse_secs(v) {
+                Some(d) if slot == "HTTP.TIMEOUT" => s.timeout = Some(Sourced::new(d, o())),
+                Some(d) => s.connect_timeout = Some(Sourced::new(d, o())),
+                None => errors.push(RcError::BadNumber {
+                    origin: o(),
+                    key: key(),
+                }),
+            },
+            "HTTP.CREDENTIALS.USERNAME" => l.user = Some(Sourced::new(v.to_string(), o())),
+            "HTTP.CREDENTIALS.PASSWORD" => {
+                l.pass = Some(Sourced::new(Secret::new(v.to_string()), o()))
+            }
+            "HTTP.CREDENTIALS.USERPASSWORD" => {
+                let bad = |reason| RcError::BadCredentials {
+                    origin: o(),
+                    key: key(),
+                    reason,
+                };
+                match v.split_once(':') {
+                    None => errors.push(bad("expected user:password (escape `:` as %3A)")),
+                    Some((u, p)) => match (decode(u), decode(p)) {
+                        (Some(u), Some(p)) => {
+                            l.userpass =
+                                Some((Sourced::new(u, o()), Sourced::new(Secret::new(p), o())))
+                        }
+                        _ => errors.push(bad("%XX escapes do not decode to UTF-8")),
+                    },
+                }
+            }
+            _ => {
+                l.unsupported
+                    .insert(slot.clone(), Sourced::new(line.key.clone(), o()));
+            }
+        }
+    }
+    if let Some(val) = validate {
+        let s = &mut l.settings;
+        if s.ssl_verifypeer.is_none() {
+            s.ssl_verifypeer = Some(val.clone());
+        }
+        if s.ssl_verifyhost.is_none() {
+            s.ssl_verifyhost = Some(val);
+        }
+    }
+    l
+}
+
+/// Keys whose empty value (`KEY=`) is ignored, as if the line were not there.
+const NEED_VALUE: &[&str] = &[
+    "HTTP.COOKIEJAR",
+    "HTTP.NETRC",
+    "HTTP.SSL.CERTIFICATE",
+    "HTTP.SSL.KEY",
+    "HTTP.SSL.CAINFO",
+    "HTTP.SSL.CAPATH",
+    "HTTP.PROXY.SERVER",
+];
+
+/// Above this many scopes for one host, no intersection scopes are added (fuzz guard).
+const MAX_SCOPES_PER_HOST: usize = 512;
+/// Intersection scopes stop being added past this many scopes for one host.
+const MAX_SCOPES_WITH_INTERSECTIONS: usize = 4096;
+
+/// Merges parsed files (highest precedence first, as [`discover`] returns them) into rules.
+///
+/// * **Same key, same scope**: the earlier file in `files` wins; within one file the last line
+///   wins (as in netCDF-C; the earlier line gets a warning). Aliases count as the same key.
+/// * **Different scopes**: the more specific scope wins, whatever file it is in.
+/// * **One rule per distinct scope**, plus, where two scopes overlap without one containing the
+///   other (`[host:8080]` and `[http://host/data]`), a rule for their intersection, so that the
+///   most specific matching rule always contains everything that applies. Every rule's settings
+///   include what it inherits from the scopes that contain it. Sorted most specific first.
+/// * **Credentials**, per rule, after inheritance: if both `HTTP.CREDENTIALS.USERNAME` (or
+///   `.USER`) and `HTTP.CREDENTIALS.PASSWORD` apply (each from the most specific scope that sets
+///   it; they may come from different scopes), that literal pair is used and any
+///   `HTTP.CREDENTIALS.USERPASSWORD` is ignored, at whatever scope it is (a warning says so).
+///   Otherwise the most specific `USERPASSWORD` is used: split at the first `:`, each half
+///   `%XX`-decoded. Otherwise whichever of username/password is set alone is reported alone.
+///   This is netCDF-C's rule.
+/// * **Empty values** (`KEY=`) of path keys and `HTTP.PROXY.SERVER` are ignored with a
+///   warning, as if the line were absent. Other keys keep the empty string (an empty password
+///   is a password); an empty boolean or number is an error.
+/// * **Errors** (bad boolean, bad number, bad `USERPASSWORD`) are reported for the lines that
+///   take effect, each once; the setting is then left unset.
+pub fn resolve(files: &[RcFile]) -> (Vec<RcRule>, Vec<RcWarning>, Vec<RcError>) {
+    let mut warnings: Vec<RcWarning> = files.iter().flat_map(|f| f.warnings.clone()).collect();
+    let mut errors = Vec::new();
+
+    // Winning line per (scope, canonical key): lowest precedence first, later lines overwrite.
+    let mut by_scope: BTreeMap<RcScope, BTreeMap<String, &RcLine>> = BTreeMap::new();
+    for file in files.iter().rev() {
+        let mut seen: BTreeMap<(&RcScope, &str), &RcLine> = BTreeMap::new();
+        for line in &file.lines {
+            let canon = canonical_key(&line.key);
+            if line.value.is_empty() && NEED_VALUE.contains(&canon) {
+                warnings.push(RcWarning {
+                    origin: line.origin.clone(),
+                    message: format!("{}: empty value; line ignored", line.key),
+                });
+                continue;
+            }
+            if let Some(prev) = seen.insert((&line.scope, canon), line) {
+                warnings.push(RcWarning {
+                    origin: prev.origin.clone(),
+                    message: format!(
+                        "{}: set again for the same scope at line {}; this line is ignored",
+                        prev.key, line.origin.line
+                    ),
+                });
+            }
+            by_scope
+                .entry(line.scope.clone())
+                .or_default()
+                .insert(canon.to_string(), line);
+        }
+    }
+
+    let layers: BTreeMap<RcScope, Layer> = by_scope
+        .iter()
+        .map(|(scope, slots)| (scope.clone(), build_layer(slots, &mut errors)))
+        .collect();
+
+    // Group scopes by host; close each group under intersection.
+    let any_layer = layers.get(&RcScope::Any);
+    let mut groups: BTreeMap<String, BTreeSet<RcScope>> = BTreeMap::new();
+    for scope in layers.keys() {
+        if let Some(h) = scope.host() {
+            groups
+                .entry(h.to_string())
+                .or_default()
+                .insert(scope.clone());
+        }
+    }
+    let mut rules = Vec::new();
+    if let Some(l) = any_layer {
+        rules.push(finish(RcScope::Any, l.clone(), &mut warnings));
+    }
+    for (host, mut set) in groups {
+        // Close the group under intersection (bounded: a fuzz guard, far above real files).
+        let mut complete = set.len() <= MAX_SCOPES_PER_HOST;
+        if complete {
+            'closure: loop {
+                let list: Vec<RcScope> = set.iter().cloned().collect();
+                let mut added = false;
+                for (i, a) in list.iter().enumerate() {
+                    for b in &list[i + 1..] {
+                        if a.contains(b) || b.contains(a) {
+                            continue;
+                        }
+                        if let Some(x) = a.intersect(b) {
+                            added |= set.insert(x);
+                        }
+                        if set.len() > MAX_SCOPES_WITH_INTERSECTIONS {
+                            complete = false;
+                            break 'closure;
+                        }
+                    }
+                }
+                if !added {
+                    break;
+                }
+            }
+        }
+        if !complete {
+            if let Some(origin) = set
+                .iter()
+                .find_map(|s| by_scope.get(s))
+                .and_then(|slots| slots.values().next())
+                .map(|l| l.origin.clone())
+            {
+                warnings.push(RcWarning {
+                    origin,
+                    message: format!(
+                        "too many [prefixes] for host {host}; overlapping prefixes may not combine"
+                    ),
+                });
+            }
+        }
+        for target in set {
+            let mut eff = Layer::default();
+            for a in target.ancestors() {
+                if let Some(l) = layers.get(&a) {
+                    eff.overlay(l);
+                }
+            }
+            rules.push(finish(target, eff, &mut warnings));
+        }
+    }
+    rules.sort_by(|a, b| {
+        (Reverse(a.scope.specificity()), &a.scope).cmp(&(Reverse(b.scope.specificity()), &b.scope))
+    });
+
+    let order: BTreeMap<&Path, usize> = files
+        .iter()
+        .enumerate()
+        .map(|(i, f)| (f.path.as_path(), i))
+        .collect();
+    let rank = |o: &Origin| (order.get(&*o.path).copied().unwrap_or(usize::MAX), o.line);
+    let mut seen = HashSet::new();
+    warnings.retain(|w| seen.insert((w.origin.to_string(), w.message.clone())));
+    warnings.sort_by_key(|w| rank(&w.origin));
+    errors.sort_by_key(|e| rank(e.origin()));
+    (rules, warnings, errors)
+}
+
+/// Resolves credentials and flattens a fully inherited layer into a rule.
+fn finish(scope: RcScope, eff: Layer, warnings: &mut Vec<RcWarning>) -> RcRule {
+    let Layer {
+        mut settings,
+        user,
+        pass,
+        userpass,
+        unsupported,
+    } = eff;
+    match (user, pass, userpass) {
+        (Some(u), Some(p), up) => {
+            if let Some((up, _)) = up {
+                warnings.push(RcWarning {
+                    origin: up.origin,
+                    message: "HTTP.CREDENTIALS.USERPASSWORD is not used where \
+                              HTTP.CREDENTIALS.USERNAME and HTTP.CREDENTIALS.PASSWORD also apply"
+                        .into(),
+                });
+            }
+            settings.username = Some(u);
+            settings.password = Some(p);
+        }
+        (_, _, Some((u, p))) => {
+            settings.username = Some(u);
+            settings.password = Some(p);
+        }
+        (u, p, None) => {
+            settings.username = u;
+            settings.password = p;
+        }
+    }
+    settings.unsupported = unsupported.into_values().collect();
+    RcRule { scope, settings }
+}
+
+/// The rule for a request: the most specific one whose scope matches. `port` is the effective
+/// port (scheme default applied). Expects `rules` as [`resolve`] returns them.
+pub fn select<'a>(
+    rules: &'a [RcRule],
+    scheme: &str,
+    host: &str,
+    port: u16,
+    path: &str,
+) -> Option<&'a RcRule> {
+    rules
+        .iter()
+        .filter(|r| r.scope.matches(scheme, host, port, path))
+        .max_by_key(|r| r.scope.specificity())
+}
+
+/// [`select`] for a parsed URL (default ports applied; no port and no known default → 0).
+pub fn select_url<'a>(rules: &'a [RcRule], url: &url::Url) -> Option<&'a RcRule> {
+    let host = url.host_str()?;
+    let port = url.port_or_known_default().unwrap_or(0);
+    select(rules, url.scheme(), host, port, url.path())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(text: &str) -> RcFile {
+        parse_bytes(Path::new("/rc/.daprc"), text.as_bytes())
+    }
+
+    fn res(texts: &[(&str, &str)]) -> (Vec<RcRule>, Vec<RcWarning>, Vec<RcError>) {
+        let files: Vec<RcFile> = texts
+            .iter()
+            .map(|(path, text)| parse_bytes(Path::new(path), text.as_bytes()))
+            .collect();
+        resolve(&files)
+    }
+
+    fn host(h: &str, port: Option<u16>) -> RcScope {
+        RcScope::Host {
+            host: h.into(),
+            port,
+        }
+    }
+
+    fn url(scheme: &str, h: &str, port: Option<u16>, path: &str) -> RcScope {
+        RcScope::Url {
+            scheme: scheme.into(),
+            host: h.into(),
+            port,
+            path: path.into(),
+        }
+    }
+
+    fn pw(s: &Option<Sourced<Secret<String>>>) -> Option<&str> {
+        s.as_ref().map(|s| s.value.expose().as_str())
+    }
+
+    fn unsupported(r: &RcRule) -> Vec<(&str, usize)> {
+        r.settings
+            .unsupported
+            .iter()
+            .map(|u| (u.value.as_str(), u.origin.line))
+            .collect()
+    }
+
+    // --- seed 002 (netCDF-C docs/auth.md) examples -------------------------------------------
+
+    #[test]
+    fn seed_host_and_host_port_examples() {
+        let f =
+            p("[remotetest.unidata.ucar.edu]HTTP.VERBOSE=1\n[fake.ucar.edu:9090]HTTP.VERBOSE=0\n");
+        assert!(f.warnings.is_empty(), "{:?}", f.warnings);
+        assert_eq!(f.lines[0].scope, host("remotetest.unidata.ucar.edu", None));
+        assert_eq!(f.lines[0].key, "HTTP.VERBOSE");
+        assert_eq!(f.lines[0].value, "1");
+        assert_eq!(f.lines[1].scope, host("fake.ucar.edu", Some(9090)));
+        assert_eq!(f.lines[1].value, "0");
+
+        let (rules, _, errors) = resolve(&[f]);
+        assert!(errors.is_empty());
+        let r = select(
+            &rules,
+            "http",
+            "remotetest.unidata.ucar.edu",
+            80,
+            "/thredds/dodsC/testdata/testData.nc",
+        )
+        .unwrap();
+        assert_eq!(unsupported(r), vec![("HTTP.VERBOSE", 1)]);
+        let u = url::Url::parse("http://fake.ucar.edu:9090/dts/test.01").unwrap();
+        let r = select_url(&rules, &u).unwrap();
+        assert_eq!(unsupported(r), vec![("HTTP.VERBOSE", 2)]);
+        // [fake.ucar.edu:9090] does not apply to another port; nothing else does either.
+        assert!(select(&rules, "http", "fake.ucar.edu", 80, "/").is_none());
+    }
+
+    #[test]
+    fn seed_esg_client_certificate_example() {
+        let f = p("HTTP.COOKIEJAR=~/.dods_cookies\n\
+                   HTTP.NETRC=~/.netrc\n\
+                   HTTP.SSL.CERTIFICATE=~/esgkeystore\n\
+                   HTTP.SSL.KEY=~/esgkeystore\n\
+                   HTTP.SSL.CAPATH=~/.globus\n\
+                   HTTP.SSL.VALIDATE=1\n");
+        assert!(f.warnings.is_empty());
+        let (rules, warnings, errors) = resolve(&[f]);
+        assert!(warnings.is_empty() && errors.is_empty());
+        assert_eq!(rules.len(), 1);
+        let s = &select(&rules, "https", "esgf.example.org", 443, "/")
+            .unwrap()
+            .settings;
+        // Kept as written: no tilde or relative-path expansion.
+        assert_eq!(
+            s.cookiejar.as_ref().unwrap().value,
+            Path::new("~/.dods_cookies")
+        );
+        assert_eq!(s.netrc.as_ref().unwrap().value, Path::new("~/.netrc"));
+        assert_eq!(
+            s.ssl_certificate.as_ref().unwrap().value,
+            Path::new("~/esgkeystore")
+        );
+        assert_eq!(
+            s.ssl_key.as_ref().unwrap().value,
+            Path::new("~/esgkeystore")
+        );
+        assert_eq!(s.ssl_capath.as_ref().unwrap().value, Path::new("~/.globus"));
+        assert!(s.ssl_verifypeer.as_ref().unwrap().value);
+        assert!(s.ssl_verifyhost.as_ref().unwrap().value);
+        assert_eq!(s.ssl_verifyhost.as_ref().unwrap().origin.line, 6);
+        assert_eq!(
+            s.cookiejar.as_ref().unwrap().origin.to_string(),
+            "/rc/.daprc:1"
+        );
+    }
+
+    #[test]
+    fn seed_netrc_placeholder_and_template_lines() {
+        // "HTTP.NETRC=<path to netrc file>" is read literally.
+        let f = p("HTTP.NETRC=<path to netrc file>\n");
+        assert_eq!(f.lines[0].value, "<path to netrc file>");
+        // The format template "[<host:port>]<key>=<value>" is not a valid prefix: a warning.
+        let f = p("[<host:port>]<key>=<value>\n");
+        assert!(f.lines.is_empty());
+        assert_eq!(f.warnings.len(), 1);
+        assert!(!f.warnings[0].message.contains("<value>"));
+        // A .netrc line pasted into an rc file: a warning that does not echo the password.
+        let f = p("machine mmmmmm login xxxxxx password yyyyyy\n");
+        assert!(f.lines.is_empty());
+        assert_eq!(f.warnings[0].origin.line, 1);
+        assert!(!f.warnings[0].message.contains("yyyyyy"));
+    }
+
+    #[test]
+    fn seed_key_table_aliases_and_deprecation() {
+        let f = p("HTTP.COOKIEFILE=/tmp/c1\n\
+                   HTTP.PROXY_SERVER=http://u:p@proxy:3128\n\
+                   HTTP.CREDENTIALS.USERPASSWORD=user:pwd\n\
+                   HTTP.SSL.KEYPASSWORD=kp\n\
+                   HTTP.SSL.CAINFO=/etc/ca.pem\n\
+                   HTTP.SSL.VERIFYPEER=0\n");
+        assert_eq!(f.warnings.len(), 1);
+        assert_eq!(f.warnings[0].origin.line, 2);
+        assert!(f.warnings[0].message.contains("deprecated"));
+        assert!(!f.warnings[0].message.contains("u:p"));
+        let (rules, _, errors) = resolve(&[f]);
+        assert!(errors.is_empty());
+        let s = &rules[0].settings;
+        assert_eq!(s.cookiejar.as_ref().unwrap().value, Path::new("/tmp/c1"));
+        assert_eq!(pw(&s.proxy_server), Some("http://u:p@proxy:3128"));
+        assert_eq!(s.username.as_ref().unwrap().value, "user");
+        assert_eq!(pw(&s.password), Some("pwd"));
+        assert_eq!(pw(&s.ssl_keypassword), Some("kp"));
+        assert_eq!(
+            s.ssl_cainfo.as_ref().unwrap().value,
+            Path::new("/etc/ca.pem")
+        );
+        assert!(!s.ssl_verifypeer.as_ref().unwrap().value);
+        assert!(s.ssl_verifyhost.is_none());
+        assert!(s.unsupported.is_empty());
+    }
+
+    #[test]
+    fn cookie_aliases_are_one_setting() {
+        let f = p("HTTP.COOKIE_JAR=/a\nHTTP.COOKIE_FILE=/b\n");
+        let (rules, warnings, _) = resolve(&[f]);
+        assert_eq!(
+            rules[0].settings.cookiejar.as_ref().unwrap().value,
+            Path::new("/b")
+        );
+        assert!(warnings.iter().any(|w| w.origin.line == 1));
+    }
+
+    // --- line forms ------------------------------------------------------------------------
+
+    #[test]
+    fn all_line_forms() {
+        let f = p("A=1\n\
+                   [Host.Example.ORG]B=2\n\
+                   [host.example.org:8443]C=3\n\
+                   [HTTPS://Host.Example.org/Data/]D=4\n\
+                   [https://host.example.org:8443/]E=5\n\
+                   [http://[::1]:8080/x]F=6\n\
+                   [[::1]]G=7\n\
+                   [https://user:pw@h/p]H=8\n");
+        let scopes: Vec<_> = f.lines.iter().map(|l| l.scope.clone()).collect();
+        assert_eq!(
+            scopes,
+            vec![
+                RcScope::Any,
+                host("host.example.org", None),
+                host("host.example.org", Some(8443)),
+                url("https", "host.example.org", None, "/Data"),
+                url("https", "host.example.org", Some(8443), ""),
+                url("http", "[::1]", Some(8080), "/x"),
+                host("[::1]", None),
+                url("https", "h", None, "/p"),
+            ]
+        );
+        assert_eq!(f.warnings.len(), 1, "{:?}", f.warnings);
+        assert_eq!(f.warnings[0].origin.line, 8);
+        assert!(!f.warnings[0].message.contains("pw"));
+        assert_eq!(scopes[2].to_string(), "[host.example.org:8443]");
+        assert_eq!(scopes[3].to_string(), "[https://host.example.org/Data]");
+        assert_eq!(scopes[0].to_string(), "(unscoped)");
+    }
+
+    #[test]
+    fn malformed_lines_are_warnings() {
+        let f = p("[host.example.org HTTP.VERBOSE=1\n\
+                   HTTP.VERBOSE\n\
+                   =1\n\
+                   [host:notaport]A=1\n\
+                   [host:99999]A=1\n\
+                   [host/path]A=1\n\
+                   []A=1\n\
+                   [1bad://h]A=1\n\
+                   [host]\n\
+                   GOOD=1\n");
+        assert_eq!(f.lines.len(), 1);
+        assert_eq!(f.lines[0].key, "GOOD");
+        let lines: Vec<usize> = f.warnings.iter().map(|w| w.origin.line).collect();
+        assert_eq!(lines, (1..=9).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn split_at_first_equals_and_empty_values() {
+        let f = p("HTTP.CREDENTIALS.PASSWORD=a=b==\nHTTP.USERAGENT=\n");
+        assert_eq!(f.lines[0].value, "a=b==");
+        assert_eq!(f.lines[1].value, "");
+        assert!(f.warnings.is_empty());
+    }
+
+    #[test]
+    fn keys_are_case_insensitive_and_stored_uppercased() {
+        let f = p("http.ssl.cainfo=/ca.pem\n[h]Http.Timeout=5\n");
+        assert_eq!(f.lines[0].key, "HTTP.SSL.CAINFO");
+        assert_eq!(f.lines[1].key, "HTTP.TIMEOUT");
+        let (rules, _, errors) = resolve(&[f]);
+        assert!(errors.is_empty());
+        let s = &select(&rules, "http", "h", 80, "/").unwrap().settings;
+        assert_eq!(s.timeout.as_ref().unwrap().value, Duration::from_secs(5));
+        assert!(s.ssl_cainfo.is_some());
+    }
+
+    #[test]
+    fn crlf_comments_blank_lines_and_bom() {
+        let f = p("\u{feff}# comment\r\n\r\n   \t\r\n  # indented comment\r\nHTTP.SSL.CAINFO=/ca.pem\r\n[h]HTTP.NETRC=/n\r\nlast=x");
+        assert!(f.warnings.is_empty(), "{:?}", f.warnings);
+        assert_eq!(f.lines.len(), 3);
+        assert_eq!(f.lines[0].value, "/ca.pem");
+        assert_eq!(f.lines[0].origin.line, 5);
+        assert_eq!(f.lines[1].value, "/n");
+        assert_eq!(f.lines[2].key, "LAST");
+        // '#' that is not the first non-blank is part of the value.
+        let f = p("HTTP.CREDENTIALS.PASSWORD=p#ss\n");
+        assert_eq!(f.lines[0].value, "p#ss");
+    }
+
+    #[test]
+    fn blanks_around_equals_warn_but_parse() {
+        for text in [
+            "HTTP.SSL.CAINFO = /ca.pem",
+            "HTTP.SSL.CAINFO =/ca.pem",
+            "HTTP.SSL.CAINFO= /ca.pem",
+            "  HTTP.SSL.CAINFO=/ca.pem",
+            "[h] HTTP.SSL.CAINFO=/ca.pem",
+            "\tHTTP.SSL.CAINFO\t=\t/ca.pem\t",
+        ] {
+            let f = p(text);
+            assert_eq!(f.lines.len(), 1, "{text}");
+            assert_eq!(f.lines[0].key, "HTTP.SSL.CAINFO");
+            assert_eq!(f.lines[0].value, "/ca.pem");
+            assert_eq!(f.warnings.len(), 1, "{text}");
+            assert!(f.warnings[0].message.contains("netCDF-C 4.9 would misread"));
+            assert!(!f.warnings[0].message.contains("/ca.pem"));
+        }
+        // Trailing blanks and blanks inside the value do not warn.
+        let f = p("HTTP.USERAGENT=my agent  ");
+        assert!(f.warnings.is_empty());
+        assert_eq!(f.lines[0].value, "my agent");
+    }
+
+    #[test]
+    fn non_utf8_line_is_skipped_others_still_count() {
+        let mut bytes = b"HTTP.SSL.CAINFO=/ca.pem\n".to_vec();
+        bytes.extend_from_slice(b"HTTP.CREDENTIALS.PASSWORD=caf\xe9\n");
+        bytes.extend_from_slice(b"# comment in latin-1: caf\xe9\n");
+        bytes.extend_from_slice(b"HTTP.NETRC=/n\n");
+        let f = parse_bytes(Path::new("/rc/.dodsrc"), &bytes);
+        assert_eq!(f.lines.len(), 2);
+        assert_eq!(f.lines[1].origin.line, 4);
+        assert_eq!(f.warnings.len(), 1);
+        assert_eq!(f.warnings[0].origin.line, 2);
+        assert!(f.warnings[0].message.contains("UTF-8"));
+    }
+
+    #[test]
+    fn unknown_http_keys_warn_other_keys_do_not() {
+        let f = p("HTTP.SSL.VERIFYPER=1\nZARR.DIMENSION_SEPARATOR=/\nHTTP.KEEPALIVE=60/60\n");
+        assert_eq!(f.warnings.len(), 1);
+        assert!(f.warnings[0].message.contains("HTTP.SSL.VERIFYPER"));
+        let (rules, _, errors) = resolve(&[f]);
+        assert!(errors.is_empty());
+        let names: Vec<_> = unsupported(&rules[0]).into_iter().map(|u| u.0).collect();
+        assert_eq!(
+            names,
+            vec![
+                "HTTP.KEEPALIVE",
+                "HTTP.SSL.VERIFYPER",
+                "ZARR.DIMENSION_SEPARATOR"
+            ]
+        );
+    }
+
+    #[test]
+    fn debug_of_lines_hides_values() {
+        let f = p("HTTP.CREDENTIALS.PASSWORD=hunter2\n");
+        assert!(!format!("{f:?}").contains("hunter2"));
+        let (rules, _, _) = resolve(&[f]);
+        assert!(!format!("{rules:?}").contains("hunter2"));
+    }
+
+    // --- typed values and errors ------------------------------------------------------------
+
+    #[test]
+    fn bad_boolean_names_file_line_and_key_not_value() {
+        let f = p("# x\nHTTP.SSL.VERIFYPEER=s3cr3t-maybe\n");
+        let (rules, _, errors) = resolve(&[f]);
+        assert_eq!(errors.len(), 1);
+        let msg = errors[0].to_string();
+        assert!(
+            msg.starts_with("/rc/.daprc:2: HTTP.SSL.VERIFYPEER: "),
+            "{msg}"
+        );
+        assert!(!msg.contains("s3cr3t"));
+        assert!(matches!(errors[0], RcError::BadBool { .. }));
+        assert!(rules[0].settings.ssl_verifypeer.is_none());
+    }
+
+    #[test]
+    fn boolean_spellings() {
+        for (v, want) in [
+            ("1", true),
+            ("0", false),
+            ("TRUE", true),
+            ("false", false),
+            ("Yes", true),
+            ("no", false),
+            ("on", true),
+            ("OFF", false),
+        ] {
+            let (rules, _, errors) = resolve(&[p(&format!("HTTP.SSL.VERIFYPEER={v}"))]);
+            assert!(errors.is_empty(), "{v}");
+            assert_eq!(
+                rules[0].settings.ssl_verifypeer.as_ref().unwrap().value,
+                want
+            );
+        }
+        for v in ["", "2", "maybe", "-1"] {
+            let (_, _, errors) = resolve(&[p(&format!("HTTP.SSL.VERIFYPEER={v}"))]);
+            assert_eq!(errors.len(), 1, "{v:?}");
+        }
+        // curl's VERIFYHOST=2 is "verify".
+        let (rules, _, errors) = resolve(&[p("HTTP.SSL.VERIFYHOST=2")]);
+        assert!(errors.is_empty());
+        assert!(rules[0].settings.ssl_verifyhost.as_ref().unwrap().value);
+    }
+
+    #[test]
+    fn numbers() {
+        let (rules, _, errors) = resolve(&[p("HTTP.TIMEOUT=30\nHTTP.CONNECTTIMEOUT=0\n")]);
+        assert!(errors.is_empty());
+        let s = &rules[0].settings;
+        assert_eq!(s.timeout.as_ref().unwrap().value, Duration::from_secs(30));
+        assert_eq!(s.connect_timeout.as_ref().unwrap().value, Duration::ZERO);
+        let (_, _, errors) = resolve(&[p(
+            "HTTP.TIMEOUT=-1\nHTTP.CONNECTTIMEOUT=10s\n[h]HTTP.TIMEOUT=99999999999999999999999\n",
+        )]);
+        assert_eq!(errors.len(), 3);
+        assert_eq!(
+            errors[1].to_string(),
+            "/rc/.daprc:2: HTTP.CONNECTTIMEOUT: not a whole number of seconds"
+        );
+    }
+
+    #[test]
+    fn validate_sets_both_but_explicit_key_wins_in_same_scope() {
+        let (rules, _, _) = resolve(&[p("HTTP.SSL.VALIDATE=1\nHTTP.SSL.VERIFYHOST=0\n")]);
+        let s = &rules[0].settings;
+        assert!(s.ssl_verifypeer.as_ref().unwrap().value);
+        assert!(!s.ssl_verifyhost.as_ref().unwrap().value);
+        // A more specific VALIDATE beats a less specific VERIFYPEER.
+        let (rules, _, _) = resolve(&[p("HTTP.SSL.VERIFYPEER=1\n[h]HTTP.SSL.VALIDATE=0\n")]);
+        let s = &select(&rules, "https", "h", 443, "/").unwrap().settings;
+        assert!(!s.ssl_verifypeer.as_ref().unwrap().value);
+    }
+
+    #[test]
+    fn userpassword_is_percent_decoded() {
+        let (rules, _, errors) = resolve(&[p(
+            "HTTP.CREDENTIALS.USERPASSWORD=user%40example.org:p%3Ass\n\
+             [h]HTTP.CREDENTIALS.USERPASSWORD=a%3ab:c:d%2F%zz\n",
+        )]);
+        assert!(errors.is_empty());
+        let s = &rules
+            .iter()
+            .find(|r| r.scope == RcScope::Any)
+            .unwrap()
+            .settings;
+        assert_eq!(s.username.as_ref().unwrap().value, "user@example.org");
+        assert_eq!(pw(&s.password), Some("p:ss"));
+        // Split at the first raw ':', then decode; an invalid escape stays literal.
+        let s = &select(&rules, "http", "h", 80, "/").unwrap().settings;
+        assert_eq!(s.username.as_ref().unwrap().value, "a:b");
+        assert_eq!(pw(&s.password), Some("c:d/%zz"));
+    }
+
+    #[test]
+    fn userpassword_errors_do_not_leak() {
+        let (_, _, errors) = resolve(&[p(
+            "HTTP.CREDENTIALS.USERPASSWORD=nocolonsecret\n[h]HTTP.CREDENTIALS.USERPASSWORD=u:%ff%fe\n",
+        )]);
+        assert_eq!(errors.len(), 2);
+        for e in &errors {
+            let m = e.to_string();
+            assert!(m.contains("HTTP.CREDENTIALS.USERPASSWORD"));
+            assert!(!m.contains("nocolonsecret") && !m.contains("%ff"));
+        }
+    }
+
+    #[test]
+    fn username_password_beat_userpassword() {
+        // Same scope; USER is a synonym of USERNAME; the literal pair is not decoded.
+        let (rules, warnings, _) = resolve(&[p("HTTP.CREDENTIALS.USERPASSWORD=enc:oded\n\
+             HTTP.CREDENTIALS.USER=lit%40\n\
+             HTTP.CREDENTIALS.PASSWORD=pa%3Ass\n")]);
+        let s = &rules[0].settings;
+        assert_eq!(s.username.as_ref().unwrap().value, "lit%40");
+        assert_eq!(pw(&s.password), Some("pa%3Ass"));
+        assert_eq!(s.password.as_ref().unwrap().origin.line, 3);
+        assert!(warnings.iter().any(|w| w.origin.line == 1));
+        // Any scope level: a global literal pair beats a host USERPASSWORD (netCDF-C's rule).
+        let (rules, _, _) = resolve(&[p("HTTP.CREDENTIALS.USERNAME=g\n\
+             HTTP.CREDENTIALS.PASSWORD=gp\n\
+             [h]HTTP.CREDENTIALS.USERPASSWORD=hu:hp\n")]);
+        let s = &select(&rules, "http", "h", 80, "/").unwrap().settings;
+        assert_eq!(s.username.as_ref().unwrap().value, "g");
+        // Half a pair does not beat USERPASSWORD.
+        let (rules, _, _) = resolve(&[p("HTTP.CREDENTIALS.USERNAME=only\n\
+             [h]HTTP.CREDENTIALS.USERPASSWORD=hu:hp\n")]);
+        let s = &select(&rules, "http", "h", 80, "/").unwrap().settings;
+        assert_eq!(s.username.as_ref().unwrap().value, "hu");
+        assert_eq!(pw(&s.password), Some("hp"));
+        let s = &rules
+            .iter()
+            .find(|r| r.scope == RcScope::Any)
+            .unwrap()
+            .settings;
+        assert_eq!(s.username.as_ref().unwrap().value, "only");
+        assert!(s.password.is_none());
+    }
+
+    // --- scopes -----------------------------------------------------------------------------
+
+    #[test]
+    fn scope_matching_table() {
+        type Request<'a> = (&'a str, &'a str, u16, &'a str);
+        let cases: &[(RcScope, Request, bool)] = &[
+            (RcScope::Any, ("https", "x", 1, "/"), true),
+            (host("h.org", None), ("http", "H.ORG", 80, "/a"), true),
+            (host("h.org", None), ("https", "h.org", 8443, "/"), true),
+            (host("h.org", None), ("https", "x.h.org", 443, "/"), false),
+            (host("h.org", Some(443)), ("https", "h.org", 443, "/"), true),
+            (host("h.org", Some(80)), ("https", "h.org", 443, "/"), false),
+            (host("[::1]", Some(80)), ("http", "::1", 80, "/"), true),
+            (
+                url("https", "h.org", None, ""),
+                ("HTTPS", "h.org", 8443, ""),
+                true,
+            ),
+            (
+                url("https", "h.org", None, ""),
+                ("http", "h.org", 443, "/"),
+                false,
+            ),
+            (
+                url("https", "h.org", Some(443), ""),
+                ("https", "h.org", 443, "/"),
+                true,
+            ),
+            (
+                url("http", "h.org", Some(8080), ""),
+                ("http", "h.org", 80, "/"),
+                false,
+            ),
+            (
+                url("https", "h.org", None, "/data"),
+                ("https", "h.org", 443, "/data"),
+                true,
+            ),
+            (
+                url("https", "h.org", None, "/data"),
+                ("https", "h.org", 443, "/data/"),
+                true,
+            ),
+            (
+                url("https", "h.org", None, "/data"),
+                ("https", "h.org", 443, "/data/x"),
+                true,
+            ),
+            (
+                url("https", "h.org", None, "/data"),
+                ("https", "h.org", 443, "/database"),
+                false,
+            ),
+            (
+                url("https", "h.org", None, "/data"),
+                ("https", "h.org", 443, "/Data"),
+                false,
+            ),
+            (
+                url("https", "h.org", None, "/data"),
+                ("https", "h.org", 443, "/"),
+                false,
+            ),
+            (
+                url("https", "h.org", None, "/data"),
+                ("https", "h.org", 443, "/data?x=1"),
+                true,
+            ),
+            (
+                url("https", "h.org", None, "/data"),
+                ("https", "other", 443, "/data"),
+                false,
+            ),
+        ];
+        for (scope, (s, h, port, path), want) in cases {
+            assert_eq!(
+                scope.matches(s, h, *port, path),
+                *want,
+                "{scope} vs {s}://{h}:{port}{path}"
+            );
+        }
+        // Default ports as parsed from the written form of a request URL.
+        let f = p("[h.org:443]A=1\n[http://h.org:80]B=1\n");
+        let (rules, _, _) = resolve(&[f]);
+        for (u, key) in [("https://h.org/x", "A"), ("http://h.org/x", "B")] {
+            let r = select_url(&rules, &url::Url::parse(u).unwrap()).unwrap();
+            assert_eq!(unsupported(r)[0].0, key, "{u}");
+        }
+    }
+
+    #[test]
+    fn specificity_order() {
+        let order = [
+            RcScope::Any,
+            host("h", None),
+            host("h", Some(80)),
+            url("http", "h", None, ""),
+            url("http", "h", Some(80), ""),
+            url("http", "h", None, "/a"),
+            url("http", "h", Some(80), "/a"),
+            url("http", "h", None, "/a/b"),
+        ];
+        for w in order.windows(2) {
+            assert!(
+                w[0].specificity() < w[1].specificity(),
+                "{} < {}",
+                w[0],
+                w[1]
+            );
+        }
+        assert!(host("h", None).contains(&url("https", "h", Some(1), "/x")));
+        assert!(!host("h", Some(1)).contains(&url("https", "h", None, "/x")));
+        assert!(url("https", "h", None, "/x").contains(&url("https", "h", Some(2), "/x/y")));
+        assert!(!url("https", "h", None, "/x").contains(&url("https", "h", None, "/xy")));
+        assert!(!url("https", "h", None, "").contains(&host("h", None)));
+        assert_eq!(
+            host("h", Some(8080)).intersect(&url("http", "h", None, "/d")),
+            Some(url("http", "h", Some(8080), "/d"))
+        );
+        assert_eq!(host("h", Some(1)).intersect(&host("h", Some(2))), None);
+        let t = url("https", "h", Some(8443), "/a/b");
+        let anc: Vec<String> = t.ancestors().iter().map(|s| s.to_string()).collect();
+        assert_eq!(
+            anc,
+            vec![
+                "(unscoped)",
+                "[h]",
+                "[h:8443]",
+                "[https://h]",
+                "[https://h:8443]",
+                "[https://h/a]",
+                "[https://h:8443/a]",
+                "[https://h/a/b]",
+                "[https://h:8443/a/b]",
+            ]
+        );
+        assert!(t.ancestors().iter().all(|a| a.contains(&t)));
+    }
+
+    #[test]
+    fn inheritance_host_line_applies_to_url_rule() {
+        let (rules, warnings, errors) = resolve(&[p("HTTP.TIMEOUT=10\n\
+             [data.example.org]HTTP.SSL.CAINFO=/etc/ca.pem\n\
+             [https://data.example.org/thredds]HTTP.CREDENTIALS.USERPASSWORD=u:p\n\
+             [https://data.example.org/thredds/private]HTTP.TIMEOUT=20\n")]);
+        assert!(warnings.is_empty() && errors.is_empty());
+        let scopes: Vec<String> = rules.iter().map(|r| r.scope.to_string()).collect();
+        assert_eq!(
+            scopes,
+            vec![
+                "[https://data.example.org/thredds/private]",
+                "[https://data.example.org/thredds]",
+                "[data.example.org]",
+                "(unscoped)",
+            ]
+        );
+        let r = select(
+            &rules,
+            "https",
+            "data.example.org",
+            443,
+            "/thredds/private/f.nc",
+        )
+        .unwrap();
+        let s = &r.settings;
+        assert_eq!(s.ssl_cainfo.as_ref().unwrap().origin.line, 2);
+        assert_eq!(s.username.as_ref().unwrap().value, "u");
+        assert_eq!(s.timeout.as_ref().unwrap().value, Duration::from_secs(20));
+        let s = &select(&rules, "https", "data.example.org", 443, "/thredds/x")
+            .unwrap()
+            .settings;
+        assert_eq!(
+            s.ssl_cainfo.as_ref().unwrap().value,
+            Path::new("/etc/ca.pem")
+        );
+        assert_eq!(s.timeout.as_ref().unwrap().value, Duration::from_secs(10));
+        let s = &select(&rules, "https", "data.example.org", 443, "/other")
+            .unwrap()
+            .settings;
+        assert!(s.username.is_none());
+        assert!(s.ssl_cainfo.is_some());
+        let r = select(&rules, "https", "elsewhere.org", 443, "/").unwrap();
+        assert_eq!(r.scope, RcScope::Any);
+    }
+
+    #[test]
+    fn overlapping_scopes_get_an_intersection_rule() {
+        let (rules, _, _) = resolve(&[p("[h:8080]HTTP.SSL.CAINFO=/ca\n\
+             [http://h/data]HTTP.NETRC=/netrc\n")]);
+        let r = select(&rules, "http", "h", 8080, "/data/x").unwrap();
+        assert_eq!(r.scope, url("http", "h", Some(8080), "/data"));
+        assert!(r.settings.ssl_cainfo.is_some() && r.settings.netrc.is_some());
+        let r = select(&rules, "http", "h", 80, "/data/x").unwrap();
+        assert!(r.settings.ssl_cainfo.is_none() && r.settings.netrc.is_some());
+    }
+
+    // --- merging and discovery --------------------------------------------------------------
+
+    #[test]
+    fn same_scope_conflicts_earlier_file_wins_last_line_in_file_wins() {
+        let (rules, warnings, _) = res(&[
+            ("/cwd/.daprc", "HTTP.NETRC=/cwd-daprc\n"),
+            (
+                "/home/.daprc",
+                "HTTP.NETRC=/home-1\nHTTP.NETRC=/home-2\n[h]HTTP.NETRC=/home-h\n",
+            ),
+        ]);
+        let any = rules.iter().find(|r| r.scope == RcScope::Any).unwrap();
+        assert_eq!(
+            any.settings.netrc.as_ref().unwrap().value,
+            Path::new("/cwd-daprc")
+        );
+        // A more specific scope wins even from a lower-precedence file.
+        let r = select(&rules, "http", "h", 80, "/").unwrap();
+        assert_eq!(
+            r.settings.netrc.as_ref().unwrap().value,
+            Path::new("/home-h")
+        );
+        assert_eq!(warnings.len(), 1);
+        assert_eq!(warnings[0].origin.to_string(), "/home/.daprc:1");
+    }
+
+    fn write(dir: &Path, name: &str, text: &str) {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+
+    #[test]
+    fn discovery_precedence_table() {
+        let home = tempfile::tempdir().unwrap();
+        let cwd = tempfile::tempdir().unwrap();
+        let env = RcEnv {
+            home: Some(home.path().to_path_buf()),
+            cwd: Some(cwd.path().to_path_buf()),
+            ..RcEnv::default()
+        };
+        let all: Vec<PathBuf> = [cwd.path(), home.path()]
+            .iter()
+            .flat_map(|d| [".daprc", ".dodsrc", ".ncrc"].map(|n| d.join(n)))
+            .collect();
+        assert_eq!(candidate_paths(&env), all);
+        assert!(discover(&env).is_empty());
+        // Each file sets the same key; remove them from the top, the next one must win.
+        for (i, path) in all.iter().enumerate() {
+            std::fs::write(path, format!("HTTP.NETRC=/{i}\n")).unwrap();
+        }
+        assert_eq!(discover(&env), all);
+        for (i, path) in all.iter().enumerate() {
+            let files: Vec<RcFile> = discover(&env)
+                .iter()
+                .map(|f| parse_file(f).unwrap())
+                .collect();
+            let (rules, _, _) = resolve(&files);
+            let netrc = rules[0].settings.netrc.as_ref().unwrap();
+            assert_eq!(netrc.value, PathBuf::from(format!("/{i}")));
+            assert_eq!(&*netrc.origin.path, path.as_path());
+            std::fs::remove_file(path).unwrap();
+        }
+    }
+
+    #[test]
+    fn discovery_home_equal_to_cwd_reads_once() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), ".dodsrc", "A=1\n");
+        let env = RcEnv {
+            home: Some(dir.path().to_path_buf()),
+            cwd: Some(dir.path().to_path_buf()),
+            ..RcEnv::default()
+        };
+        assert_eq!(candidate_paths(&env).len(), 3);
+        assert_eq!(discover(&env), vec![dir.path().join(".dodsrc")]);
+        // Same directory spelt differently.
+        let env = RcEnv {
+            home: Some(dir.path().join(".")),
+            ..env
+        };
+        assert_eq!(candidate_paths(&env).len(), 3);
+    }
+
+    #[test]
+    fn discovery_only_file_and_ignore() {
+        let home = tempfile::tempdir().unwrap();
+        write(home.path(), ".daprc", "A=1\n");
+        write(home.path(), "custom", "A=2\n");
+        write(home.path(), "newer", "A=3\n");
+        let base = RcEnv {
+            home: Some(home.path().to_path_buf()),
+            cwd: Some(home.path().to_path_buf()),
+            ..RcEnv::default()
+        };
+        let env = RcEnv {
+            daprcfile: Some(PathBuf::from("custom")),
+            ..base.clone()
+        };
+        assert_eq!(discover(&env), vec![home.path().join("custom")]);
+        let env = RcEnv {
+            ncrcenv_rc: Some(home.path().join("newer")),
+            ..env
+        };
+        assert_eq!(discover(&env), vec![home.path().join("newer")]);
+        let missing = RcEnv {
+            ncrcenv_rc: Some(home.path().join("missing")),
+            ..base.clone()
+        };
+        assert_eq!(candidate_paths(&missing), vec![home.path().join("missing")]);
+        assert!(discover(&missing).is_empty());
+        let ignored = RcEnv {
+            ignore: true,
+            ..env
+        };
+        assert!(candidate_paths(&ignored).is_empty());
+        assert!(discover(&ignored).is_empty());
+        let nohome = RcEnv {
+            home: None,
+            cwd: None,
+            ..RcEnv::default()
+        };
+        assert!(candidate_paths(&nohome).is_empty());
+    }
+
+    // --- robustness -------------------------------------------------------------------------
+
+    /// A small deterministic fuzz: rc-ish garbage never panics, and the selected rule is
+    /// contained in every matching scope (the one-lookup invariant).
+    #[test]
+    fn garbage_never_panics_and_select_is_consistent() {
+        let pieces: &[&[u8]] = &[
+            b"[",
+            b"]",
+            b"=",
+            b"\n",
+            b"\r\n",
+            b" ",
+            b"#",
+            b":",
+            b"/",
+            b"://",
+            b"h",
+            b"H",
+            b"x",
+            b"80",
+            b"443",
+            b"8080",
+            b"99999",
+            b"http",
+            b"https",
+            b"[::1]",
+            b"%",
+            b"%3a",
+            b"%ff",
+            b"@",
+            b"\xff",
+            b"\xe9",
+            b"HTTP.SSL.VALIDATE",
+            b"HTTP.TIMEOUT",
+            b"HTTP.CREDENTIALS.USERPASSWORD",
+            b"HTTP.CREDENTIALS.USER",
+            b"HTTP.SSL.CAINFO",
+            b"HTTP.PROXY_SERVER",
+            b"HTTP.VERBOSE",
+            b"1",
+            b"0",
+            b"yes",
+            b"/a",
+            b"/a/b",
+            b"?",
+            b"\t",
+            b"\0",
+        ];
+        let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let scopes: &[&str] = &[
+            "",
+            "",
+            "[h]",
+            "[H:80]",
+            "[h:8080]",
+            "[h:443]",
+            "[http://h]",
+            "[https://h]",
+            "[http://h/a]",
+            "[https://h/a/b]",
+            "[http://h:8080/a]",
+            "[https://h:443/a]",
+            "[foo://h/a]",
+            "[x]",
+            "[[::1]]",
+            "[https://[::1]/a]",
+            "[h",
+            "[h/a]",
+        ];
+        let keys: &[&str] = &[
+            "HTTP.SSL.CAINFO",
+            "HTTP.VERBOSE",
+            "http.verbose",
+            "HTTP.SSL.VALIDATE",
+            "HTTP.CREDENTIALS.USERPASSWORD",
+            "HTTP.CREDENTIALS.USER",
+            "HTTP.TIMEOUT",
+            " K ",
+        ];
+        let values: &[&str] = &["", "1", "0", "/ca", "u%40:p%3a", "x y", "=", "yes"];
+        let requests = [
+            ("http", "h", 80u16, "/"),
+            ("https", "h", 443, "/a/b/c"),
+            ("http", "h", 8080, "/a"),
+            ("https", "::1", 443, "/a"),
+            ("http", "x", 80, ""),
+            ("foo", "h", 0, "/a/b"),
+            ("https", "h", 443, "/a"),
+            ("http", "h", 8080, "/a/b"),
+        ];
+        for _ in 0..3000 {
+            let mut bytes = Vec::new();
+            for _ in 0..(next() % 24) {
+                if next() % 4 == 0 {
+                    // Unstructured junk.
+                    for _ in 0..(next() % 12) {
+                        bytes.extend_from_slice(pieces[(next() % pieces.len() as u64) as usize]);
+                    }
+                } else {
+                    // A plausible line.
+                    let pick = |n: u64, xs: &[&'static str]| xs[(n % xs.len() as u64) as usize];
+                    bytes.extend_from_slice(pick(next(), scopes).as_bytes());
+                    bytes.extend_from_slice(pick(next(), keys).as_bytes());
+                    bytes.push(b'=');
+                    bytes.extend_from_slice(pick(next(), values).as_bytes());
+                }
+                bytes.extend_from_slice(if next() % 2 == 0 { b"\n" } else { b"\r\n" });
+            }
+            let f = parse_bytes(Path::new("/f"), &bytes);
+            let (rules, _, _) = resolve(std::slice::from_ref(&f));
+            for (s, h, port, path) in requests {
+                let best = select(&rules, s, h, port, path);
+                if let Some(best) = best {
+                    for r in rules.iter().filter(|r| r.scope.matches(s, h, port, path)) {
+                        assert!(
+                            r.scope.contains(&best.scope),
+                            "{} !> {}",
+                            r.scope,
+                            best.scope
+                        );
+                    }
+                }
+                // Naive reference: per key, the matching line with the most specific scope,
+                // then the last line.
+                let winner = |pred: &dyn Fn(&RcLine) -> bool| {
+                    f.lines
+                        .iter()
+                        .filter(|l| l.scope.matches(s, h, port, path) && pred(l))
+                        .max_by_key(|l| (l.scope.specificity(), l.origin.line))
+                        .map(|l| l.origin.line)
+                };
+                let cainfo = winner(&|l| l.key == "HTTP.SSL.CAINFO" && !l.value.is_empty());
+                let got = best.and_then(|b| b.settings.ssl_cainfo.as_ref().map(|c| c.origin.line));
+                assert_eq!(got, cainfo, "{:?}", String::from_utf8_lossy(&bytes));
+                let verbose = winner(&|l| l.key == "HTTP.VERBOSE");
+                let got = best.and_then(|b| {
+                    b.settings
+                        .unsupported
+                        .iter()
+                        .find(|u| u.value == "HTTP.VERBOSE")
+                        .map(|u| u.origin.line)
+                });
+                assert_eq!(got, verbose);
+                if best.is_none() {
+                    let ignored = |l: &RcLine| {
+                        l.value.is_empty() && NEED_VALUE.contains(&canonical_key(&l.key))
+                    };
+                    assert!(f
+                        .lines
+                        .iter()
+                        .all(|l| ignored(l) || !l.scope.matches(s, h, port, path)));
+                }
+            }
+        }
+    }
+}

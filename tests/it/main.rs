@@ -1,0 +1,7 @@
+//! The integration tests: one binary, real loopback servers and real clients.
+
+mod support;
+
+mod clients;
+mod core;
+mod process;

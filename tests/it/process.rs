@@ -1,0 +1,227 @@
+//! The `authproxy` binary as users run it: memory under a large download, secrets in
+//! logs at every level, clean shutdown.
+
+use std::io::Read;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::{self, Origin};
+
+/// The binary, started on a free loopback port.
+pub struct Daemon {
+    pub child: Child,
+    pub addr: String,
+}
+
+impl Daemon {
+    pub fn start(args: &[&str], env: &[(&str, &str)]) -> Daemon {
+        let port = support::closed_port();
+        let addr = format!("127.0.0.1:{port}");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_authproxy"));
+        cmd.arg("serve").arg("--listen").arg(&addr).args(args);
+        cmd.env_remove("RUST_LOG").env_remove("AUTHPROXY_CONFIG");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start authproxy");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(&addr).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "authproxy did not listen on {addr}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Daemon { child, addr }
+    }
+
+    /// A field of /proc/PID/status in KiB.
+    pub fn status_kib(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+
+    /// SIGTERM, wait for exit (bounded), return stderr and whether it exited cleanly.
+    pub fn stop(mut self) -> (bool, String) {
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break Some(s);
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut log = String::new();
+        self.child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut log)
+            .unwrap();
+        (status.is_some_and(|s| s.success()), log)
+    }
+}
+
+/// Downloads `url` through the proxy on a raw connection, counting the body bytes
+/// and checking the pattern; returns the count.
+async fn download(proxy: &str, url: &str) -> u64 {
+    let mut sock = TcpStream::connect(proxy).await.unwrap();
+    let host = url.split('/').nth(2).unwrap();
+    let req = format!("GET {url} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    sock.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut head = Vec::new();
+    let mut body = 0u64;
+    loop {
+        let n = sock.read(&mut buf).await.unwrap();
+        if n == 0 {
+            return body;
+        }
+        let mut chunk = &buf[..n];
+        if !head.ends_with(b"\r\n\r\n") {
+            let mut i = 0;
+            while i < chunk.len() && !head.ends_with(b"\r\n\r\n") {
+                head.push(chunk[i]);
+                i += 1;
+            }
+            assert!(
+                head.starts_with(b"HTTP/1.1 200"),
+                "{}",
+                String::from_utf8_lossy(&head)
+            );
+            chunk = &chunk[i..];
+        }
+        for (i, b) in chunk.iter().enumerate() {
+            assert_eq!(
+                *b,
+                support::pattern(body + i as u64),
+                "byte {}",
+                body + i as u64
+            );
+        }
+        body += chunk.len() as u64;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_download_streams_without_growing_memory() {
+    let origin = Origin::start().await;
+    let daemon = Daemon::start(&["--log-level", "warn"], &[]);
+    // Warm up, then measure the peak while 512 MiB pass through.
+    assert_eq!(
+        download(&daemon.addr, &origin.url("/bytes/1048576")).await,
+        1 << 20
+    );
+    let before = daemon.status_kib("VmRSS:");
+    let len: u64 = 512 << 20;
+    assert_eq!(
+        download(&daemon.addr, &origin.url(&format!("/bytes/{len}"))).await,
+        len
+    );
+    let peak = daemon.status_kib("VmHWM:");
+    let (clean, log) = daemon.stop();
+    assert!(clean, "{log}");
+    eprintln!("RSS before {before} KiB, peak {peak} KiB");
+    assert!(
+        peak < before + 32 * 1024,
+        "peak RSS grew from {before} KiB to {peak} KiB during a 512 MiB download"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_never_reach_the_log_even_at_trace_level() {
+    let origin = Origin::start().await;
+    let daemon = Daemon::start(&[], &[("RUST_LOG", "trace")]);
+    let closed = support::closed_port();
+    let secrets = [
+        "BasicPass-7d1e",
+        "ProxyPass-93aa",
+        "CookieVal-55c1",
+        "UserinfoPass-0b2f",
+        "QueryToken-c3d9",
+    ];
+    let auth = "Basic QWxhZGRpbjpCYXNpY1Bhc3MtN2QxZQ=="; // Aladdin:BasicPass-7d1e
+    let proxy_auth = "Basic cDpQcm94eVBhc3MtOTNhYQ=="; // p:ProxyPass-93aa
+    for target in [
+        origin.url("/ok?token=QueryToken-c3d9&x=1"),
+        format!("http://u:UserinfoPass-0b2f@{}/ok", origin.addr),
+        format!("http://127.0.0.1:{closed}/fail?token=QueryToken-c3d9"),
+    ] {
+        let req = format!(
+            "GET {target} HTTP/1.1\r\nHost: {}\r\nAuthorization: {auth}\r\n\
+             Proxy-Authorization: {proxy_auth}\r\nAuthorization: Bearer BasicPass-7d1e\r\n\
+             Cookie: s=CookieVal-55c1\r\nConnection: close\r\n\r\n",
+            target
+                .split('/')
+                .nth(2)
+                .unwrap()
+                .rsplit('@')
+                .next()
+                .unwrap()
+        );
+        let mut sock = TcpStream::connect(&daemon.addr).await.unwrap();
+        sock.write_all(req.as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), sock.read_to_end(&mut out)).await;
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.starts_with("HTTP/1.1 "), "{text}");
+        for s in secrets {
+            assert!(!text.contains(s), "{s} in the response: {text}");
+        }
+    }
+    let (clean, log) = daemon.stop();
+    assert!(clean, "{log}");
+    assert!(log.contains("status=200"), "no access log line:\n{log}");
+    assert!(
+        log.contains("connect_refused"),
+        "no failure log line:\n{log}"
+    );
+    assert!(log.contains("token=***"), "{log}");
+    for s in secrets {
+        assert!(!log.contains(s), "{s} reached the log:\n{log}");
+    }
+    // The base64 forms too.
+    assert!(!log.contains("QWxhZGRpbjpCYXNpY1Bhc3MtN2QxZQ"), "{log}");
+    assert!(!log.contains("cDpQcm94eVBhc3MtOTNhYQ"), "{log}");
+}
+
+#[test]
+fn json_log_format_writes_json_lines() {
+    let daemon = Daemon::start(&["--log-format", "json"], &[]);
+    let port = support::closed_port();
+    let mut sock = std::net::TcpStream::connect(&daemon.addr).unwrap();
+    use std::io::Write;
+    write!(
+        sock,
+        "GET http://127.0.0.1:{port}/ HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n"
+    )
+    .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = sock.read(&mut buf).unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 502"));
+    let (clean, log) = daemon.stop();
+    assert!(clean);
+    let line = log
+        .lines()
+        .find(|l| l.contains("connect_refused"))
+        .expect("access line");
+    assert!(line.starts_with('{') && line.ends_with('}'), "{line}");
+    assert!(line.contains("\"status\":502"), "{line}");
+}
