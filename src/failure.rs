@@ -155,6 +155,123 @@ impl Failure {
         )
     }
 
+    pub fn proxy_unreachable(proxy: &str, err: &io::Error) -> Self {
+        Self::new(
+            502,
+            "upstream_proxy_unreachable",
+            format!(
+                "authproxy could not reach the upstream proxy {proxy} ({}). \
+                 Check HTTP.PROXY.SERVER in your rc file or upstream_proxy in the YAML config.",
+                io_kind(err)
+            ),
+        )
+    }
+
+    /// The upstream proxy answered CONNECT (or a request) with `code`.
+    pub fn proxy_refused(proxy: &str, authority: &str, code: Option<u16>) -> Self {
+        match code {
+            Some(407) => Self::new(
+                502,
+                "upstream_proxy_auth",
+                format!(
+                    "the upstream proxy {proxy} refused authproxy's credentials (407) for {authority}. \
+                     Check the user and password of upstream_proxy or HTTP.PROXY.SERVER."
+                ),
+            ),
+            Some(c) => Self::new(
+                502,
+                "upstream_proxy_refused",
+                format!("the upstream proxy {proxy} refused to connect to {authority} (status {c})."),
+            ),
+            None => Self::new(
+                502,
+                "upstream_proxy_refused",
+                format!("the upstream proxy {proxy} closed the connection instead of connecting to {authority}."),
+            ),
+        }
+    }
+
+    /// Explains a TLS failure from the TLS library's error text, or `None` when the
+    /// text names no known cause.
+    pub fn tls_diagnosis(authority: &str, text: &str, has_identity: bool) -> Option<Self> {
+        let has = |needle: &str| text.contains(needle);
+        let (code, message) = if has("UnknownIssuer") || has("unknown issuer") {
+            (
+                "tls_untrusted",
+                format!(
+                    "the certificate of {authority} is not signed by a CA authproxy trusts. \
+                     Add its CA with HTTP.SSL.CAINFO (a bundle) or HTTP.SSL.CAPATH (a directory) \
+                     in your rc file, or tls.ca / tls.ca_dir in the YAML config."
+                ),
+            )
+        } else if has("NotValidForName") || has("not valid for name") {
+            (
+                "tls_wrong_name",
+                format!(
+                    "the certificate of {authority} is not valid for that host name. \
+                     Use the name the certificate was issued for, or set HTTP.SSL.VERIFYHOST=0 \
+                     (tls.verify: false) for this host if you trust the network."
+                ),
+            )
+        } else if has("Expired") || has("expired") {
+            (
+                "tls_expired",
+                format!("the certificate of {authority} has expired or is not yet valid; check this machine's clock or tell the server's operators."),
+            )
+        } else if has("CertificateRequired") || has("certificate required") {
+            (
+                "tls_client_cert_required",
+                if has_identity {
+                    format!("{authority} refused the client certificate authproxy presented. Check that the certificate is the one the server expects and has not expired.")
+                } else {
+                    format!(
+                        "{authority} requires a client certificate and none is configured for it. \
+                         Set HTTP.SSL.CERTIFICATE and HTTP.SSL.KEY in your rc file, or tls.client_cert \
+                         and tls.client_key in the YAML config."
+                    )
+                },
+            )
+        } else if has("BadCertificate")
+            || has("UnknownCA")
+            || has("bad certificate")
+            || has("unknown ca")
+            || has("DecryptError")
+            || has("AccessDenied")
+        {
+            (
+                "tls_client_cert_refused",
+                if has_identity {
+                    format!("{authority} refused the client certificate authproxy presented (it does not trust its issuer or the certificate is invalid). Check HTTP.SSL.CERTIFICATE / tls.client_cert.")
+                } else {
+                    format!(
+                        "{authority} refused the TLS handshake, probably because it wants a client certificate. \
+                         Set HTTP.SSL.CERTIFICATE and HTTP.SSL.KEY, or tls.client_cert and tls.client_key."
+                    )
+                },
+            )
+        } else if has("HandshakeFailure")
+            || has("handshake")
+            || has("CorruptMessage")
+            || has("InvalidContentType")
+        {
+            (
+                "tls_handshake_failed",
+                format!(
+                    "the TLS handshake with {authority} failed. \
+                     Check that the server speaks https on this port{}.",
+                    if has_identity {
+                        " and accepts the configured client certificate"
+                    } else {
+                        ""
+                    }
+                ),
+            )
+        } else {
+            return None;
+        };
+        Some(Self::new(502, code, message))
+    }
+
     pub fn internal() -> Self {
         Self::new(
             500,
@@ -165,9 +282,20 @@ impl Failure {
 
     /// Classifies an error from pingora's proxy loop. `None` means the client went away
     /// and there is nobody to answer.
-    pub fn from_pingora(e: &Error, target: Option<&Target>, timeouts: &Timeouts) -> Option<Self> {
+    pub fn from_pingora(
+        e: &Error,
+        target: Option<&Target>,
+        timeouts: &Timeouts,
+        has_identity: bool,
+    ) -> Option<Self> {
         let authority = target.map_or_else(|| "the upstream server".to_owned(), Target::authority);
         use ErrorType::*;
+        let tls = target.is_some_and(|t| t.scheme == crate::target::Scheme::Https);
+        if tls && e.esource() != &ErrorSource::Downstream {
+            if let Some(f) = Self::tls_diagnosis(&authority, &e.to_string(), has_identity) {
+                return Some(f);
+            }
+        }
         let f = match e.etype() {
             HTTPStatus(code) if *code >= 400 => Self::new(*code, "http_status", "request refused"),
             ConnectTimedout | TLSHandshakeTimedout => {
@@ -302,18 +430,22 @@ mod tests {
         let to = Timeouts::default();
         let e = Error::new(ErrorType::ConnectTimedout);
         assert_eq!(
-            Failure::from_pingora(&e, Some(&t), &to).unwrap().status,
+            Failure::from_pingora(&e, Some(&t), &to, false)
+                .unwrap()
+                .status,
             504
         );
         let e = Error::new_up(ErrorType::ReadTimedout);
-        let f = Failure::from_pingora(&e, Some(&t), &to).unwrap();
+        let f = Failure::from_pingora(&e, Some(&t), &to, false).unwrap();
         assert_eq!((f.status, f.code), (504, "upstream_timeout"));
         let e = Error::new_up(ErrorType::InvalidHTTPHeader);
         assert_eq!(
-            Failure::from_pingora(&e, Some(&t), &to).unwrap().status,
+            Failure::from_pingora(&e, Some(&t), &to, false)
+                .unwrap()
+                .status,
             502
         );
         let e = Error::new_down(ErrorType::ConnectionClosed);
-        assert_eq!(Failure::from_pingora(&e, Some(&t), &to), None);
+        assert_eq!(Failure::from_pingora(&e, Some(&t), &to, false), None);
     }
 }

@@ -8,15 +8,21 @@ build a [`config::Snapshot`], bind a listener, and call [`server::Daemon::run`].
 */
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod config;
+pub mod explain;
 pub mod failure;
 pub mod proxy;
 pub mod redact;
+pub mod reload;
 pub mod resolve;
+pub mod rule;
 pub mod secret;
 pub mod server;
 pub mod target;
 pub mod telemetry;
+pub mod tls;
 pub mod tunnel;
+pub mod upstream;
 
 pub use server::{Daemon, Tuning};

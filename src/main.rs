@@ -1,6 +1,7 @@
 //! The `authproxy` command line: a thin layer over the library.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -8,9 +9,14 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tokio::sync::watch;
 
-use authproxy::config::Snapshot;
+use authproxy::config::load::{self, Environment};
+use authproxy::explain;
+use authproxy::reload::Reloader;
 use authproxy::telemetry::{self, LogFormat};
 use authproxy::{Daemon, Tuning};
+
+/// Exit status for a configuration that does not load (EX_CONFIG).
+const EXIT_CONFIG: u8 = 78;
 
 /// A local authenticating forward proxy for tools that cannot log in by themselves.
 #[derive(Parser)]
@@ -24,12 +30,33 @@ struct Cli {
 enum Command {
     /// Run the daemon in the foreground.
     Serve(ServeArgs),
+    /// Load the configuration, print every rule with its source (secrets redacted) and
+    /// every warning; exit 1 on any error.
+    Check(ConfigArgs),
+    /// Show what would happen to a URL: rule, credentials (redacted), TLS, upstream proxy.
+    Explain {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// The URL a client would request.
+        url: String,
+    },
+}
+
+#[derive(clap::Args)]
+struct ConfigArgs {
+    /// YAML config file (default: $AUTHPROXY_CONFIG, then
+    /// $XDG_CONFIG_HOME/authproxy/config.yaml, then /etc/authproxy/config.yaml).
+    #[arg(long, short = 'c', value_name = "FILE")]
+    config: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
 struct ServeArgs {
-    /// Address to listen on; repeat for several.
-    #[arg(long = "listen", value_name = "ADDR", default_value = "127.0.0.1:3128")]
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Address to listen on; repeat for several (default: the config's `listen`,
+    /// else 127.0.0.1:3128).
+    #[arg(long = "listen", value_name = "ADDR")]
     listen: Vec<SocketAddr>,
     /// Log level or tracing directive (overrides RUST_LOG), e.g. `debug`.
     #[arg(long, value_name = "LEVEL")]
@@ -49,17 +76,59 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => match serve(args) {
-            Ok(()) => ExitCode::SUCCESS,
+            Ok(code) => code,
             Err(e) => {
                 eprintln!("authproxy: {e:#}");
                 ExitCode::FAILURE
             }
         },
+        Command::Check(args) => {
+            let env = Environment::from_process(args.config);
+            let (text, ok) = explain::check(&env);
+            print!("{text}");
+            if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Command::Explain { config, url } => {
+            let env = Environment::from_process(config.config);
+            match explain::explain(&env, &url) {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("authproxy: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
 }
 
-fn serve(args: ServeArgs) -> anyhow::Result<()> {
+fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let _log = telemetry::init(args.log_level.as_deref(), args.log_format);
+    let env = Environment::from_process(args.config.config.clone());
+    let snapshot = match load::load(&env) {
+        Ok(s) => s,
+        Err(errors) => {
+            for e in &errors.0 {
+                tracing::error!("{e}");
+            }
+            tracing::error!("the configuration has errors; run `authproxy check` for details");
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+    };
+    for w in &snapshot.warnings {
+        tracing::warn!("{w}");
+    }
+    let listen = if args.listen.is_empty() {
+        snapshot.listen.clone()
+    } else {
+        args.listen.clone()
+    };
     let mut tuning = Tuning::default();
     if let Some(n) = args.threads {
         tuning.threads = n.max(1);
@@ -71,18 +140,21 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .context("starting the runtime")?;
     runtime.block_on(async move {
         let mut listeners = Vec::new();
-        for addr in &args.listen {
+        for addr in &listen {
             let l = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("cannot listen on {addr}"))?;
             tracing::info!(%addr, "listening");
             listeners.push(l);
         }
-        let snapshots = Snapshot::default().into_handle();
+        let rules = snapshot.sites.len() + snapshot.rc.len();
+        tracing::info!(rules, files = snapshot.files.len(), "configuration loaded");
+        let snapshots = snapshot.into_handle();
+        let reloader = Reloader::start(env, snapshots.clone());
         let daemon = Daemon::new(snapshots, &tuning);
         let (stop_tx, stop_rx) = watch::channel(false);
         tokio::spawn(async move {
-            wait_for_signal().await;
+            signals(&reloader).await;
             tracing::info!("shutting down");
             let _ = stop_tx.send(true);
         });
@@ -90,16 +162,24 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .run(listeners, stop_rx, Duration::from_secs(args.drain_seconds))
             .await;
         tracing::info!("stopped");
-        Ok(())
+        Ok(ExitCode::SUCCESS)
     })
 }
 
-async fn wait_for_signal() {
+/// Returns on SIGTERM or SIGINT; SIGHUP reloads the configuration.
+async fn signals(reloader: &Reloader) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+    loop {
+        tokio::select! {
+            _ = term.recv() => return,
+            _ = int.recv() => return,
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading the configuration");
+                reloader.trigger();
+            }
+        }
     }
 }

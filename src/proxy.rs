@@ -2,31 +2,36 @@
 The per-request phases of a proxied HTTP request, plugged into pingora's `ProxyHttp`.
 
 `request_filter` parses the absolute-form target and takes the current snapshot;
-`upstream_peer` resolves the host without blocking and picks the next address;
-`upstream_request_filter` turns the request into origin-form with the URL's Host;
-`fail_to_proxy` answers failures with a [`Failure`]; `logging` writes the one line per
-request. Bodies stream through pingora untouched.
+`upstream_peer` applies the resolved rules (TLS upgrade, upstream proxy, client
+certificate) and resolves the host without blocking; `upstream_request_filter` turns the
+request into origin-form (absolute-form towards an upstream proxy) with the URL's Host
+and adds the rule's credentials; `upstream_response_filter` follows a same-host
+http → https redirect inside; `fail_to_proxy` answers failures with a [`Failure`];
+`logging` writes the one line per request. Bodies stream through pingora untouched.
 */
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::header;
-use pingora::http::ResponseHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 
+use crate::auth;
 use crate::config::{Snapshot, SnapshotHandle};
 use crate::failure::{Failure, ERROR_HEADER};
 use crate::redact;
 use crate::resolve;
+use crate::rule::UpstreamProxy;
 use crate::target::{Scheme, Target, TargetError};
+use crate::upstream;
 
-/// How long an idle pooled upstream connection is kept.
-const UPSTREAM_IDLE: Duration = Duration::from_secs(60);
+/// The error type that makes pingora retry with the next hop of a redirect.
+const FOLLOW: ErrorType = ErrorType::Custom("follow_redirect");
 
 /// The proxy's request logic. One per daemon; all state per request lives in [`RequestCtx`].
 pub struct Forwarder {
@@ -43,20 +48,29 @@ impl Forwarder {
 pub struct RequestCtx {
     started: Instant,
     snapshot: Option<Arc<Snapshot>>,
-    target: Option<Target>,
+    /// The URL the rules are matched against: the client's, or a followed redirect's.
+    hop: Option<Target>,
+    /// Where the request goes: `hop`, upgraded to https when a rule says so.
+    upstream: Option<Target>,
+    via: Option<Arc<UpstreamProxy>>,
     addrs: Vec<SocketAddr>,
     next_addr: usize,
+    redirects: u8,
     /// A failure classified by our own code, preferred over pingora's error kind.
     failure: Option<Failure>,
+    /// Filled by the upstream-proxy connector when the proxy refuses a tunnel.
+    tunnel_failure: Arc<Mutex<Option<Failure>>>,
     /// The code of the failure answered, for the log line.
     error_code: Option<&'static str>,
+    auth: Option<&'static str>,
 }
 
 impl RequestCtx {
-    fn target(&self) -> Result<&Target> {
-        self.target
-            .as_ref()
-            .ok_or_else(|| Error::explain(InternalError, "no target"))
+    fn parts(&self) -> Result<(&Arc<Snapshot>, &Target, &Target)> {
+        match (&self.snapshot, &self.hop, &self.upstream) {
+            (Some(s), Some(h), Some(u)) => Ok((s, h, u)),
+            _ => Error::e_explain(InternalError, "request context incomplete"),
+        }
     }
 
     fn fail(&mut self, failure: Failure) -> Box<Error> {
@@ -74,11 +88,16 @@ impl ProxyHttp for Forwarder {
         RequestCtx {
             started: Instant::now(),
             snapshot: None,
-            target: None,
+            hop: None,
+            upstream: None,
+            via: None,
             addrs: Vec::new(),
             next_addr: 0,
+            redirects: 0,
             failure: None,
+            tunnel_failure: Arc::default(),
             error_code: None,
+            auth: None,
         }
     }
 
@@ -86,8 +105,14 @@ impl ProxyHttp for Forwarder {
         ctx.started = Instant::now();
         match Target::from_absolute(session.req_header().raw_path()) {
             Ok(target) => {
-                ctx.target = Some(target);
-                ctx.snapshot = Some(self.snapshots.load_full());
+                let snapshot = self.snapshots.load_full();
+                let upstream = snapshot
+                    .resolve(&target)
+                    .upstream_target(&target)
+                    .unwrap_or_else(|| target.clone());
+                ctx.snapshot = Some(snapshot);
+                ctx.hop = Some(target);
+                ctx.upstream = Some(upstream);
                 Ok(false)
             }
             Err(e) => {
@@ -108,29 +133,40 @@ impl ProxyHttp for Forwarder {
         _session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
+        let (snapshot, hop, target) = ctx.parts()?;
+        let snapshot = snapshot.clone();
+        let resolved = snapshot.resolve(hop);
+        let via = resolved.proxy(&target.host).cloned();
+        let timeouts = resolved.timeouts();
         if ctx.addrs.is_empty() {
-            let target = ctx.target()?;
-            match resolve::resolve(&target.host, target.port).await {
+            let (host, port) = match &via {
+                Some(p) => (p.host.clone(), p.port),
+                None => (target.host.clone(), target.port),
+            };
+            match resolve::resolve(&host, port).await {
                 Ok(addrs) => ctx.addrs = addrs,
                 Err(e) => {
-                    let f = Failure::dns(&target.host, &e);
+                    let f = match &via {
+                        Some(p) => Failure::proxy_unreachable(&p.authority(), &e),
+                        None => Failure::dns(&host, &e),
+                    };
                     return Err(ctx.fail(f));
                 }
             }
         }
-        let target = ctx.target()?;
         let addr = ctx.addrs[ctx.next_addr.min(ctx.addrs.len() - 1)];
-        let tls = target.scheme == Scheme::Https;
-        let mut peer = HttpPeer::new(addr, tls, target.host.clone());
-        let timeouts = ctx
-            .snapshot
-            .as_ref()
-            .map(|s| s.timeouts)
-            .unwrap_or_default();
-        peer.options.connection_timeout = Some(timeouts.connect);
-        peer.options.read_timeout = Some(timeouts.read);
-        peer.options.write_timeout = Some(timeouts.read);
-        peer.options.idle_timeout = Some(UPSTREAM_IDLE);
+        let target = ctx.upstream.as_ref().expect("checked by parts()");
+        let mut peer = upstream::peer(target, addr, &resolved, via.as_ref(), timeouts);
+        if via.is_some() && target.scheme == Scheme::Https {
+            peer.options.custom_l4 = Some(Arc::new(upstream::ConnectVia::new(
+                addr,
+                target.authority(),
+                via.as_deref(),
+                timeouts.connect,
+                ctx.tunnel_failure.clone(),
+            )));
+        }
+        ctx.via = via;
         Ok(Box::new(peer))
     }
 
@@ -152,16 +188,90 @@ impl ProxyHttp for Forwarder {
     async fn upstream_request_filter(
         &self,
         _session: &mut Session,
-        upstream: &mut pingora::http::RequestHeader,
+        req: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let target = ctx.target()?;
-        upstream.set_raw_path(target.path_and_query.as_bytes())?;
-        upstream.insert_header(header::HOST, target.host_header())?;
+        let (snapshot, hop, target) = ctx.parts()?;
+        let resolved = snapshot.resolve(hop);
         // pingora strips the standard hop-by-hop headers; these two are proxy-specific.
-        upstream.remove_header("proxy-connection");
-        upstream.remove_header(&header::PROXY_AUTHORIZATION);
+        req.remove_header("proxy-connection");
+        req.remove_header(&header::PROXY_AUTHORIZATION);
+        let (applied, new_pq) = auth::apply(&resolved, target, req)?;
+        let pq = new_pq.as_deref().unwrap_or(&target.path_and_query);
+        match &ctx.via {
+            Some(proxy) if target.scheme == Scheme::Http => {
+                // Absolute-form towards the upstream proxy.
+                let url = format!("http://{}{}", target.host_header(), pq);
+                req.set_raw_path(url.as_bytes())?;
+                if let Some(a) = &proxy.authorization {
+                    req.insert_header(header::PROXY_AUTHORIZATION, a.expose().as_str())?;
+                }
+            }
+            _ => req.set_raw_path(pq.as_bytes())?,
+        }
+        req.insert_header(header::HOST, target.host_header())?;
+        ctx.auth = applied.authorization;
         Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let (snapshot, hop, _) = ctx.parts()?;
+        let max = snapshot.max_hops;
+        if let Some(next) = same_host_https_redirect(hop, response) {
+            if ctx.redirects < max && !session.as_ref().retry_buffer_truncated() {
+                let snapshot = snapshot.clone();
+                ctx.redirects += 1;
+                ctx.upstream = Some(
+                    snapshot
+                        .resolve(&next)
+                        .upstream_target(&next)
+                        .unwrap_or_else(|| next.clone()),
+                );
+                ctx.hop = Some(next);
+                ctx.addrs.clear();
+                ctx.next_addr = 0;
+                let mut e = Error::explain(FOLLOW, "same-host redirect to https");
+                e.set_retry(true);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        _ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        if e.etype() == &FOLLOW {
+            return e;
+        }
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated()
+        {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
+        }
+        e
+    }
+
+    fn suppress_proxy_warn_log(
+        &self,
+        _session: &Session,
+        _ctx: &RequestCtx,
+        error: &Error,
+        _context: pingora::proxy::ProxyWarnLogContext,
+    ) -> bool {
+        error.etype() == &FOLLOW
     }
 
     async fn response_filter(
@@ -182,7 +292,7 @@ impl ProxyHttp for Forwarder {
 
     fn request_summary(&self, session: &Session, ctx: &RequestCtx) -> String {
         let req = session.req_header();
-        match &ctx.target {
+        match &ctx.hop {
             Some(t) => format!(
                 "{} {}://{}{}",
                 req.method,
@@ -200,15 +310,19 @@ impl ProxyHttp for Forwarder {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        let timeouts = ctx
-            .snapshot
-            .as_ref()
-            .map(|s| s.timeouts)
-            .unwrap_or_default();
-        let failure = ctx
-            .failure
-            .take()
-            .or_else(|| Failure::from_pingora(e, ctx.target.as_ref(), &timeouts));
+        let timeouts = match (&ctx.snapshot, &ctx.hop) {
+            (Some(s), Some(h)) => s.resolve(h).timeouts(),
+            _ => Default::default(),
+        };
+        let tunnel_failure = ctx.tunnel_failure.lock().ok().and_then(|mut f| f.take());
+        let has_identity = match (&ctx.snapshot, &ctx.hop) {
+            (Some(s), Some(h)) => s.resolve(h).identity().is_some(),
+            _ => false,
+        };
+        let failure =
+            ctx.failure.take().or(tunnel_failure).or_else(|| {
+                Failure::from_pingora(e, ctx.upstream.as_ref(), &timeouts, has_identity)
+            });
         let Some(failure) = failure else {
             return FailToProxy {
                 error_code: 0,
@@ -236,31 +350,43 @@ impl ProxyHttp for Forwarder {
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let method = &session.req_header().method;
-        let elapsed = ctx.started.elapsed();
-        let (host, path) = match &ctx.target {
+        let ms = ctx.started.elapsed().as_micros() as f64 / 1e3;
+        let (host, path) = match &ctx.hop {
             Some(t) => (t.host_header(), redact::path_and_query(&t.path_and_query)),
             None => (String::new(), "-".into()),
         };
         let bytes = session.body_bytes_sent();
+        let auth = ctx.auth.unwrap_or("-");
         match (ctx.error_code, e) {
             (Some(code), _) => tracing::warn!(
                 target: "authproxy::access",
-                %method, %host, %path, status, bytes, ms = elapsed.as_micros() as f64 / 1e3, error = code,
+                %method, %host, %path, status, bytes, ms, auth, error = code,
                 "request failed"
             ),
             (None, Some(e)) => tracing::warn!(
                 target: "authproxy::access",
-                %method, %host, %path, status, bytes, ms = elapsed.as_micros() as f64 / 1e3,
-                error = e.etype().as_str(),
+                %method, %host, %path, status, bytes, ms, auth, error = e.etype().as_str(),
                 "request aborted"
             ),
             (None, None) => tracing::info!(
                 target: "authproxy::access",
-                %method, %host, %path, status, bytes, ms = elapsed.as_micros() as f64 / 1e3,
+                %method, %host, %path, status, bytes, ms, auth,
                 "request"
             ),
         }
     }
+}
+
+/// The next hop when `response` redirects `hop` from http to https on the same host.
+fn same_host_https_redirect(hop: &Target, response: &ResponseHeader) -> Option<Target> {
+    if hop.scheme != Scheme::Http
+        || !matches!(response.status.as_u16(), 301 | 302 | 303 | 307 | 308)
+    {
+        return None;
+    }
+    let location = response.headers.get(header::LOCATION)?;
+    let next = Target::from_absolute(location.as_bytes()).ok()?;
+    (next.scheme == Scheme::Https && next.host == hop.host).then_some(next)
 }
 
 /// Writes `failure` as the whole response.

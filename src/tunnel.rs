@@ -15,7 +15,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::config::Snapshot;
 use crate::failure::Failure;
 use crate::resolve;
+use crate::rule::UpstreamProxy;
 use crate::target::Target;
+use crate::upstream;
 
 /// Largest CONNECT request head accepted.
 const MAX_HEAD: usize = 16 * 1024;
@@ -46,7 +48,13 @@ where
             return;
         }
     };
-    let mut up = match resolve::connect(&target, snapshot.timeouts.connect).await {
+    let resolved = snapshot.resolve(&target);
+    let timeouts = resolved.timeouts();
+    let connected = match resolved.proxy(&target.host) {
+        Some(proxy) => via_proxy(proxy, &target, timeouts.connect).await,
+        None => resolve::connect(&target, timeouts.connect).await,
+    };
+    let mut up = match connected {
         Ok(up) => up,
         Err(failure) => {
             let _ = down.write_all(&failure.to_http1()).await;
@@ -73,6 +81,28 @@ where
         ms = started.elapsed().as_micros() as f64 / 1e3,
         "tunnel closed"
     );
+}
+
+/// A tunnel through the upstream proxy: `CONNECT` there, with its credentials.
+async fn via_proxy(
+    proxy: &UpstreamProxy,
+    target: &Target,
+    timeout: std::time::Duration,
+) -> Result<tokio::net::TcpStream, Failure> {
+    let addrs = resolve::resolve(&proxy.host, proxy.port)
+        .await
+        .map_err(|e| Failure::proxy_unreachable(&proxy.authority(), &e))?;
+    let authorization = proxy.authorization.as_ref().map(|a| a.expose().as_str());
+    let mut last = None;
+    for addr in addrs {
+        match upstream::connect_tunnel(addr, &target.authority(), authorization, timeout).await {
+            Ok(s) => return Ok(s),
+            Err(f) if f.code == "upstream_proxy_unreachable" => last = Some(f),
+            Err(f) => return Err(f),
+        }
+    }
+    Err(last
+        .unwrap_or_else(|| Failure::proxy_refused(&proxy.authority(), &target.authority(), None)))
 }
 
 fn log_failure(host: &str, failure: &Failure, started: Instant) {

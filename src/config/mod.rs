@@ -4,9 +4,12 @@ Configuration: the sources (YAML, netCDF-C rc files, `.netrc`) and the immutable
 [`SnapshotHandle`]; a reload builds a new snapshot off the hot path and swaps it in.
 */
 
+pub mod load;
 pub mod netrc;
 pub mod origin;
+pub mod rcfile;
 pub mod snapshot;
+pub mod yaml;
 
 pub use origin::{Origin, Sourced};
 pub use snapshot::{Snapshot, SnapshotHandle};

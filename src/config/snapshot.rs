@@ -1,17 +1,68 @@
 /*!
 The immutable value the proxy consults per request.
+
+A [`Snapshot`] holds the rules of every source, each source's rules sorted most specific
+first, plus the global settings. [`Snapshot::resolve`] picks, for one request target, the
+YAML rule, the rc rule and the `.netrc` entry that apply; [`Resolved`] answers each
+question (credentials, TLS, proxy, timeouts) from the most authoritative source that has
+an answer: YAML, then rc files, then `.netrc`. Nothing here reads a file or allocates
+much: everything was loaded when the snapshot was built.
 */
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
+use crate::config::netrc::{Netrc, NetrcEntry};
+use crate::config::Origin;
 use crate::failure::Timeouts;
+use crate::rule::{CaSet, Identity, ProxyChoice, Rule, UpstreamProxy, Value};
+use crate::secret::Secret;
+use crate::target::{Scheme, Target};
 
 /// Everything a request needs to know, built once per (re)load.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Snapshot {
     pub timeouts: Timeouts,
+    pub listen: Vec<SocketAddr>,
+    /// YAML `sites`, most specific first (file order among equals).
+    pub sites: Vec<Rule>,
+    /// rc-file scopes, most specific first.
+    pub rc: Vec<Rule>,
+    pub netrc: Option<Netrc>,
+    pub upstream_proxy: Option<Arc<UpstreamProxy>>,
+    /// Host names (exact) and suffixes (leading `.`) that bypass the upstream proxy.
+    pub no_proxy: Vec<String>,
+    pub max_hops: u8,
+    /// Every file the snapshot was built from.
+    pub files: Vec<PathBuf>,
+    /// Files that were looked for and may appear later (rc files, config, netrc).
+    pub watch: Vec<PathBuf>,
+    pub warnings: Vec<String>,
+    /// rc keys accepted but not acted on, with their origin.
+    pub unsupported: Vec<String>,
+}
+
+impl Default for Snapshot {
+    fn default() -> Self {
+        Snapshot {
+            timeouts: Timeouts::default(),
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 3128))],
+            sites: Vec::new(),
+            rc: Vec::new(),
+            netrc: None,
+            upstream_proxy: None,
+            no_proxy: Vec::new(),
+            max_hops: 10,
+            files: Vec::new(),
+            watch: Vec::new(),
+            warnings: Vec::new(),
+            unsupported: Vec::new(),
+        }
+    }
 }
 
 /// The current snapshot, swapped atomically on reload. A request loads it once and
@@ -21,5 +72,224 @@ pub type SnapshotHandle = Arc<ArcSwap<Snapshot>>;
 impl Snapshot {
     pub fn into_handle(self) -> SnapshotHandle {
         Arc::new(ArcSwap::from_pointee(self))
+    }
+
+    /// The rules that apply to `target` (as the client asked for it).
+    pub fn resolve(&self, target: &Target) -> Resolved<'_> {
+        let site = self.sites.iter().find(|r| r.matcher.matches(target));
+        let rc = self.rc.iter().find(|r| r.matcher.matches(target));
+        let netrc = self.netrc.as_ref().and_then(|n| n.lookup(&target.host));
+        Resolved {
+            snapshot: self,
+            site,
+            rc,
+            netrc,
+        }
+    }
+
+    /// Sorts rules most specific first; equal rules keep their order (first wins).
+    pub fn sort_rules(rules: &mut [Rule]) {
+        rules.sort_by_key(|r| std::cmp::Reverse(r.matcher.specificity()));
+    }
+
+    fn bypasses_proxy(&self, host: &str) -> bool {
+        self.no_proxy.iter().any(|p| {
+            if p == "*" {
+                true
+            } else if let Some(suffix) = p.strip_prefix('.') {
+                host.len() > suffix.len()
+                    && host.ends_with(suffix)
+                    && host.as_bytes()[host.len() - suffix.len() - 1] == b'.'
+                    || host.eq_ignore_ascii_case(suffix)
+            } else {
+                host.eq_ignore_ascii_case(p)
+            }
+        })
+    }
+}
+
+/// A Basic credential and where it came from.
+#[derive(Clone, Copy, Debug)]
+pub struct BasicRef<'a> {
+    pub user: &'a str,
+    pub password: &'a Secret<String>,
+    pub origin: &'a Origin,
+    /// `yaml`, `rc` or `netrc`.
+    pub source: &'static str,
+}
+
+/// The rules for one request target.
+#[derive(Clone, Copy, Debug)]
+pub struct Resolved<'a> {
+    pub snapshot: &'a Snapshot,
+    pub site: Option<&'a Rule>,
+    pub rc: Option<&'a Rule>,
+    pub netrc: Option<&'a NetrcEntry>,
+}
+
+impl<'a> Resolved<'a> {
+    fn rules(&self) -> impl Iterator<Item = &'a Rule> {
+        self.site.into_iter().chain(self.rc)
+    }
+
+    fn first<T>(&self, f: impl Fn(&'a Rule) -> Option<T>) -> Option<T> {
+        self.rules().find_map(f)
+    }
+
+    /// Whether the client's `http://` request goes upstream over https.
+    pub fn upgrade(&self) -> bool {
+        self.rules().any(|r| r.tls.upgrade)
+    }
+
+    /// The target as it goes upstream: `http` becomes `https` (port 80 becomes 443)
+    /// when a rule says `tls.upgrade`.
+    pub fn upstream_target(&self, target: &Target) -> Option<Target> {
+        if target.scheme == Scheme::Http && self.upgrade() {
+            let mut t = target.clone();
+            t.scheme = Scheme::Https;
+            if t.port == 80 {
+                t.port = 443;
+            }
+            Some(t)
+        } else {
+            None
+        }
+    }
+
+    pub fn bearer(&self) -> Option<&'a Value> {
+        self.first(|r| r.bearer.as_ref())
+    }
+
+    /// The Basic credential for this host. A `.netrc` password is sent only over TLS:
+    /// `.netrc` names a host, not a scheme, and a password on plain http is readable by
+    /// anyone on the path.
+    pub fn basic(&self, upstream_tls: bool) -> Option<BasicRef<'a>> {
+        if let Some(c) = self.first(|r| r.basic.as_ref().map(|b| (r, b))) {
+            let (rule, b) = c;
+            return Some(BasicRef {
+                user: &b.user,
+                password: &b.password,
+                origin: &b.origin,
+                source: if matches!(rule.matcher, crate::rule::Matcher::Site(_)) {
+                    "yaml"
+                } else {
+                    "rc"
+                },
+            });
+        }
+        self.netrc_basic().filter(|_| upstream_tls)
+    }
+
+    /// The `.netrc` entry as a Basic credential, whatever the scheme.
+    pub fn netrc_basic(&self) -> Option<BasicRef<'a>> {
+        static EMPTY: std::sync::OnceLock<Secret<String>> = std::sync::OnceLock::new();
+        let e = self.netrc?;
+        if e.login.is_none() && e.password.is_none() {
+            return None;
+        }
+        Some(BasicRef {
+            user: e.login.as_deref().unwrap_or(""),
+            password: e
+                .password
+                .as_ref()
+                .unwrap_or_else(|| EMPTY.get_or_init(|| Secret::new(String::new()))),
+            origin: &e.origin,
+            source: "netrc",
+        })
+    }
+
+    pub fn headers(&self) -> &'a [(http::HeaderName, Value)] {
+        self.site.map_or(&[], |r| &r.headers)
+    }
+
+    pub fn query(&self) -> &'a [(String, Value)] {
+        self.site.map_or(&[], |r| &r.query)
+    }
+
+    pub fn identity(&self) -> Option<&'a Arc<Identity>> {
+        self.first(|r| r.tls.identity.as_ref())
+    }
+
+    pub fn ca(&self) -> Option<&'a Arc<CaSet>> {
+        self.first(|r| r.tls.ca.as_ref())
+    }
+
+    pub fn verify_peer(&self) -> bool {
+        self.first(|r| r.tls.verify_peer).unwrap_or(true)
+    }
+
+    pub fn verify_host(&self) -> bool {
+        self.first(|r| r.tls.verify_host).unwrap_or(true)
+    }
+
+    /// The upstream proxy for `host`, if any: a rule's own choice, else the global one
+    /// unless `no_proxy` exempts the host.
+    pub fn proxy(&self, host: &str) -> Option<&'a Arc<UpstreamProxy>> {
+        for rule in self.rules() {
+            match &rule.proxy {
+                ProxyChoice::Inherit => continue,
+                ProxyChoice::Direct => return None,
+                ProxyChoice::Via(p) if rule.matcher_is_site() => return Some(p),
+                ProxyChoice::Via(p) => {
+                    return (!self.snapshot.bypasses_proxy(host)).then_some(p);
+                }
+            }
+        }
+        self.snapshot
+            .upstream_proxy
+            .as_ref()
+            .filter(|_| !self.snapshot.bypasses_proxy(host))
+    }
+
+    pub fn timeouts(&self) -> Timeouts {
+        let d = self.snapshot.timeouts;
+        Timeouts {
+            connect: self.first(|r| r.connect_timeout).unwrap_or(d.connect),
+            read: self.first(|r| r.read_timeout).unwrap_or(d.read),
+        }
+    }
+
+    /// Hash of everything that makes a pooled upstream connection specific to this
+    /// policy: client certificate, trusted CAs, verification, upstream proxy.
+    pub fn pool_key(&self, proxy: Option<&UpstreamProxy>) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.identity().map(|i| i.fingerprint).hash(&mut h);
+        self.ca().map(|c| c.fingerprint).hash(&mut h);
+        self.verify_peer().hash(&mut h);
+        self.verify_host().hash(&mut h);
+        proxy.map(UpstreamProxy::fingerprint).hash(&mut h);
+        h.finish()
+    }
+
+    /// The rule ids, for logs and `explain`.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(r) = self.site {
+            parts.push(format!("{} ({})", r.id, r.origin));
+        }
+        if let Some(r) = self.rc {
+            parts.push(format!("rc {} ({})", r.id, r.origin));
+        }
+        if let Some(e) = self.netrc {
+            parts.push(format!("netrc ({})", e.origin));
+        }
+        if parts.is_empty() {
+            "no rule".to_owned()
+        } else {
+            parts.join(", ")
+        }
+    }
+
+    /// Effective timeouts as durations, for `explain`.
+    pub fn timeout_pair(&self) -> (Duration, Duration) {
+        let t = self.timeouts();
+        (t.connect, t.read)
+    }
+}
+
+impl Rule {
+    fn matcher_is_site(&self) -> bool {
+        matches!(self.matcher, crate::rule::Matcher::Site(_))
     }
 }

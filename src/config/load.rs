@@ -1,0 +1,588 @@
+/*!
+Building a [`Snapshot`] from the sources: the YAML file, netCDF-C rc files and `.netrc`.
+
+Everything the process environment contributes comes in through [`Environment`], so
+tests never touch `HOME`. Every problem found is collected (file:line, never a value)
+and the build fails as a whole if there is any: a reload that fails keeps the old
+snapshot serving.
+*/
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use pingora::utils::tls::{parse_x509, CertKey, WrappedX509};
+
+use crate::config::netrc::{self, Netrc};
+use crate::config::rcfile::{self, RcEnv, RcRule};
+use crate::config::yaml::{
+    self, NetrcSetting, ProxyChoice as YamlProxy, RcFilesSetting, SecretEnv, Site, YamlConfig,
+};
+use crate::config::{Origin, Snapshot};
+use crate::rule::{
+    BasicCredential, CaSet, Identity, Matcher, ProxyChoice, Rule, UpstreamProxy, Value,
+};
+use crate::secret::Secret;
+use crate::tls;
+
+/// What the process environment says, injected.
+#[derive(Clone, Debug, Default)]
+pub struct Environment {
+    /// `--config`.
+    pub config_flag: Option<PathBuf>,
+    /// `$AUTHPROXY_CONFIG`.
+    pub authproxy_config: Option<PathBuf>,
+    /// `$XDG_CONFIG_HOME`.
+    pub xdg_config_home: Option<PathBuf>,
+    /// `$HOME`.
+    pub home: Option<PathBuf>,
+    /// `$NETRC`.
+    pub netrc: Option<OsString>,
+    /// The system-wide config path (`/etc/authproxy/config.yaml`).
+    pub system_config: Option<PathBuf>,
+    pub secrets: SecretEnv,
+    pub rc: RcEnv,
+}
+
+impl Environment {
+    pub fn from_process(config_flag: Option<PathBuf>) -> Self {
+        let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+        Environment {
+            config_flag,
+            authproxy_config: var("AUTHPROXY_CONFIG").map(PathBuf::from),
+            xdg_config_home: var("XDG_CONFIG_HOME").map(PathBuf::from),
+            home: var("HOME").map(PathBuf::from),
+            netrc: var("NETRC"),
+            system_config: Some(PathBuf::from("/etc/authproxy/config.yaml")),
+            secrets: SecretEnv::from_process_env(),
+            rc: RcEnv::from_process(),
+        }
+    }
+
+    /// The config file: `--config`, else `$AUTHPROXY_CONFIG` (both must exist), else the
+    /// first existing of `$XDG_CONFIG_HOME/authproxy/config.yaml` (default
+    /// `~/.config`) and `/etc/authproxy/config.yaml`; else none.
+    pub fn config_path(&self) -> ConfigPath {
+        if let Some(p) = self.config_flag.as_ref().or(self.authproxy_config.as_ref()) {
+            return ConfigPath::Named(p.clone());
+        }
+        let xdg = self
+            .xdg_config_home
+            .clone()
+            .or_else(|| self.home.as_ref().map(|h| h.join(".config")))
+            .map(|d| d.join("authproxy").join("config.yaml"));
+        let candidates: Vec<PathBuf> = xdg.into_iter().chain(self.system_config.clone()).collect();
+        match candidates.iter().find(|p| p.is_file()) {
+            Some(p) => ConfigPath::Found(p.clone(), candidates),
+            None => ConfigPath::None(candidates),
+        }
+    }
+}
+
+/// Which config file applies.
+#[derive(Clone, Debug)]
+pub enum ConfigPath {
+    /// Named explicitly: it must exist.
+    Named(PathBuf),
+    /// Found by search; the candidates are watched.
+    Found(PathBuf, Vec<PathBuf>),
+    /// None exists; the candidates are watched.
+    None(Vec<PathBuf>),
+}
+
+/// Every problem that stopped a snapshot from building.
+#[derive(Debug, Default)]
+pub struct LoadErrors(pub Vec<String>);
+
+impl fmt::Display for LoadErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for LoadErrors {}
+
+/// Builds the snapshot, or reports every error found.
+pub fn load(env: &Environment) -> Result<Snapshot, LoadErrors> {
+    let mut b = Builder::default();
+    let yaml = b.yaml(env);
+    let mut snap = Snapshot::default();
+    if let Some(y) = &yaml {
+        snap.listen = y.listen.clone();
+        snap.max_hops = y.max_hops;
+        snap.no_proxy = y
+            .no_proxy
+            .iter()
+            .map(|p| p.trim_start_matches('*').to_owned())
+            .collect();
+        if let Some(c) = y.timeouts.connect {
+            snap.timeouts.connect = c;
+        }
+        if let Some(r) = y.timeouts.first_byte.or(y.timeouts.idle) {
+            snap.timeouts.read = r;
+        }
+        snap.upstream_proxy = y
+            .upstream_proxy
+            .as_ref()
+            .map(|p| Arc::new(proxy_from_yaml(p)));
+        for w in &y.warnings {
+            b.warnings.push(w.to_string());
+        }
+        for f in &y.files_read {
+            b.files.push(f.clone());
+        }
+        for (i, site) in y.sites.iter().enumerate() {
+            if let Some(rule) = b.site_rule(i, site) {
+                snap.sites.push(rule);
+            }
+        }
+    }
+
+    // rc files
+    let rc_paths = match yaml.as_ref().map(|y| &y.rc_files) {
+        Some(RcFilesSetting::List(list)) => {
+            b.watch.extend(list.iter().cloned());
+            list.clone()
+        }
+        _ => {
+            b.watch.extend(rcfile::candidate_paths(&env.rc));
+            rcfile::discover(&env.rc)
+        }
+    };
+    let mut rc_files = Vec::new();
+    for path in &rc_paths {
+        match rcfile::parse_file(path) {
+            Ok(f) => {
+                b.files.push(path.clone());
+                rc_files.push(f);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if matches!(
+                    yaml.as_ref().map(|y| &y.rc_files),
+                    Some(RcFilesSetting::List(_))
+                ) {
+                    b.errors.push(format!(
+                        "{}: rc file listed in rc_files does not exist",
+                        path.display()
+                    ));
+                }
+            }
+            Err(e) => b
+                .errors
+                .push(format!("{}: cannot read rc file: {e}", path.display())),
+        }
+    }
+    let (rc_rules, rc_warnings, rc_errors) = rcfile::resolve(&rc_files);
+    b.warnings.extend(rc_warnings.iter().map(|w| w.to_string()));
+    b.errors.extend(rc_errors.iter().map(|e| e.to_string()));
+    let mut netrc_from_rc = None;
+    for rr in &rc_rules {
+        for u in &rr.settings.unsupported {
+            let line = format!("{}: {} is accepted but not acted on", u.origin, u.value);
+            if !snap.unsupported.contains(&line) {
+                snap.unsupported.push(line);
+            }
+        }
+        if let Some(n) = &rr.settings.netrc {
+            netrc_from_rc.get_or_insert_with(|| n.value.clone());
+        }
+        if let Some(rule) = b.rc_rule(rr) {
+            snap.rc.push(rule);
+        }
+    }
+
+    // .netrc
+    let netrc_path = match yaml.as_ref().map(|y| &y.netrc) {
+        Some(NetrcSetting::Off) => None,
+        Some(NetrcSetting::Path(p)) => Some(p.clone()),
+        _ => netrc::default_path(
+            netrc_from_rc.as_deref(),
+            env.netrc.as_deref(),
+            env.home.as_deref(),
+        ),
+    };
+    if let Some(path) = netrc_path {
+        b.watch.push(path.clone());
+        match Netrc::parse_file(&path) {
+            Ok(n) => {
+                b.files.push(path.clone());
+                b.warnings.extend(n.warnings.iter().map(|w| w.to_string()));
+                snap.netrc = Some(n);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => b
+                .errors
+                .push(format!("{}: cannot read .netrc: {e}", path.display())),
+        }
+    }
+
+    if !b.errors.is_empty() {
+        return Err(LoadErrors(b.errors));
+    }
+    Snapshot::sort_rules(&mut snap.sites);
+    Snapshot::sort_rules(&mut snap.rc);
+    b.files.sort();
+    b.files.dedup();
+    b.watch.extend(b.files.iter().cloned());
+    b.watch.sort();
+    b.watch.dedup();
+    snap.files = b.files;
+    snap.watch = b.watch;
+    snap.warnings = b.warnings;
+    Ok(snap)
+}
+
+#[derive(Default)]
+struct Builder {
+    errors: Vec<String>,
+    warnings: Vec<String>,
+    files: Vec<PathBuf>,
+    watch: Vec<PathBuf>,
+    identities: HashMap<(PathBuf, Option<PathBuf>, bool), Arc<Identity>>,
+    cas: HashMap<(Option<PathBuf>, Option<PathBuf>), Arc<CaSet>>,
+}
+
+impl Builder {
+    fn yaml(&mut self, env: &Environment) -> Option<YamlConfig> {
+        let path = match env.config_path() {
+            yaml_path @ (ConfigPath::Named(_) | ConfigPath::Found(..)) => {
+                let (p, candidates) = match yaml_path {
+                    ConfigPath::Named(p) => (p, vec![]),
+                    ConfigPath::Found(p, c) => (p, c),
+                    ConfigPath::None(_) => unreachable!(),
+                };
+                self.watch.extend(candidates);
+                p
+            }
+            ConfigPath::None(candidates) => {
+                self.watch.extend(candidates);
+                return None;
+            }
+        };
+        self.watch.push(path.clone());
+        match yaml::parse_file(&path, &env.secrets) {
+            Ok(y) => {
+                self.files.push(path);
+                Some(y)
+            }
+            Err(errors) => {
+                self.errors.extend(errors.iter().map(|e| e.to_string()));
+                None
+            }
+        }
+    }
+
+    fn site_rule(&mut self, index: usize, site: &Site) -> Option<Rule> {
+        let id = if site.id.starts_with("sites[") {
+            site.id.clone()
+        } else {
+            format!("sites[{index}] {}", site.id)
+        };
+        let mut rule = Rule::new(id, site.origin.clone(), Matcher::Site(site.pattern.clone()));
+        rule.basic = site.basic.as_ref().map(|(user, pw)| BasicCredential {
+            user: user.clone(),
+            password: pw.clone(),
+            origin: site.origin.clone(),
+        });
+        rule.bearer = site.bearer.clone().map(Value::Secret);
+        for (name, value) in &site.headers {
+            match http::HeaderName::from_bytes(name.as_bytes()) {
+                Ok(n) => rule.headers.push((n, param(value))),
+                Err(_) => self
+                    .errors
+                    .push(format!("{}: invalid header name {name:?}", site.origin)),
+            }
+        }
+        rule.query = site
+            .query
+            .iter()
+            .map(|(k, v)| (k.clone(), param(v)))
+            .collect();
+        let t = &site.tls;
+        rule.tls.upgrade = t.upgrade;
+        rule.tls.verify_peer = t.verify;
+        rule.tls.verify_host = t.verify;
+        if let Some(p12) = &t.pkcs12 {
+            rule.tls.identity = self.identity(
+                &site.origin,
+                "tls.pkcs12",
+                p12,
+                None,
+                t.key_password.as_ref(),
+                true,
+            );
+        } else if let Some(cert) = &t.client_cert {
+            rule.tls.identity = self.identity(
+                &site.origin,
+                "tls.client_cert",
+                cert,
+                t.client_key.as_deref(),
+                t.key_password.as_ref(),
+                false,
+            );
+        }
+        if t.ca.is_some() || t.ca_dir.is_some() {
+            rule.tls.ca = self.ca(&site.origin, t.ca.as_deref(), t.ca_dir.as_deref());
+        }
+        rule.proxy = match &site.upstream_proxy {
+            YamlProxy::Inherit => ProxyChoice::Inherit,
+            YamlProxy::Direct => ProxyChoice::Direct,
+            YamlProxy::Via(p) => ProxyChoice::Via(Arc::new(proxy_from_yaml(p))),
+        };
+        Some(rule)
+    }
+
+    fn rc_rule(&mut self, rr: &RcRule) -> Option<Rule> {
+        let s = &rr.settings;
+        let origin = [
+            s.username.as_ref().map(|v| &v.origin),
+            s.password.as_ref().map(|v| &v.origin),
+            s.ssl_certificate.as_ref().map(|v| &v.origin),
+            s.ssl_cainfo.as_ref().map(|v| &v.origin),
+            s.ssl_capath.as_ref().map(|v| &v.origin),
+            s.ssl_verifypeer.as_ref().map(|v| &v.origin),
+            s.proxy_server.as_ref().map(|v| &v.origin),
+            s.timeout.as_ref().map(|v| &v.origin),
+            s.connect_timeout.as_ref().map(|v| &v.origin),
+        ]
+        .into_iter()
+        .flatten()
+        .next()?
+        .clone();
+        let mut rule = Rule::new(rr.scope.to_string(), origin, Matcher::Rc(rr.scope.clone()));
+        if s.username.is_some() || s.password.is_some() {
+            rule.basic = Some(BasicCredential {
+                user: s
+                    .username
+                    .as_ref()
+                    .map(|u| u.value.clone())
+                    .unwrap_or_default(),
+                password: s
+                    .password
+                    .as_ref()
+                    .map(|p| p.value.clone())
+                    .unwrap_or_else(|| Secret::new(String::new())),
+                origin: s
+                    .password
+                    .as_ref()
+                    .or(None)
+                    .map(|p| p.origin.clone())
+                    .or_else(|| s.username.as_ref().map(|u| u.origin.clone()))
+                    .unwrap_or_else(|| rule.origin.clone()),
+            });
+        }
+        if let Some(cert) = &s.ssl_certificate {
+            let key = s.ssl_key.as_ref().map(|k| k.value.clone());
+            let pw = s.ssl_keypassword.as_ref().map(|p| &p.value);
+            rule.tls.identity = self.identity(
+                &cert.origin,
+                "HTTP.SSL.CERTIFICATE",
+                &cert.value,
+                key.as_deref(),
+                pw,
+                false,
+            );
+        } else if let Some(key) = &s.ssl_key {
+            self.errors.push(format!(
+                "{}: HTTP.SSL.KEY is set but HTTP.SSL.CERTIFICATE is not; set both",
+                key.origin
+            ));
+        }
+        if s.ssl_cainfo.is_some() || s.ssl_capath.is_some() {
+            let origin = s
+                .ssl_cainfo
+                .as_ref()
+                .or(s.ssl_capath.as_ref())
+                .map(|v| v.origin.clone())
+                .unwrap();
+            rule.tls.ca = self.ca(
+                &origin,
+                s.ssl_cainfo.as_ref().map(|v| v.value.as_path()),
+                s.ssl_capath.as_ref().map(|v| v.value.as_path()),
+            );
+        }
+        rule.tls.verify_peer = s.ssl_verifypeer.as_ref().map(|v| v.value);
+        rule.tls.verify_host = s.ssl_verifyhost.as_ref().map(|v| v.value);
+        for v in [&s.ssl_verifypeer, &s.ssl_verifyhost].into_iter().flatten() {
+            if !v.value {
+                self.warnings.push(format!(
+                    "{}: TLS verification is off for {}; anyone on the path can impersonate the server",
+                    v.origin, rr.scope
+                ));
+            }
+        }
+        if let Some(p) = &s.proxy_server {
+            match proxy_from_url(p.value.expose(), &p.origin) {
+                Ok(proxy) => rule.proxy = ProxyChoice::Via(Arc::new(proxy)),
+                Err(msg) => self
+                    .errors
+                    .push(format!("{}: HTTP.PROXY.SERVER: {msg}", p.origin)),
+            }
+        }
+        rule.read_timeout = s.timeout.as_ref().map(|t| t.value).filter(|d| !d.is_zero());
+        rule.connect_timeout = s
+            .connect_timeout
+            .as_ref()
+            .map(|t| t.value)
+            .filter(|d| !d.is_zero());
+        Some(rule)
+    }
+
+    fn identity(
+        &mut self,
+        origin: &Origin,
+        option: &str,
+        cert: &Path,
+        key: Option<&Path>,
+        password: Option<&Secret<String>>,
+        pkcs12: bool,
+    ) -> Option<Arc<Identity>> {
+        let cache_key = (cert.to_path_buf(), key.map(Path::to_path_buf), pkcs12);
+        if let Some(i) = self.identities.get(&cache_key) {
+            return Some(i.clone());
+        }
+        let loaded = if pkcs12 {
+            tls::load_pkcs12(cert, password)
+        } else {
+            tls::load_identity(cert, key, password)
+        };
+        match loaded {
+            Ok(id) => {
+                self.files.push(cert.to_path_buf());
+                if let Some(k) = key {
+                    self.files.push(k.to_path_buf());
+                }
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                id.chain.hash(&mut h);
+                let source = match key {
+                    Some(k) if k != cert => format!("{} + {}", cert.display(), k.display()),
+                    _ => cert.display().to_string(),
+                };
+                let identity = Arc::new(Identity {
+                    cert_key: Arc::new(CertKey::new(id.chain.clone(), id.key.expose().clone())),
+                    subject: id.subject.clone(),
+                    not_after: id.not_after.clone(),
+                    source,
+                    fingerprint: h.finish(),
+                });
+                self.identities.insert(cache_key, identity.clone());
+                Some(identity)
+            }
+            Err(e) => {
+                self.errors.push(format!("{origin}: {option}: {e}"));
+                None
+            }
+        }
+    }
+
+    fn ca(
+        &mut self,
+        origin: &Origin,
+        file: Option<&Path>,
+        dir: Option<&Path>,
+    ) -> Option<Arc<CaSet>> {
+        let cache_key = (file.map(Path::to_path_buf), dir.map(Path::to_path_buf));
+        if let Some(c) = self.cas.get(&cache_key) {
+            return Some(c.clone());
+        }
+        match tls::load_ca(file, dir) {
+            Ok(ders) => {
+                self.files.extend(file.map(Path::to_path_buf));
+                self.watch.extend(dir.map(Path::to_path_buf));
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                ders.hash(&mut h);
+                let certs: Vec<WrappedX509> = ders
+                    .into_iter()
+                    .map(|der| WrappedX509::new(der, parse_x509))
+                    .collect();
+                let source = [file, dir]
+                    .into_iter()
+                    .flatten()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(" + ");
+                let set = Arc::new(CaSet {
+                    certs: Arc::from(certs),
+                    source,
+                    fingerprint: h.finish(),
+                });
+                self.cas.insert(cache_key, set.clone());
+                Some(set)
+            }
+            Err(e) => {
+                self.errors.push(format!("{origin}: CA: {e}"));
+                None
+            }
+        }
+    }
+}
+
+fn param(v: &yaml::ParamValue) -> Value {
+    match v {
+        yaml::ParamValue::Plain(s) => Value::Plain(s.clone()),
+        yaml::ParamValue::Secret(s) => Value::Secret(s.clone()),
+    }
+}
+
+fn proxy_from_yaml(p: &yaml::UpstreamProxy) -> UpstreamProxy {
+    UpstreamProxy {
+        host: p.host.clone(),
+        port: p.port,
+        user: p.credentials.as_ref().map(|(u, _)| u.clone()),
+        authorization: p
+            .credentials
+            .as_ref()
+            .map(|(u, pw)| crate::auth::basic::header(u, pw.expose())),
+        origin: p.origin.clone(),
+    }
+}
+
+/// Parses an rc file's `HTTP.PROXY.SERVER`: `[http://][user:pass@]host[:port]`.
+/// Messages never repeat the value.
+pub fn proxy_from_url(value: &str, origin: &Origin) -> Result<UpstreamProxy, String> {
+    let with_scheme = if value.contains("://") {
+        value.to_owned()
+    } else {
+        format!("http://{value}")
+    };
+    let url = url::Url::parse(&with_scheme).map_err(|_| "not a valid proxy URL".to_owned())?;
+    if url.scheme() != "http" {
+        return Err("only http:// upstream proxies are supported".to_owned());
+    }
+    let host = url
+        .host_str()
+        .ok_or_else(|| "the proxy URL has no host".to_owned())?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let port = url.port().unwrap_or(1080);
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    let (user, authorization) = if url.username().is_empty() {
+        (None, None)
+    } else {
+        let user = decode(url.username());
+        let pw = decode(url.password().unwrap_or(""));
+        let header = crate::auth::basic::header(&user, &pw);
+        (Some(user), Some(header))
+    };
+    Ok(UpstreamProxy {
+        host,
+        port,
+        user,
+        authorization,
+        origin: origin.clone(),
+    })
+}

@@ -1,0 +1,3221 @@
+/*!
+The YAML configuration file: what rc files and `.netrc` cannot say.
+
+```yaml
+listen: ["127.0.0.1:3128"]
+access: { allow_uids: [self, 1001], proxy_token_file: tok }
+rc_files: auto                  # or a list of paths, or [] for none
+netrc: auto                     # or a path, or false for none
+cookie_jar: auto                # or a path
+upstream_proxy: http://proxy.corp:8080   # or { url: ..., username: u, password_file: pw }
+no_proxy: [".internal.example", "localhost"]
+redirects: { max_hops: 10 }
+timeouts: { connect: 10s, first_byte: 60s, idle: 5m }
+log: { format: plain, level: info }
+sites:
+  - match: "esgf-node.example.org"   # host | host:port | *.domain | http(s)://host[:port]/path | "*"
+    name: esgf
+    tls: { upgrade: true, client_cert: cert.pem, client_key: key.pem, key_password_file: pw }
+    basic: { username: alice, password_file: pw }
+    headers: { X-Api-Key: { value_file: k }, X-Plain: "v" }
+    query: { apikey: { value_file: k }, format: nc }
+    upstream_proxy: direct
+    redirects: follow
+```
+
+Entry points: [`parse_file`], [`parse_str`]. The result is a validated [`YamlConfig`]; every
+problem found is returned as a [`YamlError`] naming `file:line`, and all of them are
+reported, not only the first.
+
+# How errors get their line numbers
+
+`serde_yaml` 0.9 keeps no positions in its `Value` tree, but every error raised while a
+node is being deserialized *from text* carries that node's position. This module uses
+that in three ways, always through the real YAML parser (never by scanning the text):
+
+1. The whole document is parsed once into a `serde_yaml::Value`; a syntax error stops
+   here (nothing more can be trusted).
+2. Each top-level key and each `sites[i]` entry is then deserialized separately, straight
+   from the text, by a navigating seed that skips every other node. One bad entry
+   therefore does not hide the others, and `serde` errors (unknown key, wrong type)
+   arrive with the line of the offending key or value. Validation that concerns a single
+   value is done inside the visitors, so it gets the value's own line too.
+3. The line of a node or key that deserialized fine (a site's start, for its
+   [`Origin`]; a key involved in a cross-field check) is found with a *probe*: the
+   navigating seed deliberately fails at that node with a marker error, and the
+   position serde_yaml attaches to that error is the node's line.
+
+Each step re-parses the document, so the cost is a few parses per site; the number of
+sites is capped at [`MAX_SITES`] to keep that bounded.
+
+# Secrets
+
+Values that may be secrets never appear in error or warning text. Messages produced by
+serde or serde_yaml can quote the offending value (`invalid type: string "hunter2"`);
+they are sanitized: every double-quoted string is dropped, and every back-quoted
+fragment is dropped unless it names a field (`unknown field `x``) or belongs to the
+list of what was expected. Secret file contents are never put into messages.
+
+`*_file` options: an absolute path is used as is; `$CREDENTIALS_DIRECTORY/name` names a
+file in the systemd credentials directory; a relative path is looked up in the
+credentials directory first (when [`SecretEnv::credentials_directory`] is set and the
+file exists there), else relative to the configuration file's directory. Contents are
+read (at most 1 MiB, UTF-8) and trailing whitespace is trimmed; an empty result is an
+error.
+*/
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io::Read;
+use std::marker::PhantomData;
+use std::net::{Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::{
+    self, DeserializeOwned, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess,
+    Visitor,
+};
+use serde::Deserialize;
+use serde_yaml::Value;
+
+use super::origin::Origin;
+use crate::secret::Secret;
+
+/// More sites than this is an error (each site costs a few parses of the document).
+pub const MAX_SITES: usize = 500;
+
+/// Secret files larger than this are refused.
+const MAX_SECRET_FILE: u64 = 1 << 20;
+
+/// Configuration files larger than this are refused by [`parse_file`].
+const MAX_CONFIG_FILE: u64 = 4 << 20;
+
+const DEFAULT_MAX_HOPS: u8 = 10;
+const MAX_MAX_HOPS: u64 = 50;
+
+/// Port used for an `upstream_proxy` URL without one (libcurl's default proxy port).
+pub const DEFAULT_PROXY_PORT: u16 = 1080;
+
+const TOP_KEYS: &[&str] = &[
+    "listen",
+    "access",
+    "rc_files",
+    "netrc",
+    "cookie_jar",
+    "upstream_proxy",
+    "no_proxy",
+    "redirects",
+    "timeouts",
+    "log",
+    "sites",
+];
+
+/// Site keys of the design that later versions will implement.
+const SITE_NOT_YET: &[&str] = &["login", "handle", "query_token"];
+
+// ---------------------------------------------------------------------------------------
+// Output types
+// ---------------------------------------------------------------------------------------
+
+/// The validated YAML configuration.
+#[derive(Debug, Clone)]
+pub struct YamlConfig {
+    /// The configuration file, as given.
+    pub path: PathBuf,
+    pub listen: Vec<SocketAddr>,
+    pub access: Access,
+    pub rc_files: RcFilesSetting,
+    pub netrc: NetrcSetting,
+    /// `None`: automatic location.
+    pub cookie_jar: Option<PathBuf>,
+    pub upstream_proxy: Option<UpstreamProxy>,
+    /// Lowercased; a leading `.` or `*.` means "this domain's subdomains".
+    pub no_proxy: Vec<String>,
+    pub max_hops: u8,
+    pub timeouts: Timeouts,
+    pub log: LogSettings,
+    pub sites: Vec<Site>,
+    pub warnings: Vec<YamlWarning>,
+    /// Secret files read, for the reload watcher.
+    pub files_read: Vec<PathBuf>,
+}
+
+impl YamlConfig {
+    fn defaults(path: &Path) -> Self {
+        YamlConfig {
+            path: path.to_path_buf(),
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 3128))],
+            access: Access::default(),
+            rc_files: RcFilesSetting::Auto,
+            netrc: NetrcSetting::Auto,
+            cookie_jar: None,
+            upstream_proxy: None,
+            no_proxy: Vec::new(),
+            max_hops: DEFAULT_MAX_HOPS,
+            timeouts: Timeouts::default(),
+            log: LogSettings::default(),
+            sites: Vec::new(),
+            warnings: Vec::new(),
+            files_read: Vec::new(),
+        }
+    }
+}
+
+/// Who may use the proxy (enforced elsewhere).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Access {
+    /// Default `[self]`. An empty list is kept as written.
+    pub allow_uids: Vec<AllowUid>,
+    /// Resolved path of `proxy_token_file`.
+    pub proxy_token_file: Option<PathBuf>,
+    /// Its trimmed contents.
+    pub proxy_token: Option<Secret<String>>,
+}
+
+impl Default for Access {
+    fn default() -> Self {
+        Access {
+            allow_uids: vec![AllowUid::Current],
+            proxy_token_file: None,
+            proxy_token: None,
+        }
+    }
+}
+
+/// An entry of `access.allow_uids`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AllowUid {
+    /// `self`: the uid the daemon runs as.
+    Current,
+    Uid(u32),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RcFilesSetting {
+    /// netCDF-C's own search.
+    Auto,
+    /// Exactly these files (resolved against the config directory); empty = none.
+    List(Vec<PathBuf>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NetrcSetting {
+    Auto,
+    Path(PathBuf),
+    Off,
+}
+
+/// An HTTP proxy to reach origins through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamProxy {
+    /// Without IPv6 brackets.
+    pub host: String,
+    pub port: u16,
+    /// Username and password for `Proxy-Authorization: Basic`.
+    pub credentials: Option<(String, Secret<String>)>,
+    pub origin: Origin,
+}
+
+/// A site's `upstream_proxy`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProxyChoice {
+    /// Not set: use the global setting.
+    Inherit,
+    /// `direct`: no proxy for this site.
+    Direct,
+    Via(UpstreamProxy),
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Timeouts {
+    pub connect: Option<Duration>,
+    pub first_byte: Option<Duration>,
+    pub idle: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Plain,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Off,
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogSettings {
+    pub format: Option<LogFormat>,
+    pub level: Option<LogLevel>,
+}
+
+/// A site's `redirects`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RedirectMode {
+    /// Hand redirects to the client.
+    Pass,
+    /// Follow them in the proxy.
+    Follow,
+}
+
+/// A header or query value: written inline, or read from a `value_file`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ParamValue {
+    Plain(String),
+    Secret(Secret<String>),
+}
+
+pub type HeaderValue = ParamValue;
+pub type QueryValue = ParamValue;
+
+/// One entry of `sites`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Site {
+    /// `name`, else `sites[i]`.
+    pub id: String,
+    /// The line where the entry starts.
+    pub origin: Origin,
+    pub pattern: SiteMatch,
+    /// `match` as written.
+    pub pattern_text: String,
+    pub tls: SiteTls,
+    pub basic: Option<(String, Secret<String>)>,
+    pub bearer: Option<Secret<String>>,
+    /// In file order, names as written.
+    pub headers: Vec<(String, HeaderValue)>,
+    /// In file order, not percent-encoded.
+    pub query: Vec<(String, QueryValue)>,
+    pub upstream_proxy: ProxyChoice,
+    pub redirects: Option<RedirectMode>,
+}
+
+/// A site's `tls`. Paths are resolved against the config directory but not read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SiteTls {
+    pub upgrade: bool,
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+    pub key_password: Option<Secret<String>>,
+    pub pkcs12: Option<PathBuf>,
+    pub ca: Option<PathBuf>,
+    pub ca_dir: Option<PathBuf>,
+    pub verify: Option<bool>,
+}
+
+/// A problem in the file. Never contains a configured value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct YamlError {
+    /// Line 0 when unknown.
+    pub origin: Origin,
+    pub message: String,
+}
+
+/// Something legal but unwise. Never contains a configured value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct YamlWarning {
+    pub origin: Origin,
+    pub message: String,
+}
+
+fn fmt_located(f: &mut fmt::Formatter<'_>, origin: &Origin, message: &str) -> fmt::Result {
+    if origin.line == 0 {
+        write!(f, "{}: {}", origin.path.display(), message)
+    } else {
+        write!(f, "{origin}: {message}")
+    }
+}
+
+/// `path:line: message` (`path: message` when the line is unknown).
+impl fmt::Display for YamlError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt_located(f, &self.origin, &self.message)
+    }
+}
+
+impl std::error::Error for YamlError {}
+
+/// `path:line: message`.
+impl fmt::Display for YamlWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt_located(f, &self.origin, &self.message)
+    }
+}
+
+/// What the process environment says about secret files, injected by the caller.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SecretEnv {
+    /// `$CREDENTIALS_DIRECTORY` (systemd `LoadCredential=`).
+    pub credentials_directory: Option<PathBuf>,
+}
+
+impl SecretEnv {
+    /// Reads `$CREDENTIALS_DIRECTORY` from the process environment (empty = unset).
+    pub fn from_process_env() -> Self {
+        SecretEnv {
+            credentials_directory: std::env::var_os("CREDENTIALS_DIRECTORY")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Site match patterns
+// ---------------------------------------------------------------------------------------
+
+/// The host part of a [`SiteMatch`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostPattern {
+    /// `*`
+    Any,
+    /// Lowercase, without a trailing dot; IPv6 without brackets.
+    Exact(String),
+    /// `*.example.org` is stored as `.example.org`: it matches `a.example.org` and
+    /// `a.b.example.org`, not `example.org`.
+    Suffix(String),
+}
+
+/// A parsed `match:` pattern, cheap to test per request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SiteMatch {
+    /// `http` or `https` for the URL form.
+    pub scheme: Option<String>,
+    pub host: HostPattern,
+    /// `None`: any port, except that a URL pattern matches its scheme's default port.
+    pub port: Option<u16>,
+    /// Without trailing `/`; never `Some("")`.
+    pub path_prefix: Option<String>,
+}
+
+fn default_port(scheme: &str) -> u16 {
+    if scheme.eq_ignore_ascii_case("https") {
+        443
+    } else if scheme.eq_ignore_ascii_case("http") {
+        80
+    } else {
+        0
+    }
+}
+
+impl SiteMatch {
+    /// Parses `host`, `host:port`, `*.domain[:port]`, `http(s)://host[:port][/path]` or
+    /// `*`. The host is lowercased; a URL pattern's default port is not filled in; a
+    /// trailing `/` of the path is dropped. Error messages do not repeat the input.
+    pub fn parse(s: &str) -> Result<SiteMatch, String> {
+        let s = s.trim();
+        if s.is_empty() {
+            return Err("the match pattern is empty".into());
+        }
+        if s == "*" {
+            return Ok(SiteMatch {
+                scheme: None,
+                host: HostPattern::Any,
+                port: None,
+                path_prefix: None,
+            });
+        }
+        if let Some(idx) = s.find("://") {
+            let scheme = s[..idx].to_ascii_lowercase();
+            if scheme != "http" && scheme != "https" {
+                return Err("a match URL must start with http:// or https://".into());
+            }
+            let rest = &s[idx + 3..];
+            if rest.contains(['?', '#']) {
+                return Err("a match URL must not have a query or fragment".into());
+            }
+            let (authority, path) = match rest.find('/') {
+                Some(p) => (&rest[..p], &rest[p..]),
+                None => (rest, ""),
+            };
+            if authority.contains('@') {
+                return Err("a match URL must not contain user information".into());
+            }
+            let (host, port) = parse_host_port(authority)?;
+            if host == HostPattern::Any {
+                return Err("a match URL needs a host (a lone * matches every site)".into());
+            }
+            let path = path.trim_end_matches('/');
+            if path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err("the match path must not contain spaces or control characters".into());
+            }
+            Ok(SiteMatch {
+                scheme: Some(scheme),
+                host,
+                port,
+                path_prefix: (!path.is_empty()).then(|| path.to_string()),
+            })
+        } else {
+            if s.contains('/') {
+                return Err(
+                    "a pattern with a path needs the URL form, e.g. https://host/path".into(),
+                );
+            }
+            let (host, port) = parse_host_port(s)?;
+            Ok(SiteMatch {
+                scheme: None,
+                host,
+                port,
+                path_prefix: None,
+            })
+        }
+    }
+
+    /// Whether a request for `scheme://host:port/path` falls under this pattern. Host
+    /// and scheme compare case-insensitively (brackets around an IPv6 host and a
+    /// trailing dot are ignored); the path prefix matches on a segment boundary
+    /// (`/data` matches `/data`, `/data/`, `/data/x`, `/data?q`, not `/database`).
+    /// Does not allocate.
+    pub fn matches(&self, scheme: &str, host: &str, port: u16, path: &str) -> bool {
+        if let Some(s) = &self.scheme {
+            if !s.eq_ignore_ascii_case(scheme) {
+                return false;
+            }
+        }
+        let want_port = match (self.port, &self.scheme) {
+            (Some(p), _) => Some(p),
+            (None, Some(s)) => Some(default_port(s)),
+            (None, None) => None,
+        };
+        if want_port.is_some_and(|p| p != port) {
+            return false;
+        }
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        let host = host.strip_suffix('.').unwrap_or(host);
+        match &self.host {
+            HostPattern::Any => {}
+            HostPattern::Exact(h) => {
+                if !h.eq_ignore_ascii_case(host) {
+                    return false;
+                }
+            }
+            HostPattern::Suffix(sfx) => {
+                let (hb, sb) = (host.as_bytes(), sfx.as_bytes());
+                if hb.len() <= sb.len() || !hb[hb.len() - sb.len()..].eq_ignore_ascii_case(sb) {
+                    return false;
+                }
+            }
+        }
+        match &self.path_prefix {
+            None => true,
+            Some(prefix) => match path.strip_prefix(prefix.as_str()) {
+                Some(rest) => rest.is_empty() || rest.starts_with(['/', '?', '#']),
+                None => false,
+            },
+        }
+    }
+
+    /// Ordering key, larger = more specific: URL prefix with a path (longer path more
+    /// specific) > exact host with a fixed port (`host:port`, or a URL, whose port is
+    /// the scheme's default) > exact host > `*.domain` (longer suffix more specific; a
+    /// fixed port breaks ties) > `*`.
+    pub fn specificity(&self) -> (u8, usize) {
+        if let Some(p) = &self.path_prefix {
+            return (4, p.len());
+        }
+        let fixed_port = self.port.is_some() || self.scheme.is_some();
+        match &self.host {
+            HostPattern::Exact(_) => (if fixed_port { 3 } else { 2 }, 0),
+            HostPattern::Suffix(s) => (1, s.len().saturating_mul(2) + usize::from(fixed_port)),
+            HostPattern::Any => (0, usize::from(fixed_port)),
+        }
+    }
+}
+
+fn parse_port(p: &str) -> Result<u16, String> {
+    if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) {
+        return Err("the port must be a number".into());
+    }
+    match p.parse::<u16>() {
+        Ok(0) | Err(_) => Err("the port must be between 1 and 65535".into()),
+        Ok(n) => Ok(n),
+    }
+}
+
+fn parse_host_port(s: &str) -> Result<(HostPattern, Option<u16>), String> {
+    if let Some(r) = s.strip_prefix('[') {
+        let end = r.find(']').ok_or("unterminated '[' in the host")?;
+        let (h, after) = (&r[..end], &r[end + 1..]);
+        let port = if after.is_empty() {
+            None
+        } else if let Some(p) = after.strip_prefix(':') {
+            Some(parse_port(p)?)
+        } else {
+            return Err("unexpected text after the IPv6 address".into());
+        };
+        if h.parse::<Ipv6Addr>().is_err() {
+            return Err("invalid IPv6 address".into());
+        }
+        return Ok((HostPattern::Exact(h.to_ascii_lowercase()), port));
+    }
+    let (h, port) = match s.rfind(':') {
+        Some(i) => (&s[..i], Some(parse_port(&s[i + 1..])?)),
+        None => (s, None),
+    };
+    if h.contains(':') {
+        return Err("an IPv6 address must be written in brackets, e.g. [::1]:8080".into());
+    }
+    if h == "*" {
+        return Ok((HostPattern::Any, port));
+    }
+    if let Some(domain) = h.strip_prefix("*.").or_else(|| h.strip_prefix('.')) {
+        let d = validate_hostname(domain)?;
+        return Ok((HostPattern::Suffix(format!(".{d}")), port));
+    }
+    Ok((HostPattern::Exact(validate_hostname(h)?), port))
+}
+
+/// Lowercases and checks a host name; drops one trailing dot.
+fn validate_hostname(h: &str) -> Result<String, String> {
+    let h = h.strip_suffix('.').unwrap_or(h);
+    if h.is_empty() {
+        return Err("the host is empty".into());
+    }
+    if h.contains('*') {
+        return Err("a wildcard is only allowed as a leading '*.'".into());
+    }
+    if !h.is_ascii() {
+        return Err("the host must be ASCII (use the xn-- form of international names)".into());
+    }
+    if h.split('.').any(str::is_empty) {
+        return Err("the host has an empty label".into());
+    }
+    if !h
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
+    {
+        return Err("the host contains a character not allowed in host names".into());
+    }
+    Ok(h.to_ascii_lowercase())
+}
+
+// ---------------------------------------------------------------------------------------
+// Durations
+// ---------------------------------------------------------------------------------------
+
+/// Parses `500ms`, `4s`, `5m`, `1h`, or a sum of those written together (`1m30s`).
+/// The error message does not repeat the input.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    const HELP: &str = "a duration is a number followed by ms, s, m or h, e.g. 10s";
+    let s = s.trim();
+    if s.is_empty() {
+        return Err(format!("empty duration; {HELP}"));
+    }
+    let mut rest = s;
+    let mut total = Duration::ZERO;
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return Err(format!("invalid duration; {HELP}"));
+        }
+        let n: u64 = rest[..digits]
+            .parse()
+            .map_err(|_| "the duration is too large".to_string())?;
+        rest = &rest[digits..];
+        let unit_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
+        let unit = &rest[..unit_len];
+        rest = &rest[unit_len..];
+        let part = match unit {
+            "ms" => Some(Duration::from_millis(n)),
+            "s" => Some(Duration::from_secs(n)),
+            "m" => n.checked_mul(60).map(Duration::from_secs),
+            "h" => n.checked_mul(3600).map(Duration::from_secs),
+            "" => return Err(format!("the duration needs a unit; {HELP}")),
+            _ => return Err(format!("unknown duration unit; {HELP}")),
+        };
+        total = part
+            .and_then(|p| total.checked_add(p))
+            .ok_or_else(|| "the duration is too large".to_string())?;
+    }
+    Ok(total)
+}
+
+// ---------------------------------------------------------------------------------------
+// Raw (serde) types
+// ---------------------------------------------------------------------------------------
+
+/// A type validated from a scalar inside its visitor, so errors carry the scalar's line.
+trait FromScalar: Sized {
+    const EXPECTING: &'static str;
+    fn from_scalar(s: &str) -> Result<Self, String>;
+}
+
+struct ScalarVisitor<T>(PhantomData<T>);
+
+impl<'de, T: FromScalar> Visitor<'de> for ScalarVisitor<T> {
+    type Value = T;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(T::EXPECTING)
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
+        T::from_scalar(v).map_err(E::custom)
+    }
+}
+
+macro_rules! deserialize_from_scalar {
+    ($($t:ty),*) => {$(
+        impl<'de> Deserialize<'de> for $t {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                d.deserialize_str(ScalarVisitor::<$t>(PhantomData))
+            }
+        }
+    )*};
+}
+
+/// A path or name that must not be empty.
+struct NonEmpty(String);
+impl FromScalar for NonEmpty {
+    const EXPECTING: &'static str = "a non-empty string";
+    fn from_scalar(s: &str) -> Result<Self, String> {
+        if s.trim().is_empty() {
+            Err("must not be empty".into())
+        } else {
+            Ok(NonEmpty(s.to_string()))
+        }
+    }
+}
+
+struct RawAddr(SocketAddr);
+impl FromScalar for RawAddr {
+    const EXPECTING: &'static str = "an address such as 127.0.0.1:3128 or [::1]:3128";
+    fn from_scalar(s: &str) -> Result<Self, String> {
+        s.trim()
+            .parse()
+            .map(RawAddr)
+            .map_err(|_| format!("not a socket address: expected {}", Self::EXPECTING))
+    }
+}
+
+struct RawDuration(Duration);
+impl FromScalar for RawDuration {
+    const EXPECTING: &'static str = "a duration such as 500ms, 10s, 5m or 1h";
+    fn from_scalar(s: &str) -> Result<Self, String> {
+        match parse_duration(s)? {
+            Duration::ZERO => Err("a timeout must be longer than zero".into()),
+            d => Ok(RawDuration(d)),
+        }
+    }
+}
+
+struct RawMatch(SiteMatch, String);
+impl FromScalar for RawMatch {
+    const EXPECTING: &'static str =
+        "a pattern: host, host:port, *.domain, http(s)://host[:port]/path or *";
+    fn from_scalar(s: &str) -> Result<Self, String> {
+        SiteMatch::parse(s).map(|m| RawMatch(m, s.trim().to_string()))
+    }
+}
+
+struct RawCookieJar(Option<String>);
+impl FromScalar for RawCookieJar {
+    const EXPECTING: &'static str = "auto or a path";
+    fn from_scalar(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "" => Err("must not be empty".into()),
+            "auto" => Ok(RawCookieJar(None)),
+            _ => Ok(RawCookieJar(Some(s.to_string()))),
+        }
+    }
+}
+
+/// A header name: an RFC 7230 token.
+struct HeaderName(String);
+impl FromScalar for HeaderName {
+    const EXPECTING: &'static str = "an HTTP header name";
+    fn from_scalar(s: &str) -> Result<Self, String> {
+        let ok = !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+        if ok {
+            Ok(HeaderName(s.to_string()))
+        } else {
+            Err("invalid HTTP header name (a token: letters, digits and !#$%&'*+-.^_|~)".into())
+        }
+    }
+}
+
+/// A query parameter name.
+struct QueryName(String);
+impl FromScalar for QueryName {
+    const EXPECTING: &'static str = "a query parameter name";
+    fn from_scalar(s: &str) -> Result<Self, String> {
+        if s.is_empty() {
+            Err("a query parameter name must not be empty".into())
+        } else {
+            Ok(QueryName(s.to_string()))
+        }
+    }
+}
+
+deserialize_from_scalar!(
+    NonEmpty,
+    RawAddr,
+    RawDuration,
+    RawMatch,
+    RawCookieJar,
+    HeaderName,
+    QueryName
+);
+
+struct RawUid(AllowUid);
+impl<'de> Deserialize<'de> for RawUid {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = RawUid;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("self or a numeric uid")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<RawUid, E> {
+                u32::try_from(v)
+                    .map(|u| RawUid(AllowUid::Uid(u)))
+                    .map_err(|_| E::custom("uid out of range"))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<RawUid, E> {
+                u32::try_from(v)
+                    .map(|u| RawUid(AllowUid::Uid(u)))
+                    .map_err(|_| E::custom("uid out of range"))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawUid, E> {
+                match v.trim() {
+                    "self" => Ok(RawUid(AllowUid::Current)),
+                    t => t
+                        .parse::<u32>()
+                        .map(|u| RawUid(AllowUid::Uid(u)))
+                        .map_err(|_| E::custom("must be self or a numeric uid")),
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+struct RawRcFiles(Option<Vec<String>>);
+impl<'de> Deserialize<'de> for RawRcFiles {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawRcFiles;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("auto or a list of paths")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawRcFiles, E> {
+                if v.trim() == "auto" {
+                    Ok(RawRcFiles(None))
+                } else {
+                    Err(E::custom("must be auto or a list of paths"))
+                }
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<RawRcFiles, A::Error> {
+                let mut v = Vec::new();
+                while let Some(NonEmpty(p)) = seq.next_element()? {
+                    v.push(p);
+                }
+                Ok(RawRcFiles(Some(v)))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+enum RawNetrc {
+    Auto,
+    Off,
+    Path(String),
+}
+impl<'de> Deserialize<'de> for RawNetrc {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = RawNetrc;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("auto, false or a path")
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<RawNetrc, E> {
+                Ok(if v { RawNetrc::Auto } else { RawNetrc::Off })
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawNetrc, E> {
+                match v.trim() {
+                    "" => Err(E::custom("must be auto, false or a path")),
+                    "auto" => Ok(RawNetrc::Auto),
+                    _ => Ok(RawNetrc::Path(v.to_string())),
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+struct RawNoProxy(Vec<String>);
+impl<'de> Deserialize<'de> for RawNoProxy {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        fn entry(s: &str) -> Result<String, String> {
+            let s = s.trim();
+            if s.is_empty() {
+                Err("an entry must not be empty".into())
+            } else if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                Err("an entry must not contain spaces".into())
+            } else {
+                Ok(s.to_ascii_lowercase())
+            }
+        }
+        struct Entry(String);
+        impl FromScalar for Entry {
+            const EXPECTING: &'static str = "a host, .domain or *.domain";
+            fn from_scalar(s: &str) -> Result<Self, String> {
+                entry(s).map(Entry)
+            }
+        }
+        deserialize_from_scalar!(Entry);
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawNoProxy;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a list of hosts and domains")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawNoProxy, E> {
+                v.split(',')
+                    .map(entry)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map(RawNoProxy)
+                    .map_err(E::custom)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<RawNoProxy, A::Error> {
+                let mut v = Vec::new();
+                while let Some(Entry(e)) = seq.next_element()? {
+                    v.push(e);
+                }
+                Ok(RawNoProxy(v))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+struct RawHops(u8);
+impl<'de> Deserialize<'de> for RawHops {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = RawHops;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "a number from 1 to {MAX_MAX_HOPS}")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<RawHops, E> {
+                match u8::try_from(v) {
+                    Ok(n) if (1..=MAX_MAX_HOPS).contains(&v) => Ok(RawHops(n)),
+                    _ => Err(E::custom(format!("must be between 1 and {MAX_MAX_HOPS}"))),
+                }
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<RawHops, E> {
+                self.visit_u64(u64::try_from(v).unwrap_or(0))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a map with allow_uids and proxy_token_file"
+)]
+struct RawAccess {
+    allow_uids: Option<Vec<RawUid>>,
+    proxy_token_file: Option<NonEmpty>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, expecting = "a map with max_hops")]
+struct RawRedirects {
+    max_hops: Option<RawHops>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a map with connect, first_byte and idle"
+)]
+struct RawTimeouts {
+    connect: Option<RawDuration>,
+    first_byte: Option<RawDuration>,
+    idle: Option<RawDuration>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, expecting = "a map with format and level")]
+struct RawLog {
+    format: Option<LogFormat>,
+    level: Option<LogLevel>,
+}
+
+/// `upstream_proxy`, checked as far as possible without the file system.
+enum RawProxy {
+    Direct,
+    Inherit,
+    Via(RawProxyVia),
+}
+
+struct RawProxyVia {
+    host: String,
+    port: u16,
+    /// From the URL, percent-decoded.
+    url_credentials: Option<(String, String)>,
+    username: Option<String>,
+    password: Option<String>,
+    password_file: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a map with url, username and password_file"
+)]
+struct RawProxyObject {
+    url: String,
+    username: Option<String>,
+    password: Option<String>,
+    password_file: Option<NonEmpty>,
+}
+
+type ProxyUrlParts = (String, u16, Option<(String, String)>);
+
+/// Parses an `http://[user[:password]@]host[:port][/]` proxy URL. Errors never repeat it.
+fn parse_proxy_url(s: &str) -> Result<ProxyUrlParts, String> {
+    let url = url::Url::parse(s.trim()).map_err(|e| format!("not a valid URL ({e})"))?;
+    match url.scheme() {
+        "http" => {}
+        "https" => return Err("https:// upstream proxies are not supported; use http://".into()),
+        _ => return Err("must be an http:// URL".into()),
+    }
+    let host = match url.host() {
+        Some(url::Host::Domain(d)) if !d.is_empty() => d.to_ascii_lowercase(),
+        Some(url::Host::Ipv4(a)) => a.to_string(),
+        Some(url::Host::Ipv6(a)) => a.to_string(),
+        _ => return Err("the URL needs a host".into()),
+    };
+    if !matches!(url.path(), "" | "/") || url.query().is_some() || url.fragment().is_some() {
+        return Err("the URL must not have a path, query or fragment".into());
+    }
+    let port = url.port().unwrap_or(DEFAULT_PROXY_PORT);
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8()
+            .map(|c| c.into_owned())
+            .map_err(|_| "the URL credentials are not UTF-8 after %-decoding".to_string())
+    };
+    let creds = if !url.username().is_empty() || url.password().is_some() {
+        Some((
+            decode(url.username())?,
+            decode(url.password().unwrap_or(""))?,
+        ))
+    } else {
+        None
+    };
+    Ok((host, port, creds))
+}
+
+impl<'de> Deserialize<'de> for RawProxy {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawProxy;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("direct, an http:// URL, or { url, username, password_file }")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawProxy, E> {
+                match v.trim() {
+                    "direct" | "none" => Ok(RawProxy::Direct),
+                    "inherit" => Ok(RawProxy::Inherit),
+                    _ => {
+                        let (host, port, url_credentials) =
+                            parse_proxy_url(v).map_err(E::custom)?;
+                        Ok(RawProxy::Via(RawProxyVia {
+                            host,
+                            port,
+                            url_credentials,
+                            username: None,
+                            password: None,
+                            password_file: None,
+                        }))
+                    }
+                }
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawProxy, A::Error> {
+                let o = RawProxyObject::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                let (host, port, url_credentials) =
+                    parse_proxy_url(&o.url).map_err(de::Error::custom)?;
+                let password_file = o.password_file.map(|p| p.0);
+                if url_credentials.is_some()
+                    && (o.username.is_some() || o.password.is_some() || password_file.is_some())
+                {
+                    return Err(de::Error::custom(
+                        "credentials are given both in the URL and as options",
+                    ));
+                }
+                if o.password.is_some() && password_file.is_some() {
+                    return Err(de::Error::custom(
+                        "give password or password_file, not both",
+                    ));
+                }
+                if o.username.is_some() != (o.password.is_some() || password_file.is_some()) {
+                    return Err(de::Error::custom(
+                        "username needs password_file (or password), and they need username",
+                    ));
+                }
+                Ok(RawProxy::Via(RawProxyVia {
+                    host,
+                    port,
+                    url_credentials,
+                    username: o.username,
+                    password: o.password,
+                    password_file,
+                }))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, expecting = "a map of TLS options")]
+struct RawTls {
+    upgrade: Option<bool>,
+    client_cert: Option<NonEmpty>,
+    client_key: Option<NonEmpty>,
+    key_password_file: Option<NonEmpty>,
+    key_password: Option<String>,
+    pkcs12: Option<NonEmpty>,
+    ca: Option<NonEmpty>,
+    ca_dir: Option<NonEmpty>,
+    verify: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a map with username and password_file"
+)]
+struct RawBasic {
+    username: String,
+    password: Option<String>,
+    password_file: Option<NonEmpty>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a map with token_file")]
+struct RawBearer {
+    token: Option<String>,
+    token_file: Option<NonEmpty>,
+}
+
+enum RawParamValue {
+    Plain(String),
+    File(String),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a map with value or value_file")]
+struct RawParamObject {
+    value: Option<String>,
+    value_file: Option<NonEmpty>,
+}
+
+impl<'de> Deserialize<'de> for RawParamValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawParamValue;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string, { value: ... } or { value_file: ... }")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawParamValue, E> {
+                Ok(RawParamValue::Plain(v.to_string()))
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<RawParamValue, E> {
+                Ok(RawParamValue::Plain(v.to_string()))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<RawParamValue, E> {
+                Ok(RawParamValue::Plain(v.to_string()))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<RawParamValue, E> {
+                Ok(RawParamValue::Plain(v.to_string()))
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<RawParamValue, E> {
+                Err(E::custom(
+                    "write this number in quotes so it is kept as written",
+                ))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawParamValue, A::Error> {
+                let o = RawParamObject::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                match (o.value, o.value_file) {
+                    (Some(v), None) => Ok(RawParamValue::Plain(v)),
+                    (None, Some(f)) => Ok(RawParamValue::File(f.0)),
+                    _ => Err(de::Error::custom(
+                        "give exactly one of value and value_file",
+                    )),
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// An ordered map whose keys are validated in their own visitor (so errors point at them).
+struct RawParams<K>(Vec<(K, RawParamValue)>);
+impl<'de, K: Deserialize<'de>> Deserialize<'de> for RawParams<K> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<K>(PhantomData<K>);
+        impl<'de, K: Deserialize<'de>> Visitor<'de> for V<K> {
+            type Value = RawParams<K>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map of names to values")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawParams<K>, A::Error> {
+                let mut v = Vec::new();
+                while let Some(entry) = map.next_entry()? {
+                    v.push(entry);
+                }
+                Ok(RawParams(v))
+            }
+        }
+        d.deserialize_map(V(PhantomData))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a site: a map with match and its options"
+)]
+struct RawSite {
+    #[serde(rename = "match")]
+    pattern: RawMatch,
+    name: Option<NonEmpty>,
+    tls: Option<RawTls>,
+    basic: Option<RawBasic>,
+    bearer: Option<RawBearer>,
+    headers: Option<RawParams<HeaderName>>,
+    query: Option<RawParams<QueryName>>,
+    upstream_proxy: Option<RawProxy>,
+    redirects: Option<RedirectMode>,
+    // Later issues; reported with their own message, see SITE_NOT_YET.
+    #[allow(dead_code)]
+    login: Option<IgnoredAny>,
+    #[allow(dead_code)]
+    handle: Option<IgnoredAny>,
+    #[allow(dead_code)]
+    query_token: Option<IgnoredAny>,
+}
+
+// ---------------------------------------------------------------------------------------
+// Navigation and probes
+// ---------------------------------------------------------------------------------------
+
+/// One step from a node to a child.
+#[derive(Clone, Copy, Debug)]
+enum Seg<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+/// The marker of a probe error. Not something a document can produce by accident.
+const PROBE: &str = "\u{1}authproxy-yaml-probe\u{1}";
+
+/// Walks `path` from the node it is given, skipping everything else, and runs `leaf` on
+/// the node at the end. With `key_probe`, fails with [`PROBE`] at the last key instead.
+struct Nav<'p, S> {
+    path: &'p [Seg<'p>],
+    leaf: S,
+    key_probe: bool,
+}
+
+impl<'de, S: DeserializeSeed<'de>> DeserializeSeed<'de> for Nav<'_, S> {
+    type Value = Option<S::Value>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        match self.path.split_first() {
+            None => self.leaf.deserialize(d).map(Some),
+            Some((Seg::Key(key), rest)) => d.deserialize_map(MapNav {
+                key,
+                rest,
+                leaf: self.leaf,
+                key_probe: self.key_probe,
+            }),
+            Some((Seg::Index(index), rest)) => d.deserialize_seq(SeqNav {
+                index: *index,
+                rest,
+                leaf: self.leaf,
+                key_probe: self.key_probe,
+            }),
+        }
+    }
+}
+
+struct MapNav<'p, S> {
+    key: &'p str,
+    rest: &'p [Seg<'p>],
+    leaf: S,
+    key_probe: bool,
+}
+
+impl<'de, S: DeserializeSeed<'de>> Visitor<'de> for MapNav<'_, S> {
+    type Value = Option<S::Value>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a map")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let fail_at_key = self.key_probe && self.rest.is_empty();
+        let mut leaf = Some(self.leaf);
+        let mut found = None;
+        while let Some(is_target) = map.next_key_seed(KeySeed {
+            target: self.key,
+            fail: fail_at_key,
+        })? {
+            match leaf.take() {
+                Some(l) if is_target => {
+                    found = map.next_value_seed(Nav {
+                        path: self.rest,
+                        leaf: l,
+                        key_probe: self.key_probe,
+                    })?;
+                }
+                other => {
+                    leaf = other;
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(found)
+    }
+}
+
+struct SeqNav<'p, S> {
+    index: usize,
+    rest: &'p [Seg<'p>],
+    leaf: S,
+    key_probe: bool,
+}
+
+impl<'de, S: DeserializeSeed<'de>> Visitor<'de> for SeqNav<'_, S> {
+    type Value = Option<S::Value>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a list")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut leaf = Some(self.leaf);
+        let mut found = None;
+        let mut i = 0usize;
+        loop {
+            match leaf.take() {
+                Some(l) if i == self.index => {
+                    let nav = Nav {
+                        path: self.rest,
+                        leaf: l,
+                        key_probe: self.key_probe,
+                    };
+                    match seq.next_element_seed(nav)? {
+                        Some(v) => found = v,
+                        None => break,
+                    }
+                }
+                other => {
+                    leaf = other;
+                    if seq.next_element::<IgnoredAny>()?.is_none() {
+                        break;
+                    }
+                }
+            }
+            i = i.saturating_add(1);
+        }
+        Ok(found)
+    }
+}
+
+/// Deserializes a map key; `true` if it is `target`. With `fail`, the target key fails
+/// with [`PROBE`] instead, so the error carries the key's position.
+struct KeySeed<'p> {
+    target: &'p str,
+    fail: bool,
+}
+
+impl<'de> DeserializeSeed<'de> for KeySeed<'_> {
+    type Value = bool;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeySeed<'_> {
+    type Value = bool;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a map key")
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<bool, E> {
+        match (v == self.target, self.fail) {
+            (true, true) => Err(E::custom(PROBE)),
+            (is, _) => Ok(is),
+        }
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_i128<E: de::Error>(self, _: i128) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_u128<E: de::Error>(self, _: u128) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_none<E: de::Error>(self) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+        IgnoredAny::deserialize(d).map(|_| false)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<bool, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(false)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(false)
+    }
+    fn visit_enum<A: de::EnumAccess<'de>>(self, data: A) -> Result<bool, A::Error> {
+        IgnoredAny.visit_enum(data).map(|_| false)
+    }
+}
+
+/// Fails with [`PROBE`] on whatever node it is given, inside that node's own
+/// deserialization, so serde_yaml attaches the node's position.
+struct NodeProbe;
+
+impl<'de> DeserializeSeed<'de> for NodeProbe {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for NodeProbe {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Any "invalid type" error serde builds for a visit method not written out
+        // below quotes this, so it is recognised as a probe as well.
+        f.write_str(PROBE)
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+        Err(E::custom(PROBE))
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
+        Err(E::custom(PROBE))
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
+        Err(E::custom(PROBE))
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
+        Err(E::custom(PROBE))
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
+        Err(E::custom(PROBE))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        Err(E::custom(PROBE))
+    }
+    fn visit_none<E: de::Error>(self) -> Result<(), E> {
+        Err(E::custom(PROBE))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, _: A) -> Result<(), A::Error> {
+        Err(de::Error::custom(PROBE))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, _: A) -> Result<(), A::Error> {
+        Err(de::Error::custom(PROBE))
+    }
+    fn visit_enum<A: de::EnumAccess<'de>>(self, _: A) -> Result<(), A::Error> {
+        Err(de::Error::custom(PROBE))
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Error text
+// ---------------------------------------------------------------------------------------
+
+/// Removes serde_yaml's ` at line L column C` / ` at position N` (the line is reported
+/// separately) and every quoted value; see the module documentation.
+fn clean_message(msg: &str) -> String {
+    sanitize(&strip_positions(msg))
+}
+
+fn strip_positions(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len());
+    let mut rest = msg;
+    while let Some(i) = rest.find(" at ") {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 4..];
+        if let Some(skip) = position_len(after) {
+            rest = &after[skip..];
+        } else {
+            out.push_str(" at ");
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Length of `line N column M` or `position N` at the start of `s`.
+fn position_len(s: &str) -> Option<usize> {
+    fn digits(s: &str) -> usize {
+        s.bytes().take_while(u8::is_ascii_digit).count()
+    }
+    if let Some(r) = s.strip_prefix("line ") {
+        let d1 = digits(r);
+        let r2 = r[d1..].strip_prefix(" column ")?;
+        let d2 = digits(r2);
+        (d1 > 0 && d2 > 0).then_some(5 + d1 + 8 + d2)
+    } else if let Some(r) = s.strip_prefix("position ") {
+        let d = digits(r);
+        (d > 0).then_some(9 + d)
+    } else {
+        None
+    }
+}
+
+/// Drops quoted values from a serde message: every `"..."`, and every `` `...` `` except
+/// a field name (`field `x``) or what follows `, expected` (the schema's own names).
+fn sanitize(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len());
+    let mut in_expected = false;
+    let mut i = 0;
+    while let Some(c) = msg[i..].chars().next() {
+        if msg[i..].starts_with(", expected ") {
+            in_expected = true;
+        }
+        match c {
+            '"' => {
+                let mut end = msg.len();
+                let mut escaped = false;
+                for (k, ch) in msg[i + 1..].char_indices() {
+                    if escaped {
+                        escaped = false;
+                    } else if ch == '\\' {
+                        escaped = true;
+                    } else if ch == '"' {
+                        end = i + 1 + k + 1;
+                        break;
+                    }
+                }
+                if out.ends_with("with key ") {
+                    // serde_yaml's duplicate-key message: a key, not a value.
+                    out.push_str(&msg[i..end]);
+                } else {
+                    trim_trailing_space(&mut out);
+                }
+                i = end;
+            }
+            '`' => {
+                let end = msg[i + 1..].find('`').map_or(msg.len(), |k| i + 1 + k + 1);
+                if in_expected || out.ends_with("field ") {
+                    out.push_str(&msg[i..end]);
+                } else {
+                    trim_trailing_space(&mut out);
+                }
+                i = end;
+            }
+            _ => {
+                out.push(c);
+                i += c.len_utf8();
+            }
+        }
+    }
+    out
+}
+
+fn trim_trailing_space(s: &mut String) {
+    while s.ends_with(' ') {
+        s.pop();
+    }
+}
+
+/// A key for a message: escaped and shortened.
+fn show_key(k: &str) -> String {
+    let mut s: String = k.chars().take(64).collect();
+    if s.len() < k.len() {
+        s.push('…');
+    }
+    s.escape_debug().to_string()
+}
+
+// ---------------------------------------------------------------------------------------
+// The loader
+// ---------------------------------------------------------------------------------------
+
+struct Cx<'a> {
+    base: Origin,
+    text: &'a str,
+    env: &'a SecretEnv,
+    /// The config file's directory, made absolute if possible.
+    dir: PathBuf,
+    errors: Vec<YamlError>,
+    warnings: Vec<YamlWarning>,
+    files_read: Vec<PathBuf>,
+}
+
+fn site_path<'a>(i: usize, keys: &[&'a str]) -> Vec<Seg<'a>> {
+    let mut v = vec![Seg::Key("sites"), Seg::Index(i)];
+    v.extend(keys.iter().map(|k| Seg::Key(k)));
+    v
+}
+
+impl<'a> Cx<'a> {
+    fn new(path: &Path, text: &'a str, env: &'a SecretEnv) -> Self {
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let dir = std::path::absolute(&dir).unwrap_or(dir);
+        Cx {
+            base: Origin::new(path, 0),
+            text,
+            env,
+            dir,
+            errors: Vec::new(),
+            warnings: Vec::new(),
+            files_read: Vec::new(),
+        }
+    }
+
+    fn origin(&self, line: usize) -> Origin {
+        Origin {
+            path: self.base.path.clone(),
+            line,
+        }
+    }
+
+    fn error(&mut self, line: usize, message: impl Into<String>) {
+        let origin = self.origin(line);
+        self.errors.push(YamlError {
+            origin,
+            message: message.into(),
+        });
+    }
+
+    fn warn(&mut self, line: usize, message: impl Into<String>) {
+        let origin = self.origin(line);
+        self.warnings.push(YamlWarning {
+            origin,
+            message: message.into(),
+        });
+    }
+
+    fn serde_error(&mut self, e: &serde_yaml::Error) {
+        let line = e.location().map_or(0, |l| l.line());
+        self.error(line, clean_message(&e.to_string()));
+    }
+
+    /// Deserializes the node at `path` straight from the text; `None` if it is absent
+    /// or an error was recorded.
+    fn extract<T: DeserializeOwned>(&mut self, path: &[Seg<'_>]) -> Option<T> {
+        let nav = Nav {
+            path,
+            leaf: PhantomData::<T>,
+            key_probe: false,
+        };
+        match nav.deserialize(serde_yaml::Deserializer::from_str(self.text)) {
+            Ok(v) => v,
+            Err(e) => {
+                self.serde_error(&e);
+                None
+            }
+        }
+    }
+
+    fn probe(&self, path: &[Seg<'_>], key_probe: bool) -> usize {
+        let nav = Nav {
+            path,
+            leaf: NodeProbe,
+            key_probe,
+        };
+        match nav.deserialize(serde_yaml::Deserializer::from_str(self.text)) {
+            Err(e) if e.to_string().contains(PROBE) => e.location().map_or(0, |l| l.line()),
+            _ => 0,
+        }
+    }
+
+    /// Line where the node at `path` starts (0 if not found).
+    fn node_line(&self, path: &[Seg<'_>]) -> usize {
+        self.probe(path, false)
+    }
+
+    /// Line of the last key of `path` (0 if not found).
+    fn key_line(&self, path: &[Seg<'_>]) -> usize {
+        self.probe(path, true)
+    }
+
+    /// A non-secret path: `$CREDENTIALS_DIRECTORY/x`, absolute, or relative to the
+    /// config directory.
+    fn resolve_path(&self, raw: &str) -> Result<PathBuf, String> {
+        for prefix in ["$CREDENTIALS_DIRECTORY/", "${CREDENTIALS_DIRECTORY}/"] {
+            if let Some(rest) = raw.strip_prefix(prefix) {
+                return match &self.env.credentials_directory {
+                    Some(d) => Ok(d.join(rest)),
+                    None => Err("$CREDENTIALS_DIRECTORY is not set".into()),
+                };
+            }
+        }
+        let p = Path::new(raw);
+        Ok(if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.dir.join(p)
+        })
+    }
+
+    /// A `*_file` path: like [`Self::resolve_path`], but a relative name that exists in
+    /// the credentials directory is taken from there.
+    fn resolve_secret_path(&self, raw: &str) -> Result<PathBuf, String> {
+        let p = Path::new(raw);
+        if p.is_relative() && !raw.starts_with('$') {
+            if let Some(d) = &self.env.credentials_directory {
+                let candidate = d.join(p);
+                if candidate.is_file() {
+                    return Ok(candidate);
+                }
+            }
+        }
+        self.resolve_path(raw)
+    }
+
+    /// Resolves a path option, reporting at the option's key.
+    fn path_option(&mut self, raw: Option<NonEmpty>, at: &[Seg<'_>]) -> Option<PathBuf> {
+        let raw = raw?;
+        match self.resolve_path(&raw.0) {
+            Ok(p) => Some(p),
+            Err(msg) => {
+                let line = self.key_line(at);
+                self.error(line, format!("{}: {msg}", option_name(at)));
+                None
+            }
+        }
+    }
+
+    /// Reads a `*_file` secret; errors name the option, its line and the path.
+    fn read_secret(&mut self, raw: &str, at: &[Seg<'_>]) -> Option<Secret<String>> {
+        let path = match self.resolve_secret_path(raw) {
+            Ok(p) => p,
+            Err(msg) => {
+                let line = self.key_line(at);
+                self.error(line, format!("{}: {msg}", option_name(at)));
+                return None;
+            }
+        };
+        match read_small_text(&path) {
+            Ok(s) => {
+                let trimmed = s.trim_end();
+                if trimmed.is_empty() {
+                    let line = self.key_line(at);
+                    self.error(
+                        line,
+                        format!("{}: {} is empty", option_name(at), path.display()),
+                    );
+                    return None;
+                }
+                if !self.files_read.contains(&path) {
+                    self.files_read.push(path);
+                }
+                Some(Secret::new(trimmed.to_string()))
+            }
+            Err(e) => {
+                let line = self.key_line(at);
+                self.error(
+                    line,
+                    format!("{}: cannot read {}: {e}", option_name(at), path.display()),
+                );
+                None
+            }
+        }
+    }
+
+    fn warn_inline(&mut self, at: &[Seg<'_>], file_form: &str) {
+        let line = self.key_line(at);
+        self.warn(
+            line,
+            format!(
+                "{} is written inline; {file_form} is recommended, to keep secrets out of the configuration file",
+                option_name(at)
+            ),
+        );
+    }
+
+    // --- top level -----------------------------------------------------------------
+
+    fn run(mut self, path: &Path) -> Result<YamlConfig, Vec<YamlError>> {
+        let mut cfg = YamlConfig::defaults(path);
+        let root: Value = match serde_yaml::from_str(self.text) {
+            Ok(v) => v,
+            Err(e) => {
+                self.serde_error(&e);
+                return Err(self.errors);
+            }
+        };
+        match &root {
+            Value::Null => {}
+            Value::Mapping(map) => {
+                for (k, v) in map {
+                    match k.as_str() {
+                        Some(key) => self.top_key(key, v, &mut cfg),
+                        None => self.error(0, "setting names must be strings"),
+                    }
+                }
+            }
+            _ => {
+                let line = self.node_line(&[]);
+                self.error(line, "the configuration must be a map of settings");
+            }
+        }
+        self.finish(cfg)
+    }
+
+    fn finish(mut self, mut cfg: YamlConfig) -> Result<YamlConfig, Vec<YamlError>> {
+        if self.errors.is_empty() {
+            self.warnings
+                .sort_by_key(|w| (w.origin.line == 0, w.origin.line));
+            cfg.warnings = self.warnings;
+            cfg.files_read = self.files_read;
+            Ok(cfg)
+        } else {
+            self.errors
+                .sort_by_key(|e| (e.origin.line == 0, e.origin.line));
+            Err(self.errors)
+        }
+    }
+
+    fn top_key(&mut self, key: &str, value: &Value, cfg: &mut YamlConfig) {
+        let at = [Seg::Key(key)];
+        match key {
+            "listen" => {
+                if let Some(list) = self.extract::<Option<Vec<RawAddr>>>(&at).flatten() {
+                    if list.is_empty() {
+                        let line = self.key_line(&at);
+                        self.error(line, "listen: give at least one address");
+                    } else {
+                        cfg.listen = list.into_iter().map(|a| a.0).collect();
+                    }
+                }
+            }
+            "access" => {
+                if let Some(raw) = self.extract::<Option<RawAccess>>(&at).flatten() {
+                    if let Some(uids) = raw.allow_uids {
+                        cfg.access.allow_uids = uids.into_iter().map(|u| u.0).collect();
+                    }
+                    if let Some(f) = raw.proxy_token_file {
+                        let at = [Seg::Key("access"), Seg::Key("proxy_token_file")];
+                        cfg.access.proxy_token = self.read_secret(&f.0, &at);
+                        cfg.access.proxy_token_file = self.resolve_secret_path(&f.0).ok();
+                    }
+                }
+            }
+            "rc_files" => {
+                if let Some(RawRcFiles(list)) = self.extract::<Option<RawRcFiles>>(&at).flatten() {
+                    cfg.rc_files = match list {
+                        None => RcFilesSetting::Auto,
+                        Some(list) => RcFilesSetting::List(
+                            list.into_iter()
+                                .filter_map(|p| self.path_option(Some(NonEmpty(p)), &at))
+                                .collect(),
+                        ),
+                    };
+                }
+            }
+            "netrc" => {
+                if let Some(raw) = self.extract::<Option<RawNetrc>>(&at).flatten() {
+                    cfg.netrc = match raw {
+                        RawNetrc::Auto => NetrcSetting::Auto,
+                        RawNetrc::Off => NetrcSetting::Off,
+                        RawNetrc::Path(p) => self
+                            .path_option(Some(NonEmpty(p)), &at)
+                            .map_or(NetrcSetting::Auto, NetrcSetting::Path),
+                    };
+                }
+            }
+            "cookie_jar" => {
+                if let Some(RawCookieJar(p)) = self.extract::<Option<RawCookieJar>>(&at).flatten() {
+                    cfg.cookie_jar = self.path_option(p.map(NonEmpty), &at);
+                }
+            }
+            "upstream_proxy" => {
+                if let Some(raw) = self.extract::<Option<RawProxy>>(&at).flatten() {
+                    cfg.upstream_proxy = match raw {
+                        RawProxy::Direct | RawProxy::Inherit => None,
+                        RawProxy::Via(via) => self.proxy(via, &at),
+                    };
+                }
+            }
+            "no_proxy" => {
+                if let Some(RawNoProxy(list)) = self.extract::<Option<RawNoProxy>>(&at).flatten() {
+                    cfg.no_proxy = list;
+                }
+            }
+            "redirects" => {
+                if let Some(raw) = self.extract::<Option<RawRedirects>>(&at).flatten() {
+                    if let Some(RawHops(n)) = raw.max_hops {
+                        cfg.max_hops = n;
+                    }
+                }
+            }
+            "timeouts" => {
+                if let Some(raw) = self.extract::<Option<RawTimeouts>>(&at).flatten() {
+                    cfg.timeouts = Timeouts {
+                        connect: raw.connect.map(|d| d.0),
+                        first_byte: raw.first_byte.map(|d| d.0),
+                        idle: raw.idle.map(|d| d.0),
+                    };
+                }
+            }
+            "log" => {
+                if let Some(raw) = self.extract::<Option<RawLog>>(&at).flatten() {
+                    cfg.log = LogSettings {
+                        format: raw.format,
+                        level: raw.level,
+                    };
+                }
+            }
+            "sites" => self.sites(value, cfg),
+            _ => {
+                let line = self.key_line(&at);
+                let valid = TOP_KEYS
+                    .iter()
+                    .map(|k| format!("`{k}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                self.error(
+                    line,
+                    format!(
+                        "unknown setting `{}`, expected one of {valid}",
+                        show_key(key)
+                    ),
+                );
+            }
+        }
+    }
+
+    fn proxy(&mut self, via: RawProxyVia, at: &[Seg<'_>]) -> Option<UpstreamProxy> {
+        let line = self.key_line(at);
+        let credentials = if let Some((user, pass)) = via.url_credentials {
+            if !pass.is_empty() {
+                let line = self.key_line(at);
+                self.warn(
+                    line,
+                    format!(
+                        "{} has a password in its URL; {{ url, username, password_file }} is recommended, to keep secrets out of the configuration file",
+                        option_name(at)
+                    ),
+                );
+            }
+            Some((user, Secret::new(pass)))
+        } else if let Some(user) = via.username {
+            let mut sub: Vec<Seg<'_>> = at.to_vec();
+            if let Some(pass) = via.password {
+                sub.push(Seg::Key("password"));
+                self.warn_inline(&sub, "password_file");
+                Some((user, Secret::new(pass)))
+            } else {
+                sub.push(Seg::Key("password_file"));
+                let file = via.password_file.unwrap_or_default();
+                Some((user, self.read_secret(&file, &sub)?))
+            }
+        } else {
+            None
+        };
+        Some(UpstreamProxy {
+            host: via.host,
+            port: via.port,
+            credentials,
+            origin: self.origin(line),
+        })
+    }
+
+    // --- sites ---------------------------------------------------------------------
+
+    fn sites(&mut self, value: &Value, cfg: &mut YamlConfig) {
+        let items = match value {
+            Value::Null => return,
+            Value::Sequence(items) => items,
+            _ => {
+                let line = self.key_line(&[Seg::Key("sites")]);
+                self.error(line, "sites must be a list");
+                return;
+            }
+        };
+        if items.len() > MAX_SITES {
+            let line = self.key_line(&[Seg::Key("sites")]);
+            self.error(line, format!("sites: more than {MAX_SITES} entries"));
+            return;
+        }
+        let mut ids: HashMap<String, usize> = HashMap::new();
+        for (i, item) in items.iter().enumerate() {
+            let line = self.node_line(&[Seg::Key("sites"), Seg::Index(i)]);
+            if let Value::Mapping(m) = item {
+                for &k in SITE_NOT_YET {
+                    if m.contains_key(k) {
+                        let kl = self.key_line(&site_path(i, &[k]));
+                        self.error(kl, format!("`{k}` is not supported by this version yet"));
+                    }
+                }
+            }
+            let Some(raw) = self.extract::<RawSite>(&[Seg::Key("sites"), Seg::Index(i)]) else {
+                continue;
+            };
+            let site = self.site(i, line, raw);
+            if let Some(&first) = ids.get(&site.id) {
+                self.error(
+                    line,
+                    format!("sites[{i}]: the name is also used by the site at line {first}"),
+                );
+            } else {
+                ids.insert(site.id.clone(), line);
+            }
+            if let Some(other) = cfg.sites.iter().find(|s| s.pattern == site.pattern) {
+                let msg = format!(
+                    "sites[{i}]: the same match pattern as {} (line {}); only one can apply",
+                    other.id, other.origin.line
+                );
+                self.error(line, msg);
+            }
+            cfg.sites.push(site);
+        }
+    }
+
+    fn site(&mut self, i: usize, line: usize, raw: RawSite) -> Site {
+        let RawMatch(pattern, pattern_text) = raw.pattern;
+        let id = match raw.name {
+            Some(n) => n.0.trim().to_string(),
+            None => format!("sites[{i}]"),
+        };
+        let tls = self.site_tls(i, raw.tls.unwrap_or_default(), &pattern_text);
+
+        if raw.basic.is_some() && raw.bearer.is_some() {
+            let l = self.key_line(&site_path(i, &["bearer"]));
+            self.error(l, format!("sites[{i}]: give basic or bearer, not both"));
+        }
+        let basic = raw.basic.and_then(|b| self.site_basic(i, b));
+        let bearer = raw.bearer.and_then(|b| self.site_bearer(i, b));
+
+        let headers = raw.headers.map_or_else(Vec::new, |h| {
+            h.0.into_iter()
+                .filter_map(|(HeaderName(name), v)| {
+                    let value = self.param_value(i, "headers", &name, v, true)?;
+                    Some((name, value))
+                })
+                .collect()
+        });
+        let mut seen: Vec<&str> = Vec::new();
+        for (name, _) in &headers {
+            if seen.iter().any(|s| s.eq_ignore_ascii_case(name)) {
+                let l = self.key_line(&site_path(i, &["headers", name]));
+                self.error(l, format!("sites[{i}].headers: `{name}` is given twice"));
+            }
+            seen.push(name);
+        }
+        let query = raw.query.map_or_else(Vec::new, |q| {
+            q.0.into_iter()
+                .filter_map(|(QueryName(name), v)| {
+                    let value = self.param_value(i, "query", &name, v, false)?;
+                    Some((name, value))
+                })
+                .collect()
+        });
+
+        let upstream_proxy = match raw.upstream_proxy {
+            None | Some(RawProxy::Inherit) => ProxyChoice::Inherit,
+            Some(RawProxy::Direct) => ProxyChoice::Direct,
+            Some(RawProxy::Via(via)) => match self.proxy(via, &site_path(i, &["upstream_proxy"])) {
+                Some(p) => ProxyChoice::Via(p),
+                None => ProxyChoice::Inherit,
+            },
+        };
+
+        Site {
+            id,
+            origin: self.origin(line),
+            pattern,
+            pattern_text,
+            tls,
+            basic,
+            bearer,
+            headers,
+            query,
+            upstream_proxy,
+            redirects: raw.redirects,
+        }
+    }
+
+    fn site_tls(&mut self, i: usize, t: RawTls, pattern_text: &str) -> SiteTls {
+        let has_cert = t.client_cert.is_some();
+        if t.client_key.is_some() && !has_cert {
+            let l = self.key_line(&site_path(i, &["tls", "client_key"]));
+            self.error(l, format!("sites[{i}].tls: client_key needs client_cert"));
+        }
+        if t.pkcs12.is_some() && has_cert {
+            let l = self.key_line(&site_path(i, &["tls", "pkcs12"]));
+            self.error(
+                l,
+                format!("sites[{i}].tls: give pkcs12 or client_cert/client_key, not both"),
+            );
+        }
+        let has_pw = t.key_password.is_some() || t.key_password_file.is_some();
+        if has_pw && !has_cert && t.pkcs12.is_none() {
+            let k = if t.key_password.is_some() {
+                "key_password"
+            } else {
+                "key_password_file"
+            };
+            let l = self.key_line(&site_path(i, &["tls", k]));
+            self.error(
+                l,
+                format!("sites[{i}].tls: {k} needs client_cert/client_key or pkcs12"),
+            );
+        }
+        let key_password = match (t.key_password, t.key_password_file) {
+            (Some(_), Some(_)) => {
+                let l = self.key_line(&site_path(i, &["tls", "key_password"]));
+                self.error(
+                    l,
+                    format!("sites[{i}].tls: give key_password or key_password_file, not both"),
+                );
+                None
+            }
+            (Some(pw), None) => {
+                self.warn_inline(&site_path(i, &["tls", "key_password"]), "key_password_file");
+                Some(Secret::new(pw))
+            }
+            (None, Some(f)) => self.read_secret(&f.0, &site_path(i, &["tls", "key_password_file"])),
+            (None, None) => None,
+        };
+        if t.verify == Some(false) {
+            let l = self.key_line(&site_path(i, &["tls", "verify"]));
+            self.warn(
+                l,
+                format!("TLS verification is off for {}", show_key(pattern_text)),
+            );
+        }
+        SiteTls {
+            upgrade: t.upgrade.unwrap_or(false),
+            client_cert: self.path_option(t.client_cert, &site_path(i, &["tls", "client_cert"])),
+            client_key: self.path_option(t.client_key, &site_path(i, &["tls", "client_key"])),
+            key_password,
+            pkcs12: self.path_option(t.pkcs12, &site_path(i, &["tls", "pkcs12"])),
+            ca: self.path_option(t.ca, &site_path(i, &["tls", "ca"])),
+            ca_dir: self.path_option(t.ca_dir, &site_path(i, &["tls", "ca_dir"])),
+            verify: t.verify,
+        }
+    }
+
+    fn site_basic(&mut self, i: usize, b: RawBasic) -> Option<(String, Secret<String>)> {
+        if b.username.is_empty()
+            || b.username.contains(':')
+            || b.username.chars().any(char::is_control)
+        {
+            let l = self.key_line(&site_path(i, &["basic", "username"]));
+            self.error(
+                l,
+                format!("sites[{i}].basic: the username must be non-empty, without ':' or control characters"),
+            );
+            return None;
+        }
+        let password = match (b.password, b.password_file) {
+            (Some(_), Some(_)) => {
+                let l = self.key_line(&site_path(i, &["basic", "password"]));
+                self.error(
+                    l,
+                    format!("sites[{i}].basic: give password or password_file, not both"),
+                );
+                None
+            }
+            (None, None) => {
+                let l = self.key_line(&site_path(i, &["basic"]));
+                self.error(
+                    l,
+                    format!("sites[{i}].basic: needs password_file (or password)"),
+                );
+                None
+            }
+            (Some(pw), None) => {
+                self.warn_inline(&site_path(i, &["basic", "password"]), "password_file");
+                Some(Secret::new(pw))
+            }
+            (None, Some(f)) => self.read_secret(&f.0, &site_path(i, &["basic", "password_file"])),
+        }?;
+        Some((b.username, password))
+    }
+
+    fn site_bearer(&mut self, i: usize, b: RawBearer) -> Option<Secret<String>> {
+        let (token, key) = match (b.token, b.token_file) {
+            (Some(_), Some(_)) => {
+                let l = self.key_line(&site_path(i, &["bearer", "token"]));
+                self.error(
+                    l,
+                    format!("sites[{i}].bearer: give token or token_file, not both"),
+                );
+                return None;
+            }
+            (None, None) => {
+                let l = self.key_line(&site_path(i, &["bearer"]));
+                self.error(l, format!("sites[{i}].bearer: needs token_file (or token)"));
+                return None;
+            }
+            (Some(t), None) => {
+                self.warn_inline(&site_path(i, &["bearer", "token"]), "token_file");
+                (Secret::new(t), "token")
+            }
+            (None, Some(f)) => (
+                self.read_secret(&f.0, &site_path(i, &["bearer", "token_file"]))?,
+                "token_file",
+            ),
+        };
+        let t = token.expose();
+        if t.is_empty() || t.chars().any(|c| c.is_control() || c == ' ') {
+            let l = self.key_line(&site_path(i, &["bearer", key]));
+            self.error(
+                l,
+                format!("sites[{i}].bearer: the token must be non-empty, without spaces or control characters"),
+            );
+            return None;
+        }
+        Some(token)
+    }
+
+    fn param_value(
+        &mut self,
+        i: usize,
+        section: &str,
+        name: &str,
+        v: RawParamValue,
+        is_header: bool,
+    ) -> Option<ParamValue> {
+        let bad = |s: &str| is_header && s.chars().any(|c| c.is_control() && c != '\t');
+        match v {
+            RawParamValue::Plain(s) => {
+                if bad(&s) {
+                    let l = self.key_line(&site_path(i, &[section, name]));
+                    self.error(
+                        l,
+                        format!("sites[{i}].{section}.{name}: the value must not contain line breaks or control characters"),
+                    );
+                    return None;
+                }
+                Some(ParamValue::Plain(s))
+            }
+            RawParamValue::File(f) => {
+                let at = site_path(i, &[section, name, "value_file"]);
+                let secret = self.read_secret(&f, &at)?;
+                if bad(secret.expose()) {
+                    let l = self.key_line(&at);
+                    self.error(
+                        l,
+                        format!("sites[{i}].{section}.{name}.value_file: the file must hold one line without control characters"),
+                    );
+                    return None;
+                }
+                Some(ParamValue::Secret(secret))
+            }
+        }
+    }
+}
+
+/// `sites[0].basic.password_file` for messages.
+fn option_name(path: &[Seg<'_>]) -> String {
+    let mut s = String::new();
+    for seg in path {
+        match seg {
+            Seg::Key(k) => {
+                if !s.is_empty() {
+                    s.push('.');
+                }
+                s.push_str(&show_key(k));
+            }
+            Seg::Index(i) => s.push_str(&format!("[{i}]")),
+        }
+    }
+    s
+}
+
+fn read_small_text(path: &Path) -> std::io::Result<String> {
+    let f = std::fs::File::open(path)?;
+    let mut buf = Vec::new();
+    f.take(MAX_SECRET_FILE + 1).read_to_end(&mut buf)?;
+    if buf.len() as u64 > MAX_SECRET_FILE {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "file too large",
+        ));
+    }
+    String::from_utf8(buf)
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "not valid UTF-8"))
+}
+
+/// Parses and validates `text` as the configuration file `path` (used for messages and
+/// to resolve relative paths).
+pub fn parse_str(path: &Path, text: &str, env: &SecretEnv) -> Result<YamlConfig, Vec<YamlError>> {
+    Cx::new(path, text, env).run(path)
+}
+
+/// Reads `path` and parses it with [`parse_str`].
+pub fn parse_file(path: &Path, env: &SecretEnv) -> Result<YamlConfig, Vec<YamlError>> {
+    let text = std::fs::File::open(path).and_then(|f| {
+        let mut buf = Vec::new();
+        f.take(MAX_CONFIG_FILE + 1).read_to_end(&mut buf)?;
+        if buf.len() as u64 > MAX_CONFIG_FILE {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "file too large",
+            ));
+        }
+        String::from_utf8(buf)
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "not valid UTF-8"))
+    });
+    match text {
+        Ok(text) => parse_str(path, &text, env),
+        Err(e) => Err(vec![YamlError {
+            origin: Origin::new(path, 0),
+            message: format!("cannot read the configuration file: {e}"),
+        }]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    const SECRET: &str = "S3CRET-VALUE";
+
+    fn no_env() -> SecretEnv {
+        SecretEnv::default()
+    }
+
+    fn parse(text: &str) -> Result<YamlConfig, Vec<YamlError>> {
+        parse_str(Path::new("/etc/authproxy/config.yaml"), text, &no_env())
+    }
+
+    fn errors(text: &str) -> Vec<String> {
+        match parse(text) {
+            Ok(_) => panic!("expected errors for:\n{text}"),
+            Err(es) => es.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    /// A temporary config directory holding the given files.
+    fn dir_with(files: &[(&str, &str)]) -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        for (name, contents) in files {
+            fs::write(d.path().join(name), contents).unwrap();
+        }
+        d
+    }
+
+    const FULL: &str = r#"# full example
+listen: ["127.0.0.1:3128", "[::1]:3129"]
+access: { allow_uids: [self, 1001], proxy_token_file: tok }
+rc_files: auto
+netrc: auto
+cookie_jar: auto
+upstream_proxy: http://user:pass@proxy.corp:8080
+no_proxy: [".internal.example", "LocalHost", "10.0.0.0/8"]
+redirects: { max_hops: 12 }
+timeouts: { connect: 10s, first_byte: 60s, idle: 5m }
+log: { format: json, level: info }
+sites:
+  - match: "esgf-node.example.org"
+    name: esgf
+    tls: { upgrade: true, client_cert: cert.pem, client_key: key.pem, key_password_file: pw, ca: ca.pem, ca_dir: /etc/ssl/x, verify: true }
+  - match: "https://Data.Example.org/thredds/"
+    basic: { username: alice, password_file: pw }
+    headers: { X-Api-Key: {value_file: k}, X-Plain: "v" }
+    query: { apikey: { value_file: k }, format: "nc", version: 2 }
+    upstream_proxy: direct
+    redirects: follow
+  - match: "*.example.net:8443"
+    bearer: { token_file: edl.token }
+    upstream_proxy: { url: "http://proxy2:3128", username: u, password_file: pw }
+    redirects: pass
+  - match: "*"
+    tls:
+      pkcs12: id.p12
+      key_password_file: pw
+      verify: false
+"#;
+
+    #[test]
+    fn full_example_parses() {
+        let d = dir_with(&[
+            ("tok", "proxy-token\n"),
+            ("pw", "pa ss\n\n"),
+            ("k", "key-1 \n"),
+            ("edl.token", "tok123"),
+        ]);
+        let path = d.path().join("config.yaml");
+        let c = parse_str(&path, FULL, &no_env()).unwrap_or_else(|e| panic!("{e:?}"));
+        let dir = d.path();
+        assert_eq!(c.listen.len(), 2);
+        assert_eq!(c.listen[1], "[::1]:3129".parse().unwrap());
+        assert_eq!(
+            c.access.allow_uids,
+            vec![AllowUid::Current, AllowUid::Uid(1001)]
+        );
+        assert_eq!(
+            c.access.proxy_token.as_ref().unwrap().expose(),
+            "proxy-token"
+        );
+        assert_eq!(
+            c.access.proxy_token_file.as_deref(),
+            Some(dir.join("tok").as_path())
+        );
+        assert_eq!(c.rc_files, RcFilesSetting::Auto);
+        assert_eq!(c.netrc, NetrcSetting::Auto);
+        assert_eq!(c.cookie_jar, None);
+        let up = c.upstream_proxy.as_ref().unwrap();
+        assert_eq!((up.host.as_str(), up.port), ("proxy.corp", 8080));
+        let (u, p) = up.credentials.as_ref().unwrap();
+        assert_eq!((u.as_str(), p.expose().as_str()), ("user", "pass"));
+        assert_eq!(up.origin.line, 7);
+        assert!(!format!("{up:?}").contains("pass\""));
+        assert_eq!(
+            c.no_proxy,
+            vec![".internal.example", "localhost", "10.0.0.0/8"]
+        );
+        assert_eq!(c.max_hops, 12);
+        assert_eq!(c.timeouts.connect, Some(Duration::from_secs(10)));
+        assert_eq!(c.timeouts.idle, Some(Duration::from_secs(300)));
+        assert_eq!(c.log.format, Some(LogFormat::Json));
+        assert_eq!(c.log.level, Some(LogLevel::Info));
+
+        assert_eq!(c.sites.len(), 4);
+        let s0 = &c.sites[0];
+        assert_eq!(s0.id, "esgf");
+        assert_eq!(s0.origin.line, 13);
+        assert_eq!(
+            s0.pattern.host,
+            HostPattern::Exact("esgf-node.example.org".into())
+        );
+        assert!(s0.tls.upgrade);
+        assert_eq!(
+            s0.tls.client_cert.as_deref(),
+            Some(dir.join("cert.pem").as_path())
+        );
+        assert_eq!(
+            s0.tls.client_key.as_deref(),
+            Some(dir.join("key.pem").as_path())
+        );
+        assert_eq!(s0.tls.key_password.as_ref().unwrap().expose(), "pa ss");
+        assert_eq!(s0.tls.ca_dir.as_deref(), Some(Path::new("/etc/ssl/x")));
+        assert_eq!(s0.tls.verify, Some(true));
+        assert_eq!(s0.upstream_proxy, ProxyChoice::Inherit);
+
+        let s1 = &c.sites[1];
+        assert_eq!(s1.id, "sites[1]");
+        assert_eq!(s1.origin.line, 16);
+        assert_eq!(s1.pattern_text, "https://Data.Example.org/thredds/");
+        assert_eq!(s1.pattern.scheme.as_deref(), Some("https"));
+        assert_eq!(s1.pattern.path_prefix.as_deref(), Some("/thredds"));
+        let (u, p) = s1.basic.as_ref().unwrap();
+        assert_eq!((u.as_str(), p.expose().as_str()), ("alice", "pa ss"));
+        assert_eq!(s1.headers[0].0, "X-Api-Key");
+        assert_eq!(
+            s1.headers[0].1,
+            ParamValue::Secret(Secret::new("key-1".into()))
+        );
+        assert_eq!(
+            s1.headers[1],
+            ("X-Plain".into(), ParamValue::Plain("v".into()))
+        );
+        assert_eq!(s1.query.len(), 3);
+        assert_eq!(
+            s1.query[2],
+            ("version".into(), ParamValue::Plain("2".into()))
+        );
+        assert_eq!(s1.upstream_proxy, ProxyChoice::Direct);
+        assert_eq!(s1.redirects, Some(RedirectMode::Follow));
+
+        let s2 = &c.sites[2];
+        assert_eq!(s2.bearer.as_ref().unwrap().expose(), "tok123");
+        match &s2.upstream_proxy {
+            ProxyChoice::Via(p) => {
+                assert_eq!((p.host.as_str(), p.port), ("proxy2", 3128));
+                assert_eq!(p.credentials.as_ref().unwrap().1.expose(), "pa ss");
+                assert_eq!(p.origin.line, 24);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(s2.redirects, Some(RedirectMode::Pass));
+
+        let s3 = &c.sites[3];
+        assert_eq!(s3.pattern.host, HostPattern::Any);
+        assert_eq!(s3.origin.line, 26);
+        assert_eq!(s3.tls.pkcs12.as_deref(), Some(dir.join("id.p12").as_path()));
+        assert_eq!(s3.tls.verify, Some(false));
+
+        let warnings: Vec<String> = c.warnings.iter().map(ToString::to_string).collect();
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(
+            warnings[0].contains(":7: upstream_proxy has a password in its URL"),
+            "{warnings:?}"
+        );
+        assert!(
+            warnings[1].contains(":30: TLS verification is off for *"),
+            "{warnings:?}"
+        );
+        assert!(!warnings
+            .iter()
+            .any(|w| w.contains("pass@") || w.contains(":pass")));
+
+        let mut read = c.files_read.clone();
+        read.sort();
+        let mut want: Vec<PathBuf> = ["edl.token", "k", "pw", "tok"]
+            .iter()
+            .map(|f| dir.join(f))
+            .collect();
+        want.sort();
+        assert_eq!(read, want);
+    }
+
+    #[test]
+    fn empty_and_comment_only_files_give_defaults() {
+        for text in [
+            "",
+            "\n\n",
+            "# just a comment\n  # another\n",
+            "---\n",
+            "sites:\n",
+        ] {
+            let c = parse(text).unwrap_or_else(|e| panic!("{text:?}: {e:?}"));
+            assert_eq!(c.listen, vec!["127.0.0.1:3128".parse().unwrap()]);
+            assert_eq!(c.max_hops, 10);
+            assert_eq!(c.access.allow_uids, vec![AllowUid::Current]);
+            assert_eq!(c.rc_files, RcFilesSetting::Auto);
+            assert_eq!(c.netrc, NetrcSetting::Auto);
+            assert!(c.sites.is_empty() && c.warnings.is_empty() && c.upstream_proxy.is_none());
+        }
+    }
+
+    #[test]
+    fn misspelt_key_in_a_site_names_line_key_and_valid_keys() {
+        let text =
+            "sites:\n  - match: a.example\n    basic:\n      username: a\n      pasword_file: pw\n";
+        let es = errors(text);
+        assert_eq!(es.len(), 1, "{es:?}");
+        assert!(
+            es[0].starts_with("/etc/authproxy/config.yaml:5: "),
+            "{es:?}"
+        );
+        assert!(es[0].contains("`pasword_file`"), "{es:?}");
+        assert!(es[0].contains("password_file"), "{es:?}");
+    }
+
+    #[test]
+    fn every_bad_site_is_reported() {
+        let text = "\
+sites:
+  - match: a.example
+    bsic: {}
+  - match: b.example
+  - match: c.example
+    tls: { verfy: true }
+listen: [nonsense]
+bogus: 1
+";
+        let es = errors(text);
+        assert_eq!(es.len(), 4, "{es:?}");
+        assert!(es[0].contains(":3: ") && es[0].contains("`bsic`"), "{es:?}");
+        assert!(
+            es[1].contains(":6: ") && es[1].contains("`verfy`"),
+            "{es:?}"
+        );
+        assert!(
+            es[2].contains(":7: ") && es[2].contains("not a socket address"),
+            "{es:?}"
+        );
+        assert!(es[3].contains(":8: unknown setting `bogus`"), "{es:?}");
+    }
+
+    #[test]
+    fn later_features_are_rejected_with_their_own_message() {
+        let text = "\
+sites:
+  - match: a.example
+    login: { url: \"https://a.example/login\", method: POST }
+  - match: b.example
+    handle:
+      username: x
+  - match: c.example
+    query_token: { param: p }
+";
+        let es = errors(text);
+        assert_eq!(
+            es,
+            vec![
+                "/etc/authproxy/config.yaml:3: `login` is not supported by this version yet",
+                "/etc/authproxy/config.yaml:5: `handle` is not supported by this version yet",
+                "/etc/authproxy/config.yaml:8: `query_token` is not supported by this version yet",
+            ]
+        );
+    }
+
+    #[test]
+    fn secret_values_never_appear_in_messages() {
+        let cases = [
+            "sites:\n  - match: a\n    basic: { username: a, password: [S3CRET-VALUE] }\n",
+            "sites:\n  - match: a\n    basic: { username: a, password: { x: S3CRET-VALUE } }\n",
+            "listen: S3CRET-VALUE\n",
+            "listen: [S3CRET-VALUE]\n",
+            "listen: [\"S3CRET-VALUE:80\"]\n",
+            "redirects: { max_hops: S3CRET-VALUE }\n",
+            "redirects: S3CRET-VALUE\n",
+            "timeouts: { connect: S3CRET-VALUE }\n",
+            "log: { format: S3CRET-VALUE }\n",
+            "log: { level: S3CRET-VALUE }\n",
+            "access: { allow_uids: [S3CRET-VALUE] }\n",
+            "access: S3CRET-VALUE\n",
+            "netrc: [S3CRET-VALUE]\n",
+            "rc_files: S3CRET-VALUE\n",
+            "no_proxy: { a: S3CRET-VALUE }\n",
+            "upstream_proxy: https://u:S3CRET-VALUE@proxy:8080\n",
+            "upstream_proxy: socks5://u:S3CRET-VALUE@proxy:8080\n",
+            "upstream_proxy: \"http://u:S3CRET-VALUE@\"\n",
+            "upstream_proxy: \"http://u:S3CRET-VALUE@proxy:99999\"\n",
+            "upstream_proxy: \"S3CRET-VALUE\"\n",
+            "upstream_proxy: { url: \"http://u:S3CRET-VALUE@p\", username: x, password: y }\n",
+            "sites: S3CRET-VALUE\n",
+            "sites:\n  - match: a\n    bearer: S3CRET-VALUE\n",
+            "sites:\n  - match: a\n    bearer: { token: \"S3CRET-VALUE with space\" }\n",
+            "sites:\n  - match: a\n    redirects: S3CRET-VALUE\n",
+            "sites:\n  - match: a\n    tls: { verify: S3CRET-VALUE }\n",
+            "sites:\n  - match: a\n    tls: { upgrade: S3CRET-VALUE }\n",
+            "sites:\n  - match: a\n    headers: { X-A: \"S3CRET-VALUE\\r\\nX-B: 1\" }\n",
+            "sites:\n  - match: a\n    headers: { X-A: 1.5 }\n",
+            "sites:\n  - match: a\n    headers: { X-A: [S3CRET-VALUE] }\n",
+            "sites:\n  - match: a\n    headers: { X-A: { value: S3CRET-VALUE, value_file: f } }\n",
+            "sites:\n  - match: \"S3CRET-VALUE:99999\"\n",
+            "sites:\n  - match: \"https://u:S3CRET-VALUE@h/\"\n",
+            "sites:\n  - match: a\n    name: [S3CRET-VALUE]\n",
+            "sites:\n  - match: a\n    tls: { key_password: S3CRET-VALUE }\n",
+            "sites:\n  - match: a\n    basic: { username: a, password: 'S3CRET-VALUE', password: x }\n",
+            "sites:\n  - match: a\n    basic: { username: \"S3CRET-VALUE:x\", password: x }\n",
+            "password: \"S3CRET-VALUE\n",
+            "a: &x S3CRET-VALUE\nb: *y\n",
+            "redirects: { max_hops: 123456789123456789123456789 }\n",
+            "S3CRET-VALUE",
+            "[S3CRET-VALUE]",
+            "!tag S3CRET-VALUE",
+            "listen: !tag S3CRET-VALUE\n",
+        ];
+        for text in cases {
+            let (msgs, ok) = match parse(text) {
+                Ok(c) => (
+                    c.warnings
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>(),
+                    true,
+                ),
+                Err(es) => (es.iter().map(ToString::to_string).collect(), false),
+            };
+            assert!(!msgs.is_empty(), "no message for {text:?} (ok = {ok})");
+            for m in &msgs {
+                assert!(!m.contains("S3CRET"), "leak for {text:?}: {m}");
+                assert!(!m.contains(PROBE), "probe marker leaked for {text:?}: {m}");
+            }
+        }
+    }
+
+    #[test]
+    fn sanitizer_keeps_field_names_and_drops_values() {
+        assert_eq!(
+            sanitize("sites[0].basic: unknown field `pasword_file`, expected one of `username`, `password`"),
+            "sites[0].basic: unknown field `pasword_file`, expected one of `username`, `password`"
+        );
+        assert_eq!(
+            sanitize("listen: invalid type: string \"hunter2 \\\" x\", expected a sequence"),
+            "listen: invalid type: string, expected a sequence"
+        );
+        assert_eq!(
+            sanitize("unknown variant `hunter2`, expected `pass` or `follow`"),
+            "unknown variant, expected `pass` or `follow`"
+        );
+        assert_eq!(
+            sanitize("invalid value: integer `1234`, expected u8"),
+            "invalid value: integer, expected u8"
+        );
+        assert_eq!(sanitize("missing field `match`"), "missing field `match`");
+        assert_eq!(
+            sanitize("duplicate entry with key \"a\""),
+            "duplicate entry with key \"a\""
+        );
+        assert_eq!(
+            sanitize("invalid type: string \"x\", expected a site"),
+            "invalid type: string, expected a site"
+        );
+        assert_eq!(sanitize("unterminated \"abc"), "unterminated");
+        assert_eq!(
+            strip_positions("x: bad at line 3 column 7, while parsing at position 12 at home"),
+            "x: bad, while parsing at home"
+        );
+    }
+
+    #[test]
+    fn secret_files_resolve_against_config_dir_or_credentials_directory() {
+        let conf = dir_with(&[("pw", "from-config-dir\n"), ("only-here", "config-only\n")]);
+        let creds = dir_with(&[("pw", "from-creds\n"), ("cred-only", "cred-only\n")]);
+        let path = conf.path().join("c.yaml");
+        let text = "\
+sites:
+  - match: a
+    basic: { username: u, password_file: pw }
+  - match: b
+    bearer: { token_file: only-here }
+  - match: c
+    bearer: { token_file: $CREDENTIALS_DIRECTORY/cred-only }
+  - match: d
+    bearer: { token_file: ABSOLUTE }
+";
+        let abs = conf.path().join("only-here");
+        let text = text.replace("ABSOLUTE", abs.to_str().unwrap());
+
+        // Without CREDENTIALS_DIRECTORY: relative to the config file; the explicit
+        // prefix is an error naming the option and line.
+        let es = parse_str(&path, &text, &no_env()).unwrap_err();
+        assert_eq!(es.len(), 1, "{es:?}");
+        assert_eq!(es[0].origin.line, 7);
+        assert!(
+            es[0].message.contains("sites[2].bearer.token_file"),
+            "{es:?}"
+        );
+        assert!(
+            es[0].message.contains("CREDENTIALS_DIRECTORY is not set"),
+            "{es:?}"
+        );
+
+        let env = SecretEnv {
+            credentials_directory: Some(creds.path().to_path_buf()),
+        };
+        let c = parse_str(&path, &text, &env).unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(c.sites[0].basic.as_ref().unwrap().1.expose(), "from-creds");
+        assert_eq!(c.sites[1].bearer.as_ref().unwrap().expose(), "config-only");
+        assert_eq!(c.sites[2].bearer.as_ref().unwrap().expose(), "cred-only");
+        assert_eq!(c.sites[3].bearer.as_ref().unwrap().expose(), "config-only");
+        assert!(c.files_read.contains(&creds.path().join("pw")));
+        assert!(c.files_read.contains(&conf.path().join("only-here")));
+        assert!(c.files_read.contains(&creds.path().join("cred-only")));
+        assert_eq!(c.files_read.len(), 3);
+
+        // Without CREDENTIALS_DIRECTORY, `pw` comes from the config directory.
+        let text2 = "sites:\n  - match: a\n    basic: { username: u, password_file: pw }\n";
+        let c = parse_str(&path, text2, &no_env()).unwrap();
+        assert_eq!(
+            c.sites[0].basic.as_ref().unwrap().1.expose(),
+            "from-config-dir"
+        );
+    }
+
+    #[test]
+    fn missing_or_bad_secret_file_names_option_line_and_path() {
+        let conf = dir_with(&[("empty", " \n\n"), ("multi", "S3CRET-VALUE\nsecond line\n")]);
+        let path = conf.path().join("c.yaml");
+        let text = "\
+access: { proxy_token_file: nope.tok }
+sites:
+  - match: a
+    tls:
+      client_cert: c.pem
+      key_password_file: missing-pw
+  - match: b
+    bearer: { token_file: empty }
+  - match: c
+    headers: { X-Key: { value_file: multi } }
+";
+        let es = parse_str(&path, text, &no_env()).unwrap_err();
+        assert_eq!(es.len(), 4, "{es:?}");
+        let want_path = conf.path().join("nope.tok");
+        assert_eq!(es[0].origin.line, 1);
+        assert!(es[0].message.contains("access.proxy_token_file"), "{es:?}");
+        assert!(
+            es[0].message.contains(&*want_path.to_string_lossy()),
+            "{es:?}"
+        );
+        assert_eq!(es[1].origin.line, 6);
+        assert!(
+            es[1].message.contains("sites[0].tls.key_password_file"),
+            "{es:?}"
+        );
+        assert!(es[1].message.contains("missing-pw"), "{es:?}");
+        assert_eq!(es[2].origin.line, 8);
+        assert!(es[2].message.contains("is empty"), "{es:?}");
+        assert_eq!(es[3].origin.line, 10);
+        assert!(es[3].message.contains("one line"), "{es:?}");
+        for e in &es {
+            assert!(!e.to_string().contains("S3CRET"), "{e}");
+        }
+    }
+
+    #[test]
+    fn validation_errors_carry_their_lines() {
+        let text = "\
+listen: [\"127.0.0.1:3128\", \"localhost:80\"]
+redirects: { max_hops: 0 }
+timeouts: { connect: 10, idle: 0s }
+upstream_proxy: https://proxy:8080
+sites:
+  - match: a.example
+    tls: { client_key: k.pem }
+  - match: b.example
+    tls: { client_cert: c.pem, pkcs12: p.p12 }
+  - match: c.example
+    basic: { username: u, password: p }
+    bearer: { token: t }
+  - match: \"a.*.example\"
+  - match: d.example
+    headers: { \"Bad Name\": x }
+  - match: e.example
+    redirects: sometimes
+  - match: a.example
+  - match: f.example
+    upstream_proxy: { url: \"http://p:1\", username: u }
+";
+        let es = errors(text);
+        let got: Vec<(usize, &str)> = es
+            .iter()
+            .map(|e| {
+                let line: usize = e.split(':').nth(1).unwrap().parse().unwrap();
+                (line, e.as_str())
+            })
+            .collect();
+        let expect: &[(usize, &str)] = &[
+            (1, "not a socket address"),
+            (2, "redirects.max_hops: must be between 1 and 50"),
+            (3, "needs a unit"),
+            (4, "https:// upstream proxies are not supported"),
+            (7, "client_key needs client_cert"),
+            (9, "give pkcs12 or client_cert/client_key, not both"),
+            (12, "give basic or bearer, not both"),
+            (13, "wildcard"),
+            (15, "invalid HTTP header name"),
+            (17, "unknown variant, expected `pass` or `follow`"),
+            (18, "same match pattern as sites[0] (line 6)"),
+            (20, "username needs password_file"),
+        ];
+        assert_eq!(got.len(), expect.len(), "{es:#?}");
+        for ((line, msg), (want_line, want)) in got.iter().zip(expect) {
+            assert_eq!(line, want_line, "{msg}");
+            assert!(msg.contains(want), "{msg} should contain {want}");
+        }
+        // The second timeout problem is in the same mapping: serde stops at the first.
+        let es = errors("timeouts: { idle: 0s }\n");
+        assert!(
+            es[0].contains(":1: ") && es[0].contains("longer than zero"),
+            "{es:?}"
+        );
+        let es = errors("redirects: { max_hops: 51 }\n");
+        assert!(es[0].contains("between 1 and 50"), "{es:?}");
+    }
+
+    #[test]
+    fn inline_secrets_warn_without_values() {
+        let text = "\
+sites:
+  - match: a
+    basic: { username: u, password: S3CRET-VALUE }
+  - match: b
+    bearer:
+      token: S3CRET-VALUE
+  - match: c
+    tls: { client_cert: c.pem, key_password: S3CRET-VALUE }
+upstream_proxy: { url: \"http://proxy:3128\", username: u, password: S3CRET-VALUE }
+";
+        let c = parse(text).unwrap_or_else(|e| panic!("{e:?}"));
+        let w: Vec<String> = c.warnings.iter().map(ToString::to_string).collect();
+        assert_eq!(w.len(), 4, "{w:?}");
+        assert!(
+            w[0].contains(":3: sites[0].basic.password is written inline; password_file"),
+            "{w:?}"
+        );
+        assert!(
+            w[1].contains(":6: sites[1].bearer.token is written inline"),
+            "{w:?}"
+        );
+        assert!(
+            w[2].contains(":8: sites[2].tls.key_password is written inline"),
+            "{w:?}"
+        );
+        assert!(
+            w[3].contains(":9: upstream_proxy.password is written inline"),
+            "{w:?}"
+        );
+        assert!(!w.iter().any(|m| m.contains("S3CRET")));
+        assert_eq!(c.sites[0].basic.as_ref().unwrap().1.expose(), SECRET);
+        assert_eq!(c.upstream_proxy.unwrap().port, 3128);
+    }
+
+    #[test]
+    fn top_level_settings_forms() {
+        let c = parse("listen: []\n").unwrap_err();
+        assert!(c[0]
+            .to_string()
+            .contains(":1: listen: give at least one address"));
+        let c = parse(
+            "rc_files: [a.rc, /abs/b.rc]\nnetrc: false\ncookie_jar: jar.txt\nno_proxy: \"a.example, .B.example\"\nupstream_proxy: http://[::1]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.rc_files,
+            RcFilesSetting::List(vec!["/etc/authproxy/a.rc".into(), "/abs/b.rc".into()])
+        );
+        assert_eq!(c.netrc, NetrcSetting::Off);
+        assert_eq!(c.cookie_jar, Some("/etc/authproxy/jar.txt".into()));
+        assert_eq!(c.no_proxy, vec!["a.example", ".b.example"]);
+        let up = c.upstream_proxy.unwrap();
+        assert_eq!((up.host.as_str(), up.port), ("::1", DEFAULT_PROXY_PORT));
+        assert!(up.credentials.is_none());
+        let c = parse("rc_files: []\nnetrc: .netrc\nupstream_proxy: direct\n").unwrap();
+        assert_eq!(c.rc_files, RcFilesSetting::List(vec![]));
+        assert_eq!(c.netrc, NetrcSetting::Path("/etc/authproxy/.netrc".into()));
+        assert!(c.upstream_proxy.is_none());
+        let es = errors("listen: [\"127.0.0.1:1\"]\nlisten: [\"127.0.0.1:2\"]\n");
+        assert_eq!(es.len(), 1, "{es:?}");
+        let es = errors("upstream_proxy: http://proxy/some/path\n");
+        assert!(es[0].contains("must not have a path"), "{es:?}");
+        let es = errors("- a\n- b\n");
+        assert!(
+            es[0].contains(":1: the configuration must be a map"),
+            "{es:?}"
+        );
+        let es = errors("sites:\n  - name: x\n");
+        assert!(
+            es[0].contains(":2: ") && es[0].contains("missing field `match`"),
+            "{es:?}"
+        );
+    }
+
+    #[test]
+    fn site_names_must_be_unique() {
+        let es = errors("sites:\n  - { match: a, name: x }\n  - { match: b, name: x }\n");
+        assert_eq!(es.len(), 1, "{es:?}");
+        assert!(es[0].contains(":3: ") && es[0].contains("line 2"), "{es:?}");
+    }
+
+    #[test]
+    fn error_display_format() {
+        let e = YamlError {
+            origin: Origin::new("/x/c.yaml", 4),
+            message: "bad".into(),
+        };
+        assert_eq!(e.to_string(), "/x/c.yaml:4: bad");
+        let e = YamlError {
+            origin: Origin::new("/x/c.yaml", 0),
+            message: "bad".into(),
+        };
+        assert_eq!(e.to_string(), "/x/c.yaml: bad");
+    }
+
+    #[test]
+    fn parse_file_reads_and_reports_missing_file() {
+        let d = dir_with(&[("c.yaml", "listen: [\"127.0.0.1:9999\"]\n")]);
+        let c = parse_file(&d.path().join("c.yaml"), &no_env()).unwrap();
+        assert_eq!(c.listen, vec!["127.0.0.1:9999".parse().unwrap()]);
+        let es = parse_file(&d.path().join("missing.yaml"), &no_env()).unwrap_err();
+        assert_eq!(es.len(), 1);
+        assert!(
+            es[0].to_string().contains("missing.yaml: cannot read"),
+            "{es:?}"
+        );
+    }
+
+    #[test]
+    fn site_match_parse() {
+        let m = SiteMatch::parse("Example.ORG").unwrap();
+        assert_eq!(m.host, HostPattern::Exact("example.org".into()));
+        assert_eq!(
+            (m.scheme.as_deref(), m.port, m.path_prefix.as_deref()),
+            (None, None, None)
+        );
+        let m = SiteMatch::parse("example.org:8443").unwrap();
+        assert_eq!(m.port, Some(8443));
+        let m = SiteMatch::parse("*.Example.org").unwrap();
+        assert_eq!(m.host, HostPattern::Suffix(".example.org".into()));
+        let m = SiteMatch::parse("HTTPS://h.example/data/").unwrap();
+        assert_eq!(m.scheme.as_deref(), Some("https"));
+        assert_eq!(m.port, None);
+        assert_eq!(m.path_prefix.as_deref(), Some("/data"));
+        let m = SiteMatch::parse("http://h.example:8000").unwrap();
+        assert_eq!((m.port, m.path_prefix.as_deref()), (Some(8000), None));
+        let m = SiteMatch::parse("[::1]:8080").unwrap();
+        assert_eq!(
+            (m.host.clone(), m.port),
+            (HostPattern::Exact("::1".into()), Some(8080))
+        );
+        assert_eq!(SiteMatch::parse("*").unwrap().host, HostPattern::Any);
+        for bad in [
+            "",
+            "h:0",
+            "h:65536",
+            "h:x",
+            "a.*.b",
+            "ftp://h",
+            "https://",
+            "https://u:p@h/",
+            "h/path",
+            "https://h/p?q",
+            "::1",
+            "[::1",
+            "[zz]:1",
+            "a..b",
+            "bad host",
+            "é.example",
+            "https://*/x",
+            "*.",
+            "h:",
+        ] {
+            assert!(SiteMatch::parse(bad).is_err(), "{bad:?} should not parse");
+        }
+    }
+
+    #[test]
+    fn site_match_matches() {
+        // (pattern, scheme, host, port, path, expected)
+        let table: &[(&str, &str, &str, u16, &str, bool)] = &[
+            ("example.org", "https", "EXAMPLE.org", 443, "/", true),
+            ("example.org", "http", "example.org", 8080, "/x", true),
+            ("example.org", "https", "a.example.org", 443, "/", false),
+            ("example.org", "https", "example.org.", 443, "/", true),
+            ("*.example.org", "https", "a.example.org", 443, "/", true),
+            ("*.example.org", "https", "a.b.Example.ORG", 443, "/", true),
+            ("*.example.org", "https", "example.org", 443, "/", false),
+            ("*.example.org", "https", "badexample.org", 443, "/", false),
+            ("example.org:8443", "https", "example.org", 8443, "/", true),
+            ("example.org:8443", "https", "example.org", 443, "/", false),
+            (
+                "https://example.org",
+                "https",
+                "example.org",
+                443,
+                "/",
+                true,
+            ),
+            (
+                "https://example.org",
+                "https",
+                "example.org",
+                8443,
+                "/",
+                false,
+            ),
+            (
+                "https://example.org",
+                "http",
+                "example.org",
+                443,
+                "/",
+                false,
+            ),
+            ("http://example.org", "HTTP", "example.org", 80, "/", true),
+            (
+                "https://example.org:8443/data",
+                "https",
+                "example.org",
+                8443,
+                "/data",
+                true,
+            ),
+            (
+                "https://example.org/data",
+                "https",
+                "example.org",
+                443,
+                "/data",
+                true,
+            ),
+            (
+                "https://example.org/data",
+                "https",
+                "example.org",
+                443,
+                "/data/",
+                true,
+            ),
+            (
+                "https://example.org/data",
+                "https",
+                "example.org",
+                443,
+                "/data/x",
+                true,
+            ),
+            (
+                "https://example.org/data",
+                "https",
+                "example.org",
+                443,
+                "/data?q=1",
+                true,
+            ),
+            (
+                "https://example.org/data",
+                "https",
+                "example.org",
+                443,
+                "/database",
+                false,
+            ),
+            (
+                "https://example.org/data",
+                "https",
+                "example.org",
+                443,
+                "/",
+                false,
+            ),
+            (
+                "https://example.org/data/",
+                "https",
+                "example.org",
+                443,
+                "/data",
+                true,
+            ),
+            ("*", "http", "anything", 1, "/", true),
+            ("[::1]:8080", "http", "[::1]", 8080, "/", true),
+            ("[::1]:8080", "http", "::1", 8080, "/", true),
+        ];
+        for &(pat, scheme, host, port, path, want) in table {
+            let m = SiteMatch::parse(pat).unwrap();
+            assert_eq!(
+                m.matches(scheme, host, port, path),
+                want,
+                "{pat} vs {scheme}://{host}:{port}{path}"
+            );
+        }
+    }
+
+    #[test]
+    fn site_match_specificity_orders_patterns() {
+        let ordered = [
+            "*",
+            "*.org",
+            "*.example.org",
+            "*.example.org:8443",
+            "a.example.org",
+            "a.example.org:8443",
+            "https://a.example.org/d",
+            "https://a.example.org/data/x",
+        ];
+        for pair in ordered.windows(2) {
+            let a = SiteMatch::parse(pair[0]).unwrap().specificity();
+            let b = SiteMatch::parse(pair[1]).unwrap().specificity();
+            assert!(
+                a < b,
+                "{} {a:?} should be less specific than {} {b:?}",
+                pair[0],
+                pair[1]
+            );
+        }
+        assert_eq!(
+            SiteMatch::parse("https://a.example.org")
+                .unwrap()
+                .specificity(),
+            SiteMatch::parse("a.example.org:443").unwrap().specificity()
+        );
+    }
+
+    #[test]
+    fn durations() {
+        let ok = [
+            ("4s", Duration::from_secs(4)),
+            ("500ms", Duration::from_millis(500)),
+            ("5m", Duration::from_secs(300)),
+            ("1h", Duration::from_secs(3600)),
+            (" 1m30s ", Duration::from_secs(90)),
+            ("0s", Duration::ZERO),
+        ];
+        for (s, d) in ok {
+            assert_eq!(parse_duration(s), Ok(d), "{s}");
+        }
+        for bad in [
+            "",
+            "10",
+            "s",
+            "1.5s",
+            "10 s",
+            "-1s",
+            "1d",
+            "1hx",
+            "99999999999999999999s",
+            "18446744073709551615h",
+        ] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn hostile_inputs_do_not_panic() {
+        // Every prefix of the full example, and single-byte corruptions of it.
+        let d = dir_with(&[("tok", "t"), ("pw", "p"), ("k", "k"), ("edl.token", "e")]);
+        let path = d.path().join("c.yaml");
+        let env = no_env();
+        for (i, _) in FULL.char_indices() {
+            let _ = parse_str(&path, &FULL[..i], &env);
+        }
+        let specials = [
+            '\n', ':', '-', '[', '{', '&', '*', '!', '"', '\'', ' ', '#', '|', '>', '?',
+        ];
+        for (n, (i, c)) in FULL.char_indices().enumerate() {
+            if n % 3 != 0 {
+                continue;
+            }
+            let r = specials[n % specials.len()];
+            let mut s = String::with_capacity(FULL.len());
+            s.push_str(&FULL[..i]);
+            s.push(r);
+            s.push_str(&FULL[i + c.len_utf8()..]);
+            let _ = parse_str(&path, &s, &env);
+        }
+        for text in [
+            "\u{feff}listen: [\"127.0.0.1:1\"]",
+            "a: &a [*a]",
+            "sites: &s [*s]",
+            "? [a]\n: b",
+            "1: x",
+            "sites:\n  - !!map { match: a }\n",
+            "sites:\n  - &x { match: a }\n  - *x\n",
+            "sites: [~, 1, [], \"\"]",
+            "<<: { listen: [] }",
+            "---\na: 1\n---\nb: 2\n",
+            "\t",
+            "%YAML 1.1\n---\nsites: []",
+            &"[".repeat(10_000),
+            &format!("sites:\n{}", "  - { match: a }\n".repeat(50)),
+        ] {
+            let _ = parse(text);
+        }
+    }
+}

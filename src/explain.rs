@@ -1,0 +1,289 @@
+/*!
+`authproxy check` and `authproxy explain URL`: the configuration as a human reads it.
+
+Both print sources as file:line and never a secret: passwords, tokens and secret header
+or query values are shown as `***`, and only user names, file paths and certificate
+subjects appear.
+*/
+
+use std::fmt::Write;
+
+use crate::auth::bearer;
+use crate::config::load::{self, ConfigPath, Environment};
+use crate::config::snapshot::Resolved;
+use crate::config::Snapshot;
+use crate::rule::{ProxyChoice, Rule, TlsSettings};
+use crate::target::{Scheme, Target};
+
+/// The `check` report and whether the configuration loads.
+pub fn check(env: &Environment) -> (String, bool) {
+    let mut out = String::new();
+    match env.config_path() {
+        ConfigPath::Named(p) | ConfigPath::Found(p, _) => {
+            let _ = writeln!(out, "config: {}", p.display());
+        }
+        ConfigPath::None(candidates) => {
+            let list: Vec<String> = candidates.iter().map(|p| p.display().to_string()).collect();
+            let _ = writeln!(out, "config: none (looked for {})", list.join(", "));
+        }
+    }
+    match load::load(env) {
+        Ok(snapshot) => {
+            describe(&mut out, &snapshot);
+            (out, true)
+        }
+        Err(errors) => {
+            let _ = writeln!(out, "errors:");
+            for e in &errors.0 {
+                let _ = writeln!(out, "  {e}");
+            }
+            (out, false)
+        }
+    }
+}
+
+fn describe(out: &mut String, s: &Snapshot) {
+    let _ = writeln!(
+        out,
+        "listen: {}",
+        join(s.listen.iter().map(|a| a.to_string()))
+    );
+    let _ = writeln!(out, "files read:");
+    for f in &s.files {
+        let _ = writeln!(out, "  {}", f.display());
+    }
+    if let Some(p) = &s.upstream_proxy {
+        let _ = writeln!(out, "upstream proxy: {p:?}");
+    }
+    if !s.no_proxy.is_empty() {
+        let _ = writeln!(out, "no_proxy: {}", s.no_proxy.join(", "));
+    }
+    let _ = writeln!(
+        out,
+        "timeouts: connect {:?}, first byte {:?}",
+        s.timeouts.connect, s.timeouts.read
+    );
+    let _ = writeln!(
+        out,
+        "rules, most specific first (YAML sites, then rc files):"
+    );
+    if s.sites.is_empty() && s.rc.is_empty() {
+        let _ = writeln!(out, "  (none)");
+    }
+    for rule in s.sites.iter().chain(&s.rc) {
+        describe_rule(out, rule);
+    }
+    if let Some(n) = &s.netrc {
+        let _ = writeln!(
+            out,
+            "netrc: {} ({} entries)",
+            n.path.display(),
+            n.entries.len()
+        );
+        for e in &n.entries {
+            let _ = writeln!(
+                out,
+                "  {} login {} password {} ({})",
+                e.host
+                    .as_deref()
+                    .map_or("default".to_owned(), |h| format!("machine {h}")),
+                e.login.as_deref().unwrap_or("-"),
+                if e.password.is_some() { "***" } else { "-" },
+                e.origin
+            );
+        }
+    } else {
+        let _ = writeln!(out, "netrc: none");
+    }
+    if !s.unsupported.is_empty() {
+        let _ = writeln!(out, "accepted but not acted on:");
+        for u in &s.unsupported {
+            let _ = writeln!(out, "  {u}");
+        }
+    }
+    if !s.warnings.is_empty() {
+        let _ = writeln!(out, "warnings:");
+        for w in &s.warnings {
+            let _ = writeln!(out, "  {w}");
+        }
+    }
+}
+
+fn describe_rule(out: &mut String, rule: &Rule) {
+    let _ = writeln!(out, "  {} ({})", rule.id, rule.origin);
+    if let Some(b) = &rule.basic {
+        let _ = writeln!(
+            out,
+            "    basic: user {:?}, password *** ({})",
+            b.user, b.origin
+        );
+    }
+    if rule.bearer.is_some() {
+        let _ = writeln!(out, "    bearer: ***");
+    }
+    for (name, value) in &rule.headers {
+        let _ = writeln!(out, "    header: {name}: {}", value.shown());
+    }
+    for (name, value) in &rule.query {
+        let _ = writeln!(out, "    query: {name}={}", value.shown());
+    }
+    let tls = tls_text(&rule.tls);
+    if !tls.is_empty() {
+        let _ = writeln!(out, "    tls: {tls}");
+    }
+    match &rule.proxy {
+        ProxyChoice::Inherit => {}
+        ProxyChoice::Direct => {
+            let _ = writeln!(out, "    upstream proxy: direct");
+        }
+        ProxyChoice::Via(p) => {
+            let _ = writeln!(out, "    upstream proxy: {p:?}");
+        }
+    }
+    if let Some(t) = rule.connect_timeout {
+        let _ = writeln!(out, "    connect timeout: {t:?}");
+    }
+    if let Some(t) = rule.read_timeout {
+        let _ = writeln!(out, "    timeout: {t:?}");
+    }
+}
+
+fn tls_text(t: &TlsSettings) -> String {
+    let mut parts = Vec::new();
+    if t.upgrade {
+        parts.push("upgrade http to https".to_owned());
+    }
+    if let Some(i) = &t.identity {
+        parts.push(format!(
+            "client certificate {} from {} (expires {})",
+            i.subject, i.source, i.not_after
+        ));
+    }
+    if let Some(c) = &t.ca {
+        parts.push(format!(
+            "trust {} CA certificates from {}",
+            c.certs.len(),
+            c.source
+        ));
+    }
+    if t.verify_peer == Some(false) {
+        parts.push("peer verification OFF".to_owned());
+    }
+    if t.verify_host == Some(false) {
+        parts.push("host name verification OFF".to_owned());
+    }
+    parts.join("; ")
+}
+
+/// What would happen to `url`.
+pub fn explain(env: &Environment, url: &str) -> Result<String, String> {
+    let target = Target::from_absolute(url.as_bytes())
+        .map_err(|_| format!("{url:?} is not an http:// or https:// URL"))?;
+    let snapshot = load::load(env).map_err(|e| format!("the configuration has errors:\n{e}"))?;
+    let resolved = snapshot.resolve(&target);
+    let mut out = String::new();
+    let _ = writeln!(out, "url: {target}");
+    let _ = writeln!(out, "rules: {}", resolved.describe());
+    let upstream = resolved
+        .upstream_target(&target)
+        .unwrap_or_else(|| target.clone());
+    let tls = upstream.scheme == Scheme::Https;
+    if target.scheme == Scheme::Https {
+        let _ = writeln!(
+            out,
+            "note: clients send https:// URLs through a CONNECT tunnel, which authproxy passes \
+             through untouched; only the upstream proxy applies then"
+        );
+    }
+    if upstream != target {
+        let _ = writeln!(
+            out,
+            "upstream: https://{} (TLS upgrade)",
+            upstream.host_header()
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "upstream: {}://{}",
+            upstream.scheme.as_str(),
+            upstream.host_header()
+        );
+    }
+    match resolved.proxy(&target.host) {
+        Some(p) => {
+            let _ = writeln!(out, "via: upstream proxy {p:?}");
+        }
+        None => {
+            let _ = writeln!(out, "via: direct");
+        }
+    }
+    if tls {
+        let _ = writeln!(out, "tls: {}", tls_summary(&resolved));
+    }
+    let _ = writeln!(
+        out,
+        "authorization: {}",
+        auth_summary(&resolved, &upstream, tls)
+    );
+    for (name, value) in resolved.headers() {
+        let _ = writeln!(out, "header: {name}: {}", value.shown());
+    }
+    for (name, value) in resolved.query() {
+        let _ = writeln!(out, "query: {name}={}", value.shown());
+    }
+    let (connect, read) = resolved.timeout_pair();
+    let _ = writeln!(out, "timeouts: connect {connect:?}, first byte {read:?}");
+    Ok(out)
+}
+
+fn tls_summary(r: &Resolved<'_>) -> String {
+    let mut parts = Vec::new();
+    match r.identity() {
+        Some(i) => parts.push(format!(
+            "client certificate {} from {}",
+            i.subject, i.source
+        )),
+        None => parts.push("no client certificate".to_owned()),
+    }
+    match r.ca() {
+        Some(c) => parts.push(format!(
+            "trusts the {} CA certificates from {} (instead of the system roots)",
+            c.certs.len(),
+            c.source
+        )),
+        None => parts.push("system CA roots".to_owned()),
+    }
+    if !r.verify_peer() {
+        parts.push("peer verification OFF".to_owned());
+    } else if !r.verify_host() {
+        parts.push("host name verification OFF".to_owned());
+    }
+    parts.join("; ")
+}
+
+fn auth_summary(r: &Resolved<'_>, upstream: &Target, tls: bool) -> String {
+    if bearer::is_presigned(&upstream.path_and_query) {
+        return "none (the URL is presigned; it carries its own signature)".to_owned();
+    }
+    if r.bearer().is_some() {
+        return "Bearer ***".to_owned();
+    }
+    if let Some(b) = r.basic(tls) {
+        return format!(
+            "Basic, user {:?}, password *** from {} ({})",
+            b.user, b.source, b.origin
+        );
+    }
+    if let Some(b) = r.netrc_basic() {
+        return format!(
+            "none: the .netrc entry for this host ({}) is sent only over https; \
+             add `tls: {{ upgrade: true }}` for this host to use it",
+            b.origin
+        );
+    }
+    "none".to_owned()
+}
+
+fn join(items: impl Iterator<Item = String>) -> String {
+    items.collect::<Vec<_>>().join(", ")
+}

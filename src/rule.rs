@@ -1,0 +1,215 @@
+/*!
+What a request gets: the resolved, source-independent form of one configuration rule.
+
+YAML `sites` entries and rc-file scopes both become a [`Rule`]; `.netrc` entries stay
+netrc entries (looked up by host). Everything a rule needs at request time is loaded and
+validated when the snapshot is built: certificate files are parsed, CA bundles read,
+credentials encoded. The request path only picks rules and copies headers.
+*/
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pingora::utils::tls::{CertKey, WrappedX509};
+
+use crate::config::rcfile::RcScope;
+use crate::config::yaml::SiteMatch;
+use crate::config::Origin;
+use crate::secret::Secret;
+use crate::target::Target;
+
+/// Where a rule applies.
+#[derive(Clone, Debug)]
+pub enum Matcher {
+    /// A YAML `sites[].match`.
+    Site(SiteMatch),
+    /// An rc-file `[prefix]` (or none).
+    Rc(RcScope),
+}
+
+impl Matcher {
+    pub fn matches(&self, target: &Target) -> bool {
+        let scheme = target.scheme.as_str();
+        match self {
+            Matcher::Site(m) => m.matches(scheme, &target.host, target.port, target.path()),
+            Matcher::Rc(s) => s.matches(scheme, &target.host, target.port, target.path()),
+        }
+    }
+
+    /// Larger is more specific.
+    pub fn specificity(&self) -> (u8, usize) {
+        match self {
+            Matcher::Site(m) => m.specificity(),
+            Matcher::Rc(s) => s.specificity(),
+        }
+    }
+}
+
+/// A header or query value: plain, or a secret that is redacted when shown.
+#[derive(Clone, Debug)]
+pub enum Value {
+    Plain(String),
+    Secret(Secret<String>),
+}
+
+impl Value {
+    pub fn expose(&self) -> &str {
+        match self {
+            Value::Plain(s) => s,
+            Value::Secret(s) => s.expose(),
+        }
+    }
+
+    /// What `check` and `explain` print.
+    pub fn shown(&self) -> &str {
+        match self {
+            Value::Plain(s) => s,
+            Value::Secret(_) => "***",
+        }
+    }
+}
+
+/// A user name and password for HTTP Basic.
+#[derive(Clone, Debug)]
+pub struct BasicCredential {
+    pub user: String,
+    pub password: Secret<String>,
+    /// Where the password was read.
+    pub origin: Origin,
+}
+
+/// A client certificate with its key, parsed and checked at load.
+pub struct Identity {
+    pub cert_key: Arc<CertKey>,
+    pub subject: String,
+    pub not_after: String,
+    /// The files it came from, for `check` and error messages.
+    pub source: String,
+    /// Hash of the certificate chain, part of the connection-pool key.
+    pub fingerprint: u64,
+}
+
+impl fmt::Debug for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Identity")
+            .field("subject", &self.subject)
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Extra trusted CA certificates.
+pub struct CaSet {
+    pub certs: Arc<[WrappedX509]>,
+    pub source: String,
+    pub fingerprint: u64,
+}
+
+impl fmt::Debug for CaSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "CaSet({} certificates from {})",
+            self.certs.len(),
+            self.source
+        )
+    }
+}
+
+/// TLS towards the upstream server.
+#[derive(Clone, Debug, Default)]
+pub struct TlsSettings {
+    /// Send the client's `http://` requests to this host over https.
+    pub upgrade: bool,
+    pub identity: Option<Arc<Identity>>,
+    pub ca: Option<Arc<CaSet>>,
+    pub verify_peer: Option<bool>,
+    pub verify_host: Option<bool>,
+}
+
+/// An upstream (corporate) HTTP proxy.
+pub struct UpstreamProxy {
+    pub host: String,
+    pub port: u16,
+    pub user: Option<String>,
+    /// The whole `Proxy-Authorization` value (`Basic ...`).
+    pub authorization: Option<Secret<String>>,
+    pub origin: Origin,
+}
+
+impl UpstreamProxy {
+    pub fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+
+    /// Identifies the proxy and its credential in connection-pool keys.
+    pub fn fingerprint(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.host.hash(&mut h);
+        self.port.hash(&mut h);
+        self.authorization.as_ref().map(|a| a.expose()).hash(&mut h);
+        h.finish()
+    }
+}
+
+impl fmt::Debug for UpstreamProxy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "http://")?;
+        if let Some(user) = &self.user {
+            write!(f, "{user}:***@")?;
+        }
+        write!(f, "{} ({})", self.authority(), self.origin)
+    }
+}
+
+/// Which upstream proxy a rule chooses.
+#[derive(Clone, Debug, Default)]
+pub enum ProxyChoice {
+    /// Whatever a less specific source says.
+    #[default]
+    Inherit,
+    /// Connect directly.
+    Direct,
+    Via(Arc<UpstreamProxy>),
+}
+
+/// One rule, from YAML or an rc file.
+#[derive(Debug)]
+pub struct Rule {
+    /// `sites[0]`, `sites[1] (esgf)`, or an rc scope such as `[host:port]`.
+    pub id: String,
+    pub origin: Origin,
+    pub matcher: Matcher,
+    pub basic: Option<BasicCredential>,
+    pub bearer: Option<Value>,
+    pub headers: Vec<(http::HeaderName, Value)>,
+    pub query: Vec<(String, Value)>,
+    pub tls: TlsSettings,
+    pub proxy: ProxyChoice,
+    pub connect_timeout: Option<Duration>,
+    pub read_timeout: Option<Duration>,
+}
+
+impl Rule {
+    pub fn new(id: String, origin: Origin, matcher: Matcher) -> Self {
+        Rule {
+            id,
+            origin,
+            matcher,
+            basic: None,
+            bearer: None,
+            headers: Vec::new(),
+            query: Vec::new(),
+            tls: TlsSettings::default(),
+            proxy: ProxyChoice::Inherit,
+            connect_timeout: None,
+            read_timeout: None,
+        }
+    }
+}
