@@ -3,5 +3,6 @@
 mod support;
 
 mod clients;
+mod config;
 mod core;
 mod process;
