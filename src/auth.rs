@@ -53,7 +53,8 @@ pub fn apply(
         applied.headers += 1;
     }
     let params = resolved.query();
-    let new_pq = if params.is_empty() {
+    // Extra parameters would break a presigned URL's signature.
+    let new_pq = if params.is_empty() || presigned {
         None
     } else {
         applied.query = params.len();

@@ -220,7 +220,15 @@ impl ProxyHttp for Forwarder {
         response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let (snapshot, hop, _) = ctx.parts()?;
+        let (snapshot, hop, target) = ctx.parts()?;
+        if response.status.as_u16() == 407 && target.scheme == Scheme::Http {
+            // The upstream proxy refused our credentials; a 407 passed on would ask
+            // the client for credentials to authproxy itself.
+            if let Some(via) = ctx.via.clone() {
+                let f = Failure::proxy_refused(&via.authority(), &target.authority(), Some(407));
+                return Err(ctx.fail(f));
+            }
+        }
         let max = snapshot.max_hops;
         if let Some(next) = same_host_https_redirect(hop, response) {
             if ctx.redirects < max && !session.as_ref().retry_buffer_truncated() {
