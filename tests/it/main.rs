@@ -5,4 +5,5 @@ mod support;
 mod clients;
 mod config;
 mod core;
+mod credentials;
 mod process;

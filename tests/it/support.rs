@@ -371,3 +371,452 @@ pub async fn tls_origin(pki: &TestPki) -> (SocketAddr, Arc<Seen>) {
     });
     (addr, seen)
 }
+
+// ---------------------------------------------------------------------------------------
+// For the credentials tests: a CA that issues server and client certificates, a TLS
+// origin that can demand client certificates and records which one each request came
+// with, a redirecting origin, and a recording upstream HTTP proxy.
+
+/// A test CA (rcgen) that issues server and client certificates.
+pub struct Ca {
+    cert: rcgen::Certificate,
+    key: rcgen::KeyPair,
+    pub pem: String,
+    pub der: Vec<u8>,
+}
+
+/// A certificate issued by a [`Ca`], with its unencrypted PKCS#8 key.
+pub struct Issued {
+    pub cert_pem: String,
+    pub cert_der: Vec<u8>,
+    pub key_pem: String,
+    pub key_der: Vec<u8>,
+}
+
+impl Ca {
+    pub fn new(name: &str) -> Ca {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let cert = params.self_signed(&key).unwrap();
+        Ca {
+            pem: cert.pem(),
+            der: cert.der().to_vec(),
+            cert,
+            key,
+        }
+    }
+
+    /// A server certificate for `localhost` and `127.0.0.1`.
+    pub fn server(&self) -> Issued {
+        self.issue(
+            "localhost",
+            &["localhost", "127.0.0.1"],
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        )
+    }
+
+    /// A client certificate with common name `cn`.
+    pub fn client(&self, cn: &str) -> Issued {
+        self.issue(cn, &[], rcgen::ExtendedKeyUsagePurpose::ClientAuth)
+    }
+
+    fn issue(&self, cn: &str, names: &[&str], eku: rcgen::ExtendedKeyUsagePurpose) -> Issued {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        let mut params = rcgen::CertificateParams::new(names).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        params.extended_key_usages = vec![eku];
+        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
+        Issued {
+            cert_pem: cert.pem(),
+            cert_der: cert.der().to_vec(),
+            key_pem: key.serialize_pem(),
+            key_der: key.serialize_der(),
+        }
+    }
+}
+
+/// Whether a [`TlsOrigin`] asks for client certificates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientAuth {
+    Off,
+    /// Asked for, not required.
+    Optional,
+    Required,
+}
+
+/// One request a [`TlsOrigin`] served, with the TLS connection it came on.
+#[derive(Clone, Debug)]
+pub struct TlsRequest {
+    /// Index of the TLS connection (in handshake order).
+    pub connection: usize,
+    /// The client's leaf certificate on that connection, DER.
+    pub peer_cert: Option<Vec<u8>>,
+    pub target: String,
+    pub headers: HeaderMap,
+}
+
+/// What a [`TlsOrigin`] saw.
+#[derive(Default)]
+pub struct TlsSeen {
+    /// TCP connections accepted.
+    pub accepted: AtomicUsize,
+    /// Handshakes that failed.
+    pub failed_handshakes: AtomicUsize,
+    /// Completed handshakes, in order: the client's leaf certificate, if any.
+    pub handshakes: Mutex<Vec<Option<Vec<u8>>>>,
+    pub requests: Mutex<Vec<TlsRequest>>,
+    routes: Arc<Seen>,
+}
+
+/// A TLS origin (hyper over tokio-rustls) with [`Origin`]'s routes, serving a `server`
+/// certificate of `server_ca`, optionally verifying client certificates against
+/// `client_ca`.
+pub struct TlsOrigin {
+    pub addr: SocketAddr,
+    pub seen: Arc<TlsSeen>,
+    _stop: watch::Sender<bool>,
+}
+
+impl TlsOrigin {
+    pub async fn start(server_ca: &Ca, client_ca: &Ca, auth: ClientAuth) -> TlsOrigin {
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap();
+        let builder = match auth {
+            ClientAuth::Off => builder.with_no_client_auth(),
+            ClientAuth::Optional | ClientAuth::Required => {
+                let mut roots = rustls::RootCertStore::empty();
+                roots
+                    .add(CertificateDer::from(client_ca.der.clone()))
+                    .unwrap();
+                let v = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider,
+                );
+                let v = if auth == ClientAuth::Optional {
+                    v.allow_unauthenticated()
+                } else {
+                    v
+                };
+                builder.with_client_cert_verifier(v.build().unwrap())
+            }
+        };
+        let server = server_ca.server();
+        let cfg = builder
+            .with_single_cert(
+                vec![CertificateDer::from(server.cert_der)],
+                PrivateKeyDer::Pkcs8(server.key_der.into()),
+            )
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(TlsSeen::default());
+        let (stop, mut stopped) = watch::channel(false);
+        let seen2 = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let (sock, _) = tokio::select! {
+                    r = listener.accept() => r.unwrap(),
+                    _ = stopped.changed() => return,
+                };
+                seen2.accepted.fetch_add(1, Ordering::SeqCst);
+                let acceptor = acceptor.clone();
+                let seen = seen2.clone();
+                tokio::spawn(async move {
+                    let tls =
+                        match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(sock))
+                            .await
+                        {
+                            Ok(Ok(tls)) => tls,
+                            _ => {
+                                seen.failed_handshakes.fetch_add(1, Ordering::SeqCst);
+                                return;
+                            }
+                        };
+                    let peer_cert = tls
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                        .map(|c| c.to_vec());
+                    let connection = {
+                        let mut h = seen.handshakes.lock().unwrap();
+                        h.push(peer_cert.clone());
+                        h.len() - 1
+                    };
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        seen.requests.lock().unwrap().push(TlsRequest {
+                            connection,
+                            peer_cert: peer_cert.clone(),
+                            target: req.uri().to_string(),
+                            headers: req.headers().clone(),
+                        });
+                        handle(req, seen.routes.clone())
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tls), svc)
+                        .await;
+                });
+            }
+        });
+        TlsOrigin {
+            addr,
+            seen,
+            _stop: stop,
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    pub fn requests(&self) -> Vec<TlsRequest> {
+        self.seen.requests.lock().unwrap().clone()
+    }
+
+    pub fn handshakes(&self) -> Vec<Option<Vec<u8>>> {
+        self.seen.handshakes.lock().unwrap().clone()
+    }
+}
+
+/// A plain-http origin on 127.0.0.1:0 that answers every request with `status` and
+/// `Location: location`, and records the requests.
+pub async fn redirect_origin(status: u16, location: String) -> (SocketAddr, Arc<Seen>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Seen::default());
+    let seen2 = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((sock, _)) = listener.accept().await {
+            seen2.connections.fetch_add(1, Ordering::SeqCst);
+            let seen = seen2.clone();
+            let location = location.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    seen.requests.lock().unwrap().push(SeenRequest {
+                        method: req.method().to_string(),
+                        target: req.uri().to_string(),
+                        headers: req.headers().clone(),
+                    });
+                    let resp = Response::builder()
+                        .status(status)
+                        .header(http::header::LOCATION, location.as_str())
+                        .body(full("moved"))
+                        .unwrap();
+                    async move { Ok::<_, Infallible>(resp) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(sock), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// One request an [`UpstreamTestProxy`] received.
+#[derive(Clone, Debug)]
+pub struct ProxyRequest {
+    /// `METHOD target HTTP/1.x`, as received.
+    pub request_line: String,
+    pub proxy_authorization: Option<String>,
+    /// The status the proxy answered with (200 for a forwarded request or a tunnel).
+    pub status: u16,
+}
+
+/// A small recording HTTP/1.1 forward proxy on 127.0.0.1:0 (tokio).
+///
+/// Absolute-form requests to `http://` URLs are forwarded to the origin in origin-form
+/// (without `Proxy-Authorization`, with `Connection: close`); `CONNECT host:port` opens a
+/// tunnel. With a demanded credential, a request without exactly that
+/// `Proxy-Authorization` gets 407 and the connection is closed. One request per
+/// connection.
+pub struct UpstreamTestProxy {
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<ProxyRequest>>>,
+    _stop: watch::Sender<bool>,
+}
+
+impl UpstreamTestProxy {
+    pub async fn start(demand: Option<(&str, &str)>) -> UpstreamTestProxy {
+        use base64::Engine;
+        let demand = demand.map(|(u, p)| {
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))
+            )
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen: Arc<Mutex<Vec<ProxyRequest>>> = Arc::default();
+        let (stop, mut stopped) = watch::channel(false);
+        let seen2 = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let (sock, _) = tokio::select! {
+                    r = listener.accept() => r.unwrap(),
+                    _ = stopped.changed() => return,
+                };
+                tokio::spawn(proxy_connection(sock, demand.clone(), seen2.clone()));
+            }
+        });
+        UpstreamTestProxy {
+            addr,
+            seen,
+            _stop: stop,
+        }
+    }
+
+    pub fn requests(&self) -> Vec<ProxyRequest> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+async fn proxy_connection(
+    mut sock: TcpStream,
+    demand: Option<String>,
+    seen: Arc<Mutex<Vec<ProxyRequest>>>,
+) {
+    let mut buf = Vec::new();
+    let head_len = loop {
+        let mut chunk = [0u8; 4096];
+        let n = match tokio::time::timeout(Duration::from_secs(10), sock.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => n,
+            _ => return,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break p + 4;
+        }
+        if buf.len() > 64 * 1024 {
+            return;
+        }
+    };
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut req = httparse::Request::new(&mut headers);
+    if !matches!(
+        req.parse(&buf[..head_len]),
+        Ok(httparse::Status::Complete(_))
+    ) {
+        let _ = sock
+            .write_all(
+                b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            )
+            .await;
+        return;
+    }
+    let method = req.method.unwrap_or("").to_owned();
+    let target = req.path.unwrap_or("").to_owned();
+    let request_line = format!("{method} {target} HTTP/1.{}", req.version.unwrap_or(1));
+    let proxy_authorization = req
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("proxy-authorization"))
+        .map(|h| String::from_utf8_lossy(h.value).into_owned());
+    let forwarded: Vec<(String, Vec<u8>)> = req
+        .headers
+        .iter()
+        .filter(|h| {
+            ![
+                "proxy-authorization",
+                "proxy-connection",
+                "connection",
+                "keep-alive",
+            ]
+            .iter()
+            .any(|n| h.name.eq_ignore_ascii_case(n))
+        })
+        .map(|h| (h.name.to_owned(), h.value.to_vec()))
+        .collect();
+    let leftover = buf[head_len..].to_vec();
+    let record = |status: u16| {
+        seen.lock().unwrap().push(ProxyRequest {
+            request_line: request_line.clone(),
+            proxy_authorization: proxy_authorization.clone(),
+            status,
+        })
+    };
+    if demand.is_some() && proxy_authorization != demand {
+        record(407);
+        let _ = sock
+            .write_all(
+                b"HTTP/1.1 407 Proxy Authentication Required\r\n\
+                  Proxy-Authenticate: Basic realm=\"test proxy\"\r\n\
+                  Content-Length: 0\r\nConnection: close\r\n\r\n",
+            )
+            .await;
+        let _ = sock.shutdown().await;
+        return;
+    }
+    let bad_gateway = b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+    if method == "CONNECT" {
+        let Ok(mut up) = TcpStream::connect(target.as_str()).await else {
+            record(502);
+            let _ = sock.write_all(bad_gateway).await;
+            return;
+        };
+        record(200);
+        if sock
+            .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            .await
+            .is_err()
+            || up.write_all(&leftover).await.is_err()
+        {
+            return;
+        }
+        let _ = tokio::io::copy_bidirectional(&mut sock, &mut up).await;
+        return;
+    }
+    let Some(rest) = target.strip_prefix("http://") else {
+        record(400);
+        let _ = sock
+            .write_all(
+                b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            )
+            .await;
+        return;
+    };
+    let (authority, path) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
+    let path = if path.is_empty() {
+        "/".to_owned()
+    } else if path.starts_with('?') {
+        format!("/{path}")
+    } else {
+        path.to_owned()
+    };
+    let authority = if authority.contains(':') {
+        authority.to_owned()
+    } else {
+        format!("{authority}:80")
+    };
+    let Ok(mut up) = TcpStream::connect(authority.as_str()).await else {
+        record(502);
+        let _ = sock.write_all(bad_gateway).await;
+        return;
+    };
+    record(200);
+    let mut head = format!("{method} {path} HTTP/1.1\r\n").into_bytes();
+    for (name, value) in &forwarded {
+        head.extend_from_slice(name.as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value);
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"Connection: close\r\n\r\n");
+    head.extend_from_slice(&leftover);
+    if up.write_all(&head).await.is_err() {
+        return;
+    }
+    let _ = tokio::io::copy_bidirectional(&mut sock, &mut up).await;
+}
