@@ -19,6 +19,9 @@ pub enum LogFormat {
     Json,
 }
 
+/// Log lines queued for the writer thread at most.
+const LOG_QUEUE_LINES: usize = 4096;
+
 /// Directives appended to every filter: third-party crates that may print headers.
 const CAPS: &[&str] = &[
     "pingora=warn",
@@ -47,7 +50,12 @@ pub fn filter(level: Option<&str>) -> EnvFilter {
 
 /// Installs the global subscriber. Keep the guard alive until exit: dropping it flushes.
 pub fn init(level: Option<&str>, format: LogFormat) -> WorkerGuard {
-    let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
+    // A bounded queue: when the writer falls behind, requests wait for it rather
+    // than the queue growing without limit (the default holds 128k lines).
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .buffered_lines_limit(LOG_QUEUE_LINES)
+        .lossy(false)
+        .finish(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter(level))
         .with_writer(writer)

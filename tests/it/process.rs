@@ -53,7 +53,7 @@ impl Daemon {
     }
 
     /// SIGTERM, wait for exit (bounded), return stderr and whether it exited cleanly.
-    pub fn stop(mut self) -> (bool, String) {
+    pub fn stop(&mut self) -> (bool, String) {
         let _ = Command::new("kill")
             .arg(self.child.id().to_string())
             .status();
@@ -76,6 +76,16 @@ impl Daemon {
             .read_to_string(&mut log)
             .unwrap();
         (status.is_some_and(|s| s.success()), log)
+    }
+}
+
+impl Drop for Daemon {
+    /// A test that fails half-way must not leave the daemon running.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
@@ -123,7 +133,7 @@ async fn download(proxy: &str, url: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_download_streams_without_growing_memory() {
     let origin = Origin::start().await;
-    let daemon = Daemon::start(&["--log-level", "warn"], &[]);
+    let mut daemon = Daemon::start(&["--log-level", "warn"], &[]);
     // Warm up, then measure the peak while 512 MiB pass through.
     assert_eq!(
         download(&daemon.addr, &origin.url("/bytes/1048576")).await,
@@ -148,7 +158,7 @@ async fn a_large_download_streams_without_growing_memory() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_never_reach_the_log_even_at_trace_level() {
     let origin = Origin::start().await;
-    let daemon = Daemon::start(&[], &[("RUST_LOG", "trace")]);
+    let mut daemon = Daemon::start(&[], &[("RUST_LOG", "trace")]);
     let closed = support::closed_port();
     let secrets = [
         "BasicPass-7d1e",
@@ -204,7 +214,7 @@ async fn secrets_never_reach_the_log_even_at_trace_level() {
 
 #[test]
 fn json_log_format_writes_json_lines() {
-    let daemon = Daemon::start(&["--log-format", "json"], &[]);
+    let mut daemon = Daemon::start(&["--log-format", "json"], &[]);
     let port = support::closed_port();
     let mut sock = std::net::TcpStream::connect(&daemon.addr).unwrap();
     use std::io::Write;
