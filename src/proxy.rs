@@ -357,28 +357,29 @@ impl ProxyHttp for Forwarder {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        let method = &session.req_header().method;
+        let method = session.req_header().method.as_str();
         let ms = ctx.started.elapsed().as_micros() as f64 / 1e3;
-        let (host, path) = match &ctx.hop {
-            Some(t) => (t.host_header(), redact::path_and_query(&t.path_and_query)),
-            None => (String::new(), "-".into()),
-        };
+        let url = ctx.hop.as_ref().map(redact::LogUrl);
+        let url =
+            tracing::field::display(url.as_ref().map_or(&"-" as &dyn std::fmt::Display, |u| {
+                u as &dyn std::fmt::Display
+            }));
         let bytes = session.body_bytes_sent();
         let auth = ctx.auth.unwrap_or("-");
         match (ctx.error_code, e) {
             (Some(code), _) => tracing::warn!(
                 target: "authproxy::access",
-                %method, %host, %path, status, bytes, ms, auth, error = code,
+                method, url, status, bytes, ms, auth, error = code,
                 "request failed"
             ),
             (None, Some(e)) => tracing::warn!(
                 target: "authproxy::access",
-                %method, %host, %path, status, bytes, ms, auth, error = e.etype().as_str(),
+                method, url, status, bytes, ms, auth, error = e.etype().as_str(),
                 "request aborted"
             ),
             (None, None) => tracing::info!(
                 target: "authproxy::access",
-                %method, %host, %path, status, bytes, ms, auth,
+                method, url, status, bytes, ms, auth,
                 "request"
             ),
         }

@@ -7,6 +7,31 @@ never gets this far: [`crate::target::Target`] drops it while parsing.
 */
 
 use std::borrow::Cow;
+use std::fmt;
+
+use crate::target::Target;
+
+/// A request URL as it may be logged: `scheme://host[:port]/path?query`, with the
+/// values of secret parameters masked. Formats without allocating when nothing is
+/// masked.
+pub struct LogUrl<'a>(pub &'a Target);
+
+impl fmt::Display for LogUrl<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let t = self.0;
+        f.write_str(t.scheme.as_str())?;
+        f.write_str("://")?;
+        if t.host.contains(':') {
+            write!(f, "[{}]", t.host)?;
+        } else {
+            f.write_str(&t.host)?;
+        }
+        if !t.is_default_port() {
+            write!(f, ":{}", t.port)?;
+        }
+        f.write_str(&path_and_query(&t.path_and_query))
+    }
+}
 
 /// Query parameters whose values are masked in logs (compared case-insensitively).
 const SECRET_PARAMS: &[&str] = &[
@@ -74,6 +99,14 @@ fn decode_name(name: &str) -> Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_urls_mask_secrets() {
+        let t = Target::from_absolute(b"http://[::1]:8080/a?key=k1&b=2").unwrap();
+        assert_eq!(LogUrl(&t).to_string(), "http://[::1]:8080/a?key=***&b=2");
+        let t = Target::from_absolute(b"https://h.example/").unwrap();
+        assert_eq!(LogUrl(&t).to_string(), "https://h.example/");
+    }
 
     #[test]
     fn plain_paths_are_borrowed() {

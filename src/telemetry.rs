@@ -58,8 +58,7 @@ pub fn init(level: Option<&str>, format: LogFormat) -> WorkerGuard {
         .finish(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter(level))
-        .with_writer(writer)
-        .with_ansi(false);
+        .with_writer(writer);
     let _ = match format {
         LogFormat::Plain => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),

@@ -76,7 +76,7 @@ where
     let (sent, received) = result.unwrap_or((0, 0));
     tracing::info!(
         target: "authproxy::access",
-        method = "CONNECT", host = %target.authority(), status = 200,
+        method = "CONNECT", url = %target.authority(), status = 200,
         bytes = received, sent = sent + leftover.len() as u64,
         ms = started.elapsed().as_micros() as f64 / 1e3,
         "tunnel closed"
@@ -108,7 +108,7 @@ async fn via_proxy(
 fn log_failure(host: &str, failure: &Failure, started: Instant) {
     tracing::warn!(
         target: "authproxy::access",
-        method = "CONNECT", %host, status = failure.status, error = failure.code,
+        method = "CONNECT", url = host, status = failure.status, error = failure.code,
         ms = started.elapsed().as_micros() as f64 / 1e3,
         "request failed"
     );
