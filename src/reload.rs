@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use notify::{RecursiveMode, Watcher};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::config::load::{self, Environment};
 use crate::config::{Snapshot, SnapshotHandle};
@@ -25,13 +25,14 @@ const DEBOUNCE: Duration = Duration::from_millis(150);
 /// Handle on the background reloader; dropping it stops watching.
 pub struct Reloader {
     trigger: mpsc::UnboundedSender<()>,
-    _watcher: Option<notify::RecommendedWatcher>,
+    _stop: oneshot::Sender<()>,
 }
 
 impl Reloader {
     /// Starts watching the files of the current snapshot. Must run inside a tokio runtime.
     pub fn start(env: Environment, handle: SnapshotHandle) -> Reloader {
         let (tx, rx) = mpsc::unbounded_channel();
+        let (stop, stopped) = oneshot::channel();
         let watched: Arc<Mutex<HashSet<PathBuf>>> = Arc::default();
         let watcher = {
             let tx = tx.clone();
@@ -47,26 +48,23 @@ impl Reloader {
                 }
             })
         };
-        let mut watcher = match watcher {
+        let watcher = match watcher {
             Ok(w) => Some(w),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot watch configuration files; reload on SIGHUP only");
                 None
             }
         };
-        let mut dirs = HashSet::new();
-        update_watches(&mut watcher, &mut dirs, &watched, &handle.load());
-        tokio::spawn(run(
-            env,
-            handle,
-            rx,
-            watcher.is_some().then_some(()),
+        let mut watches = Watches {
+            watcher,
+            dirs: HashSet::new(),
             watched,
-            dirs,
-        ));
+        };
+        watches.update(&handle.load());
+        tokio::spawn(run(env, handle, rx, stopped, watches));
         Reloader {
             trigger: tx,
-            _watcher: watcher,
+            _stop: stop,
         }
     }
 
@@ -84,21 +82,21 @@ async fn run(
     env: Environment,
     handle: SnapshotHandle,
     mut rx: mpsc::UnboundedReceiver<()>,
-    _has_watcher: Option<()>,
-    watched: Arc<Mutex<HashSet<PathBuf>>>,
-    _dirs: HashSet<PathBuf>,
+    mut stopped: oneshot::Receiver<()>,
+    mut watches: Watches,
 ) {
-    while rx.recv().await.is_some() {
+    loop {
+        tokio::select! {
+            got = rx.recv() => if got.is_none() { return },
+            _ = &mut stopped => return,
+        }
         tokio::time::sleep(DEBOUNCE).await;
         while rx.try_recv().is_ok() {}
         let env = env.clone();
         let built = tokio::task::spawn_blocking(move || load::load(&env)).await;
         match built {
             Ok(Ok(snapshot)) => {
-                {
-                    let mut set = watched.lock().unwrap_or_else(|e| e.into_inner());
-                    set.extend(watch_set(&snapshot));
-                }
+                watches.update(&snapshot);
                 let rules = snapshot.sites.len() + snapshot.rc.len();
                 for w in &snapshot.warnings {
                     tracing::warn!("{w}");
@@ -122,6 +120,47 @@ async fn run(
     }
 }
 
+/// The watcher and what it watches.
+struct Watches {
+    watcher: Option<notify::RecommendedWatcher>,
+    /// Directories given to the watcher.
+    dirs: HashSet<PathBuf>,
+    /// Paths whose events trigger a rebuild (shared with the watcher's callback).
+    watched: Arc<Mutex<HashSet<PathBuf>>>,
+}
+
+impl Watches {
+    /// Watches every file of `snapshot` (and every file it looked for) through its
+    /// directory: files are often replaced by rename. A directory that is itself a
+    /// source (a CA directory) is watched as is. Paths only accumulate: a file that a
+    /// later edit drops is still watched, which costs one spurious rebuild at most.
+    fn update(&mut self, snapshot: &Snapshot) {
+        let paths: Vec<PathBuf> = watch_set(snapshot).collect();
+        self.watched
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(paths.iter().cloned());
+        let Some(w) = self.watcher.as_mut() else {
+            return;
+        };
+        for p in paths {
+            let dir = if p.is_dir() {
+                Some(p.clone())
+            } else {
+                p.parent().map(Path::to_path_buf)
+            };
+            let Some(dir) = dir.filter(|d| d.is_dir()) else {
+                continue;
+            };
+            if self.dirs.insert(dir.clone()) {
+                if let Err(e) = w.watch(&dir, RecursiveMode::NonRecursive) {
+                    tracing::warn!(dir = %dir.display(), error = %e, "cannot watch directory");
+                }
+            }
+        }
+    }
+}
+
 /// Every path whose change should trigger a rebuild: the snapshot's files and the
 /// files it looked for.
 fn watch_set(snapshot: &Snapshot) -> impl Iterator<Item = PathBuf> + '_ {
@@ -139,35 +178,5 @@ fn absolute(p: &Path) -> PathBuf {
         std::env::current_dir()
             .map(|d| d.join(p))
             .unwrap_or_else(|_| p.to_path_buf())
-    }
-}
-
-fn update_watches(
-    watcher: &mut Option<notify::RecommendedWatcher>,
-    dirs: &mut HashSet<PathBuf>,
-    watched: &Arc<Mutex<HashSet<PathBuf>>>,
-    snapshot: &Snapshot,
-) {
-    let paths: Vec<PathBuf> = watch_set(snapshot).collect();
-    {
-        let mut set = watched.lock().unwrap_or_else(|e| e.into_inner());
-        set.extend(paths.iter().cloned());
-    }
-    let Some(w) = watcher.as_mut() else { return };
-    for p in paths {
-        // Watch the directory: files are often replaced by rename. A directory that
-        // is itself a source (a CA directory) is watched as is.
-        let dir = if p.is_dir() {
-            Some(p.clone())
-        } else {
-            p.parent().map(Path::to_path_buf)
-        };
-        if let Some(dir) = dir.filter(|d| d.is_dir()) {
-            if dirs.insert(dir.clone()) {
-                if let Err(e) = w.watch(&dir, RecursiveMode::NonRecursive) {
-                    tracing::warn!(dir = %dir.display(), error = %e, "cannot watch directory");
-                }
-            }
-        }
     }
 }

@@ -374,7 +374,6 @@ impl Builder {
                 origin: s
                     .password
                     .as_ref()
-                    .or(None)
                     .map(|p| p.origin.clone())
                     .or_else(|| s.username.as_ref().map(|u| u.origin.clone()))
                     .unwrap_or_else(|| rule.origin.clone()),

@@ -14,6 +14,9 @@ use crate::support::{self, Origin};
 pub struct Daemon {
     pub child: Child,
     pub addr: String,
+    /// An empty HOME and working directory: the developer's own rc files, netrc and
+    /// config never leak into a test.
+    _home: tempfile::TempDir,
 }
 
 impl Daemon {
@@ -22,7 +25,22 @@ impl Daemon {
         let addr = format!("127.0.0.1:{port}");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_authproxy"));
         cmd.arg("serve").arg("--listen").arg(&addr).args(args);
-        cmd.env_remove("RUST_LOG").env_remove("AUTHPROXY_CONFIG");
+        let home = tempfile::tempdir().unwrap();
+        cmd.current_dir(home.path())
+            .env("HOME", home.path())
+            .env("XDG_CONFIG_HOME", home.path().join(".config"));
+        for var in [
+            "RUST_LOG",
+            "AUTHPROXY_CONFIG",
+            "NETRC",
+            "DAPRCFILE",
+            "NCRCENV_RC",
+            "NCRCENV_HOME",
+            "NCRCENV_IGNORE",
+            "CREDENTIALS_DIRECTORY",
+        ] {
+            cmd.env_remove(var);
+        }
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -39,7 +57,11 @@ impl Daemon {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        Daemon { child, addr }
+        Daemon {
+            child,
+            addr,
+            _home: home,
+        }
     }
 
     /// A field of /proc/PID/status in KiB.
@@ -234,4 +256,19 @@ fn json_log_format_writes_json_lines() {
         .expect("access line");
     assert!(line.starts_with('{') && line.ends_with('}'), "{line}");
     assert!(line.contains("\"status\":502"), "{line}");
+}
+
+#[test]
+fn sighup_reloads_and_sigterm_exits_cleanly() {
+    let mut daemon = Daemon::start(&[], &[]);
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = Command::new("kill")
+        .args(["-HUP", &daemon.child.id().to_string()])
+        .status();
+    std::thread::sleep(Duration::from_millis(800));
+    let (clean, log) = daemon.stop();
+    assert!(clean, "{log}");
+    assert!(log.contains("SIGHUP: reloading the configuration"), "{log}");
+    assert!(log.contains("configuration reloaded"), "{log}");
+    assert!(log.contains("stopped"), "{log}");
 }
