@@ -313,3 +313,21 @@ async fn connect_after_a_plain_request_on_one_connection() {
     assert_eq!(origin.requests()[1].target, "/b");
     proxy.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unresolvable_host_gets_502_naming_it() {
+    // An empty label: the resolver refuses the name without sending a query.
+    let proxy = Proxy::start(Snapshot::default()).await;
+    let mut client = Client::connect(proxy.addr).await;
+    let started = Instant::now();
+    let (resp, body) = client.get("http://no..such.invalid/file.nc").await;
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(resp.status(), 502);
+    assert_eq!(
+        resp.headers().get("x-authproxy-error").unwrap(),
+        "dns_failed"
+    );
+    let body = String::from_utf8_lossy(&body);
+    assert!(body.contains("no..such.invalid"), "{body}");
+    proxy.stop().await;
+}

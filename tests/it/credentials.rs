@@ -1047,3 +1047,57 @@ async fn pooled_connections_are_not_shared_between_identities() {
     );
     proxy.stop().await;
 }
+
+/// A PKCS#12 bundle (made with the openssl command, as users make theirs) presented
+/// to an origin that requires a client certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pkcs12_bundle_is_presented() {
+    let ca = Ca::new("authproxy test CA");
+    let tls = TlsOrigin::start(&ca, &ca, ClientAuth::Required).await;
+    let carol = ca.client("carol");
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    write(h, "ca.pem", &ca.pem);
+    let crt = write(h, "carol.crt", &carol.cert_pem);
+    let key = write(h, "carol.key", &carol.key_pem);
+    write(h, "p12.pw", "P12-pass-4411\n");
+    let status = std::process::Command::new("openssl")
+        .args([
+            "pkcs12",
+            "-export",
+            "-passout",
+            "pass:P12-pass-4411",
+            "-out",
+        ])
+        .arg(h.join("carol.p12"))
+        .arg("-in")
+        .arg(&crt)
+        .arg("-inkey")
+        .arg(&key)
+        .status()
+        .expect("the openssl command (scripts/install-deps installs it)");
+    assert!(status.success());
+    let t = tls.port();
+    let config = yaml(
+        h,
+        &format!(
+            "sites:\n\
+             \x20 - match: \"localhost:{t}\"\n\
+             \x20   tls: {{ upgrade: true, pkcs12: carol.p12, key_password_file: p12.pw, ca: ca.pem }}\n"
+        ),
+    );
+    let proxy = Proxy::start(snapshot(h, Some(&config))).await;
+    let (resp, body) = get(&proxy, &format!("http://localhost:{t}/p12"), &[]).await;
+    assert_eq!((resp.status().as_u16(), body.as_str()), (200, "ok"));
+    let seen = tls_seen_at(&tls, "/p12");
+    assert_eq!(seen.peer_cert.as_deref(), Some(carol.cert_der.as_slice()));
+
+    // The wrong password is found at load, named by file, and never printed.
+    write(h, "p12.pw", "not-the-password\n");
+    let err = load(&env(h, Some(&config))).unwrap_err().to_string();
+    assert!(err.contains("carol.p12"), "{err}");
+    assert!(
+        !err.contains("not-the-password") && !err.contains("P12-pass-4411"),
+        "{err}"
+    );
+}
