@@ -230,7 +230,8 @@ impl ProxyHttp for Forwarder {
             }
         }
         let max = snapshot.max_hops;
-        if let Some(next) = same_host_https_redirect(hop, response) {
+        let method = &session.req_header().method;
+        if let Some(next) = same_host_https_redirect(hop, response, method) {
             if ctx.redirects < max && !session.as_ref().retry_buffer_truncated() {
                 let snapshot = snapshot.clone();
                 ctx.redirects += 1;
@@ -386,11 +387,21 @@ impl ProxyHttp for Forwarder {
     }
 }
 
-/// The next hop when `response` redirects `hop` from http to https on the same host.
-fn same_host_https_redirect(hop: &Target, response: &ResponseHeader) -> Option<Target> {
-    if hop.scheme != Scheme::Http
-        || !matches!(response.status.as_u16(), 301 | 302 | 303 | 307 | 308)
-    {
+/// The next hop when `response` redirects `hop` from http to https on the same host
+/// and the request can be replayed as it is: 307 and 308 keep the method and body;
+/// 301 and 302 are followed for GET and HEAD only (browsers turn a POST into a GET
+/// there, and 303 always means GET), so those go back to the client.
+fn same_host_https_redirect(
+    hop: &Target,
+    response: &ResponseHeader,
+    method: &http::Method,
+) -> Option<Target> {
+    let replayable = match response.status.as_u16() {
+        307 | 308 => true,
+        301 | 302 => method == http::Method::GET || method == http::Method::HEAD,
+        _ => false,
+    };
+    if hop.scheme != Scheme::Http || !replayable {
         return None;
     }
     let location = response.headers.get(header::LOCATION)?;

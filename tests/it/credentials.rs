@@ -1101,3 +1101,36 @@ async fn pkcs12_bundle_is_presented() {
         "{err}"
     );
 }
+
+/// 307/308 keep the method and body, so a PUT is replayed to the https URL; a POST
+/// answered with 301 would become a GET in a browser, so it goes back to the client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirect_replays_only_what_keeps_its_method() {
+    let ca = Ca::new("authproxy test CA");
+    let tls = TlsOrigin::start(&ca, &ca, ClientAuth::Off).await;
+    let t = tls.port();
+    let (put_origin, _) =
+        support::redirect_origin(307, format!("https://localhost:{t}/put-here")).await;
+    let (post_origin, _) =
+        support::redirect_origin(301, format!("https://localhost:{t}/post-here")).await;
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    write(h, "ca.pem", &ca.pem);
+    let config = yaml(h, "sites:\n  - match: localhost\n    tls: { ca: ca.pem }\n");
+    let proxy = Proxy::start(snapshot(h, Some(&config))).await;
+
+    for (method, origin, want) in [("PUT", put_origin, 200u16), ("POST", post_origin, 301)] {
+        let mut client = Client::connect(proxy.addr).await;
+        let req = Request::builder()
+            .method(method)
+            .uri(format!("http://localhost:{}/upload", origin.port()))
+            .header("content-length", "7")
+            .body(support::full("payload"))
+            .unwrap();
+        let (resp, _) = support::body_of(client.send(req).await).await;
+        assert_eq!(resp.status().as_u16(), want, "{method}");
+    }
+    let r = tls_seen_at(&tls, "/put-here");
+    assert_eq!(header(&r.headers, "content-length").as_deref(), Some("7"));
+    assert!(tls.requests().iter().all(|r| r.target != "/post-here"));
+}
