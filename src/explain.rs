@@ -30,7 +30,18 @@ pub fn check(env: &Environment) -> (String, bool) {
     match load::load(env) {
         Ok(snapshot) => {
             describe(&mut out, &snapshot);
-            (out, true)
+            if snapshot.unusable.is_empty() {
+                (out, true)
+            } else {
+                let _ = writeln!(
+                    out,
+                    "errors (the daemon runs, but answers these hosts' https requests with 502):"
+                );
+                for e in &snapshot.unusable {
+                    let _ = writeln!(out, "  {e}");
+                }
+                (out, false)
+            }
         }
         Err(errors) => {
             let _ = writeln!(out, "errors:");
@@ -218,7 +229,14 @@ pub fn explain(env: &Environment, url: &str) -> Result<String, String> {
         }
     }
     if tls {
-        let _ = writeln!(out, "tls: {}", tls_summary(&resolved));
+        match resolved.tls_unusable() {
+            Some(reason) => {
+                let _ = writeln!(out, "tls: UNUSABLE, requests get 502: {reason}");
+            }
+            None => {
+                let _ = writeln!(out, "tls: {}", tls_summary(&resolved));
+            }
+        }
     }
     let _ = writeln!(
         out,

@@ -272,6 +272,15 @@ impl Failure {
         Some(Self::new(502, code, message))
     }
 
+    /// The rule's certificate, key or CA files could not be used (found at load).
+    pub fn tls_unusable(authority: &str, reason: &str) -> Self {
+        Self::new(
+            502,
+            "tls_config_unusable",
+            format!("authproxy cannot use the TLS settings for {authority}: {reason}."),
+        )
+    }
+
     pub fn internal() -> Self {
         Self::new(
             500,

@@ -124,6 +124,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     for w in &snapshot.warnings {
         tracing::warn!("{w}");
     }
+    for e in &snapshot.unusable {
+        tracing::error!("{e}; https requests for this host get 502 until it is fixed");
+    }
     let listen = if args.listen.is_empty() {
         snapshot.listen.clone()
     } else {

@@ -136,6 +136,12 @@ impl ProxyHttp for Forwarder {
         let (snapshot, hop, target) = ctx.parts()?;
         let snapshot = snapshot.clone();
         let resolved = snapshot.resolve(hop);
+        if target.scheme == Scheme::Https {
+            if let Some(reason) = resolved.tls_unusable() {
+                let f = Failure::tls_unusable(&target.authority(), reason);
+                return Err(ctx.fail(f));
+            }
+        }
         let via = resolved.proxy(&target.host).cloned();
         let timeouts = resolved.timeouts();
         if ctx.addrs.is_empty() {

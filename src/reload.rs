@@ -95,8 +95,21 @@ async fn run(
         let env = env.clone();
         let built = tokio::task::spawn_blocking(move || load::load(&env)).await;
         match built {
+            Ok(Ok(snapshot)) if has_new_problems(&snapshot, &handle.load()) => {
+                watches.update(&snapshot);
+                for e in &snapshot.unusable {
+                    tracing::error!("{e}");
+                }
+                tracing::error!(
+                    "configuration reload rejected: TLS files that loaded before do not now; \
+                     the previous configuration keeps serving"
+                );
+            }
             Ok(Ok(snapshot)) => {
                 watches.update(&snapshot);
+                for e in &snapshot.unusable {
+                    tracing::error!("{e}");
+                }
                 let rules = snapshot.sites.len() + snapshot.rc.len();
                 for w in &snapshot.warnings {
                     tracing::warn!("{w}");
@@ -118,6 +131,12 @@ async fn run(
             }
         }
     }
+}
+
+/// Whether `new` has unusable TLS files that `old` did not: a reload must not turn a
+/// working host into a failing one.
+fn has_new_problems(new: &Snapshot, old: &Snapshot) -> bool {
+    new.unusable.iter().any(|e| !old.unusable.contains(e))
 }
 
 /// The watcher and what it watches.

@@ -126,6 +126,9 @@ pub struct TlsSettings {
     pub ca: Option<Arc<CaSet>>,
     pub verify_peer: Option<bool>,
     pub verify_host: Option<bool>,
+    /// Why the certificate, key or CA files of this rule could not be used (file:line,
+    /// option and cause; never a secret). Requests that need them get a 502 saying so.
+    pub unusable: Option<Arc<str>>,
 }
 
 /// An upstream (corporate) HTTP proxy.

@@ -238,12 +238,15 @@ pub fn load(env: &Environment) -> Result<Snapshot, LoadErrors> {
     snap.files = b.files;
     snap.watch = b.watch;
     snap.warnings = b.warnings;
+    snap.unusable = b.unusable;
     Ok(snap)
 }
 
 #[derive(Default)]
 struct Builder {
     errors: Vec<String>,
+    /// TLS material that did not load; the rules that need it answer with the reason.
+    unusable: Vec<String>,
     warnings: Vec<String>,
     files: Vec<PathBuf>,
     watch: Vec<PathBuf>,
@@ -312,7 +315,7 @@ impl Builder {
         rule.tls.verify_peer = t.verify;
         rule.tls.verify_host = t.verify;
         if let Some(p12) = &t.pkcs12 {
-            rule.tls.identity = self.identity(
+            let id = self.identity(
                 &site.origin,
                 "tls.pkcs12",
                 p12,
@@ -320,8 +323,9 @@ impl Builder {
                 t.key_password.as_ref(),
                 true,
             );
+            rule.tls.identity = self.usable(&mut rule.tls.unusable, id);
         } else if let Some(cert) = &t.client_cert {
-            rule.tls.identity = self.identity(
+            let id = self.identity(
                 &site.origin,
                 "tls.client_cert",
                 cert,
@@ -329,9 +333,11 @@ impl Builder {
                 t.key_password.as_ref(),
                 false,
             );
+            rule.tls.identity = self.usable(&mut rule.tls.unusable, id);
         }
         if t.ca.is_some() || t.ca_dir.is_some() {
-            rule.tls.ca = self.ca(&site.origin, t.ca.as_deref(), t.ca_dir.as_deref());
+            let ca = self.ca(&site.origin, t.ca.as_deref(), t.ca_dir.as_deref());
+            rule.tls.ca = self.usable(&mut rule.tls.unusable, ca);
         }
         rule.proxy = match &site.upstream_proxy {
             YamlProxy::Inherit => ProxyChoice::Inherit,
@@ -382,7 +388,7 @@ impl Builder {
         if let Some(cert) = &s.ssl_certificate {
             let key = s.ssl_key.as_ref().map(|k| k.value.clone());
             let pw = s.ssl_keypassword.as_ref().map(|p| &p.value);
-            rule.tls.identity = self.identity(
+            let id = self.identity(
                 &cert.origin,
                 "HTTP.SSL.CERTIFICATE",
                 &cert.value,
@@ -390,6 +396,7 @@ impl Builder {
                 pw,
                 false,
             );
+            rule.tls.identity = self.usable(&mut rule.tls.unusable, id);
         } else if let Some(key) = &s.ssl_key {
             self.errors.push(format!(
                 "{}: HTTP.SSL.KEY is set but HTTP.SSL.CERTIFICATE is not; set both",
@@ -403,11 +410,12 @@ impl Builder {
                 .or(s.ssl_capath.as_ref())
                 .map(|v| v.origin.clone())
                 .unwrap();
-            rule.tls.ca = self.ca(
+            let ca = self.ca(
                 &origin,
                 s.ssl_cainfo.as_ref().map(|v| v.value.as_path()),
                 s.ssl_capath.as_ref().map(|v| v.value.as_path()),
             );
+            rule.tls.ca = self.usable(&mut rule.tls.unusable, ca);
         }
         rule.tls.verify_peer = s.ssl_verifypeer.as_ref().map(|v| v.value);
         rule.tls.verify_host = s.ssl_verifyhost.as_ref().map(|v| v.value);
@@ -436,6 +444,25 @@ impl Builder {
         Some(rule)
     }
 
+    /// Keeps a loaded TLS item, or records why the rule's TLS settings are unusable:
+    /// such a rule stays in the snapshot and answers its requests with that reason.
+    fn usable<T>(
+        &mut self,
+        unusable: &mut Option<Arc<str>>,
+        loaded: Result<T, String>,
+    ) -> Option<T> {
+        match loaded {
+            Ok(v) => Some(v),
+            Err(msg) => {
+                if !self.unusable.contains(&msg) {
+                    self.unusable.push(msg.clone());
+                }
+                unusable.get_or_insert_with(|| Arc::from(msg));
+                None
+            }
+        }
+    }
+
     fn identity(
         &mut self,
         origin: &Origin,
@@ -444,11 +471,14 @@ impl Builder {
         key: Option<&Path>,
         password: Option<&Secret<String>>,
         pkcs12: bool,
-    ) -> Option<Arc<Identity>> {
+    ) -> Result<Arc<Identity>, String> {
         let cache_key = (cert.to_path_buf(), key.map(Path::to_path_buf), pkcs12);
         if let Some(i) = self.identities.get(&cache_key) {
-            return Some(i.clone());
+            return Ok(i.clone());
         }
+        // Watched even when loading fails, so that fixing the file reloads.
+        self.watch.push(cert.to_path_buf());
+        self.watch.extend(key.map(Path::to_path_buf));
         let loaded = if pkcs12 {
             tls::load_pkcs12(cert, password)
         } else {
@@ -474,12 +504,9 @@ impl Builder {
                     fingerprint: h.finish(),
                 });
                 self.identities.insert(cache_key, identity.clone());
-                Some(identity)
+                Ok(identity)
             }
-            Err(e) => {
-                self.errors.push(format!("{origin}: {option}: {e}"));
-                None
-            }
+            Err(e) => Err(format!("{origin}: {option}: {e}")),
         }
     }
 
@@ -488,11 +515,12 @@ impl Builder {
         origin: &Origin,
         file: Option<&Path>,
         dir: Option<&Path>,
-    ) -> Option<Arc<CaSet>> {
+    ) -> Result<Arc<CaSet>, String> {
         let cache_key = (file.map(Path::to_path_buf), dir.map(Path::to_path_buf));
         if let Some(c) = self.cas.get(&cache_key) {
-            return Some(c.clone());
+            return Ok(c.clone());
         }
+        self.watch.extend(file.map(Path::to_path_buf));
         match tls::load_ca(file, dir) {
             Ok(ders) => {
                 self.files.extend(file.map(Path::to_path_buf));
@@ -515,12 +543,9 @@ impl Builder {
                     fingerprint: h.finish(),
                 });
                 self.cas.insert(cache_key, set.clone());
-                Some(set)
+                Ok(set)
             }
-            Err(e) => {
-                self.errors.push(format!("{origin}: CA: {e}"));
-                None
-            }
+            Err(e) => Err(format!("{origin}: CA: {e}")),
         }
     }
 }

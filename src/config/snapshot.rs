@@ -42,6 +42,9 @@ pub struct Snapshot {
     /// Files that were looked for and may appear later (rc files, config, netrc).
     pub watch: Vec<PathBuf>,
     pub warnings: Vec<String>,
+    /// TLS files that did not load (`check` reports them as errors; the rules that
+    /// need them answer 502 with the reason).
+    pub unusable: Vec<String>,
     /// rc keys accepted but not acted on, with their origin.
     pub unsupported: Vec<String>,
 }
@@ -60,6 +63,7 @@ impl Default for Snapshot {
             files: Vec::new(),
             watch: Vec::new(),
             warnings: Vec::new(),
+            unusable: Vec::new(),
             unsupported: Vec::new(),
         }
     }
@@ -204,6 +208,14 @@ impl<'a> Resolved<'a> {
 
     pub fn query(&self) -> &'a [(String, Value)] {
         self.site.map_or(&[], |r| &r.query)
+    }
+
+    /// Why this request's TLS settings cannot be used, if they cannot: the first rule
+    /// that says anything about the client certificate or CA decides.
+    pub fn tls_unusable(&self) -> Option<&'a str> {
+        self.rules()
+            .find(|r| r.tls.unusable.is_some() || r.tls.identity.is_some() || r.tls.ca.is_some())
+            .and_then(|r| r.tls.unusable.as_deref())
     }
 
     pub fn identity(&self) -> Option<&'a Arc<Identity>> {

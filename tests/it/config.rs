@@ -385,3 +385,44 @@ fn check_reports_every_error_with_its_line_and_exits_1() {
     assert_eq!(code, 78, "{err}");
     assert!(err.contains("pasword_file"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_breaks_a_working_certificate_is_rejected() {
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    let ca = crate::support::Ca::new("reload CA");
+    let alice = ca.client("alice");
+    std::fs::write(h.join("alice.crt"), &alice.cert_pem).unwrap();
+    std::fs::write(h.join("alice.key"), &alice.key_pem).unwrap();
+    let config = h.join("config.yaml");
+    std::fs::write(
+        &config,
+        "sites:\n  - match: data.example.org\n    tls: { client_cert: alice.crt, client_key: alice.key }\n",
+    )
+    .unwrap();
+    let env = env_in(h, Some(config.clone()));
+    let handle = load::load(&env).unwrap().into_handle();
+    let _reloader = Reloader::start(env, handle.clone());
+    let has_identity = |h: &authproxy::config::SnapshotHandle| {
+        h.load().sites[0].tls.identity.is_some() && h.load().unusable.is_empty()
+    };
+    assert!(has_identity(&handle));
+
+    // The key file is clobbered: the reload is rejected, the working identity stays.
+    std::fs::write(h.join("alice.key"), "not a key\n").unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(has_identity(&handle), "a broken key replaced a working one");
+
+    // Fixing the key (together with another edit) is accepted.
+    std::fs::write(h.join("alice.key"), &alice.key_pem).unwrap();
+    std::fs::write(
+        &config,
+        "sites:\n  - match: data.example.org\n    name: fixed\n    tls: { client_cert: alice.crt, client_key: alice.key }\n",
+    )
+    .unwrap();
+    let took = within(Duration::from_secs(2), async || {
+        handle.load().sites[0].id.contains("fixed") && has_identity(&handle)
+    })
+    .await;
+    assert!(took.is_some(), "the fixed configuration was not taken");
+}

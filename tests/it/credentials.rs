@@ -94,6 +94,14 @@ fn seen_at(origin: &Origin, target: &str) -> support::SeenRequest {
     hits[0].clone()
 }
 
+fn tls_seen(origin: &TlsOrigin, target: &str) -> Vec<support::TlsRequest> {
+    origin
+        .requests()
+        .into_iter()
+        .filter(|r| r.target == target)
+        .collect()
+}
+
 fn tls_seen_at(origin: &TlsOrigin, target: &str) -> support::TlsRequest {
     let all = origin.requests();
     let hits: Vec<_> = all.iter().filter(|r| r.target == target).collect();
@@ -621,23 +629,41 @@ async fn mtls_encrypted_key_with_and_without_password() {
     );
     proxy.stop().await;
 
-    // Without the password the configuration does not load, and says why.
-    let config = yaml(h, &site(""));
-    let err = load(&env(h, Some(&config)))
-        .expect_err("an encrypted key without its password must not load")
-        .to_string();
-    assert!(err.contains(&key.display().to_string()), "{err}");
-    assert!(err.contains("password"), "{err}");
-    assert!(!err.contains(password), "{err}");
-
-    // With a wrong password neither, and the password is not repeated.
-    let config = yaml(h, &site(", key_password_file: wrongpw"));
-    let err = load(&env(h, Some(&config)))
-        .expect_err("a wrong key password must not load")
-        .to_string();
-    assert!(err.contains(&key.display().to_string()), "{err}");
-    assert!(err.contains("password"), "{err}");
-    assert!(!err.contains(wrong) && !err.contains(password), "{err}");
+    // Without the password, or with a wrong one, the key cannot be used: the problem is
+    // found at load (check reports it), and requests for the host get a 502 that says
+    // which file and option to fix, never the password.
+    for (extra, what) in [
+        ("", "no password"),
+        (", key_password_file: wrongpw", "wrong password"),
+    ] {
+        let config = yaml(h, &site(extra));
+        let snap = snapshot(h, Some(&config));
+        let problems = snap.unusable.join("\n");
+        assert!(
+            problems.contains(&key.display().to_string()),
+            "{what}: {problems}"
+        );
+        assert!(problems.contains("password"), "{what}: {problems}");
+        let proxy = Proxy::start(snap).await;
+        let (resp, body) = get(&proxy, &format!("http://localhost:{t}/nokey"), &[]).await;
+        assert_eq!(resp.status(), 502, "{what}: {body}");
+        assert_eq!(error_code(&resp), "tls_config_unusable", "{what}");
+        assert!(body.contains(&key.display().to_string()), "{what}: {body}");
+        assert!(body.contains("password"), "{what}: {body}");
+        assert!(
+            !body.contains(password) && !body.contains(wrong),
+            "{what}: {body}"
+        );
+        assert!(
+            !problems.contains(password) && !problems.contains(wrong),
+            "{what}"
+        );
+        proxy.stop().await;
+    }
+    assert!(
+        tls_seen(&tls, "/nokey").is_empty(),
+        "nothing may reach the origin"
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1094,7 +1120,7 @@ async fn pkcs12_bundle_is_presented() {
 
     // The wrong password is found at load, named by file, and never printed.
     write(h, "p12.pw", "not-the-password\n");
-    let err = load(&env(h, Some(&config))).unwrap_err().to_string();
+    let err = snapshot(h, Some(&config)).unusable.join("\n");
     assert!(err.contains("carol.p12"), "{err}");
     assert!(
         !err.contains("not-the-password") && !err.contains("P12-pass-4411"),
