@@ -85,3 +85,22 @@ async fn python_urllib_through_http_proxy_env() {
     assert_eq!(origin.requests().len(), 1);
     proxy.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wget_through_http_proxy_env() {
+    let origin = Origin::start().await;
+    let proxy = Proxy::start(Snapshot::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("data.bin");
+    let (ok, _, err) = run(Command::new("wget")
+        .args(["-q", "-O"])
+        .arg(&out)
+        .arg(origin.url("/bytes/2000000"))
+        .env("http_proxy", proxy.url())
+        .env_remove("no_proxy")
+        .env_remove("NO_PROXY"))
+    .await;
+    assert!(ok, "{err}");
+    assert!(std::fs::read(&out).unwrap() == support::pattern_bytes(2_000_000));
+    proxy.stop().await;
+}

@@ -331,3 +331,27 @@ async fn unresolvable_host_gets_502_naming_it() {
     assert!(body.contains("no..such.invalid"), "{body}");
     proxy.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_1_0_without_host_header() {
+    // Old tools speak HTTP/1.0 and may send no Host: the URL names the host.
+    let origin = Origin::start().await;
+    let proxy = Proxy::start(Snapshot::default()).await;
+    let reply = support::raw_exchange(
+        proxy.addr,
+        format!("GET {} HTTP/1.0\r\n\r\n", origin.url("/old")).as_bytes(),
+    )
+    .await;
+    assert!(
+        reply.starts_with("HTTP/1.1 200") || reply.starts_with("HTTP/1.0 200"),
+        "{reply}"
+    );
+    assert!(reply.ends_with("ok"), "{reply}");
+    let seen = origin.requests();
+    assert_eq!(seen[0].target, "/old");
+    assert_eq!(
+        seen[0].headers.get("host").unwrap(),
+        &origin.addr.to_string()
+    );
+    proxy.stop().await;
+}
