@@ -527,38 +527,18 @@ fn parse_pem(path: &Path, data: &[u8]) -> Result<Vec<PemBlock>, TlsFileError> {
 
 /// Standard base64 with optional padding; whitespace is skipped. `None` if malformed.
 fn base64_decode(text: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(text.len() / 4 * 3 + 3);
-    let (mut acc, mut bits, mut symbols, mut pad) = (0u32, 0u32, 0usize, 0usize);
-    for &c in text {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            b'=' => {
-                pad += 1;
-                continue;
-            }
-            c if c.is_ascii_whitespace() => continue,
-            _ => return None,
-        };
-        if pad > 0 {
-            return None;
-        }
-        symbols += 1;
-        acc = (acc << 6) | u32::from(v);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    if symbols % 4 == 1 || pad > 2 || (pad > 0 && (symbols + pad) % 4 != 0) {
-        return None;
-    }
-    Some(out)
+    use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+    use base64::Engine;
+    const PEM_BASE64: GeneralPurpose = GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+    );
+    let compact: Vec<u8> = text
+        .iter()
+        .copied()
+        .filter(|c| !c.is_ascii_whitespace())
+        .collect();
+    PEM_BASE64.decode(compact).ok()
 }
 
 // ---------------------------------------------------------------------------------
