@@ -74,8 +74,13 @@ impl Reloader {
     }
 }
 
+/// Whether an event on `path` concerns a watched file: the file itself, a file in a
+/// watched directory (a CA directory), or a directory on the way to a watched file
+/// that did not exist yet (`~/.config/authproxy` created after start).
 fn relevant(watched: &HashSet<PathBuf>, path: &Path) -> bool {
-    watched.contains(path) || path.parent().is_some_and(|d| watched.contains(d))
+    watched.contains(path)
+        || path.parent().is_some_and(|d| watched.contains(d))
+        || watched.iter().any(|w| w.starts_with(path))
 }
 
 async fn run(
@@ -163,14 +168,17 @@ impl Watches {
             return;
         };
         for p in paths {
-            let dir = if p.is_dir() {
-                Some(p.clone())
+            // The directory holding the file, or, while that does not exist yet, its
+            // nearest existing ancestor (whose events say when the path appears).
+            let start = if p.is_dir() {
+                Some(p.as_path())
             } else {
-                p.parent().map(Path::to_path_buf)
+                p.parent()
             };
-            let Some(dir) = dir.filter(|d| d.is_dir()) else {
+            let Some(dir) = start.and_then(|d| d.ancestors().find(|a| a.is_dir())) else {
                 continue;
             };
+            let dir = dir.to_path_buf();
             if self.dirs.insert(dir.clone()) {
                 if let Err(e) = w.watch(&dir, RecursiveMode::NonRecursive) {
                     tracing::warn!(dir = %dir.display(), error = %e, "cannot watch directory");

@@ -426,3 +426,39 @@ async fn a_reload_that_breaks_a_working_certificate_is_rejected() {
     .await;
     assert!(took.is_some(), "the fixed configuration was not taken");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_created_in_a_new_directory_is_picked_up() {
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    let origin = Origin::start().await;
+    let mut env = env_in(h, None);
+    env.xdg_config_home = Some(h.join(".config"));
+    let daemon = start(env).await;
+
+    // ~/.config/authproxy does not exist at start; it is made later, then the file.
+    let dir = h.join(".config/authproxy");
+    std::fs::create_dir_all(&dir).unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    std::fs::write(dir.join("pw"), "late-pw\n").unwrap();
+    std::fs::write(
+        dir.join("config.yaml"),
+        format!(
+            "sites:\n  - match: \"127.0.0.1:{}\"\n    basic: {{ username: erin, password_file: pw }}\n",
+            origin.addr.port()
+        ),
+    )
+    .unwrap();
+    let want = basic("erin", "late-pw");
+    let took = within(Duration::from_secs(2), async || {
+        let mut c = Client::connect(daemon.addr).await;
+        c.get(&origin.url("/late")).await;
+        last_auth(&origin).as_deref() == Some(want.as_str())
+    })
+    .await;
+    assert!(
+        took.is_some(),
+        "a config in a directory made after start was not picked up"
+    );
+    let _ = daemon.stop.send(true);
+}
