@@ -610,3 +610,98 @@ pub fn proxy_from_url(value: &str, origin: &Origin) -> Result<UpstreamProxy, Str
         origin: origin.clone(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::target::Target;
+
+    fn env_in(home: &Path, config: Option<PathBuf>) -> Environment {
+        Environment {
+            config_flag: config,
+            home: Some(home.to_path_buf()),
+            rc: RcEnv {
+                home: Some(home.to_path_buf()),
+                cwd: Some(home.to_path_buf()),
+                ..RcEnv::default()
+            },
+            ..Environment::default()
+        }
+    }
+
+    /// Which source answers "who am I here?" for each URL, with all three sources
+    /// present: YAML beats the rc file beats .netrc; more specific beats less specific
+    /// within a source; .netrc only over TLS.
+    #[test]
+    fn sources_take_precedence_in_order() {
+        let home = tempfile::tempdir().unwrap();
+        let h = home.path();
+        std::fs::write(
+            h.join(".daprc"),
+            "[data.example.org]HTTP.CREDENTIALS.USERNAME=rc-host\n\
+             [data.example.org]HTTP.CREDENTIALS.PASSWORD=x\n\
+             [https://data.example.org/deep]HTTP.CREDENTIALS.USERNAME=rc-url\n\
+             [https://data.example.org/deep]HTTP.CREDENTIALS.PASSWORD=x\n\
+             [only-rc.example.org]HTTP.CREDENTIALS.USERNAME=rc-only\n\
+             [only-rc.example.org]HTTP.CREDENTIALS.PASSWORD=x\n",
+        )
+        .unwrap();
+        std::fs::write(
+            h.join(".netrc"),
+            "machine data.example.org login netrc-user password x\n\
+             machine netrc.example.org login netrc-only password x\n",
+        )
+        .unwrap();
+        let config = h.join("config.yaml");
+        std::fs::write(
+            &config,
+            "sites:\n\
+             \x20 - match: \"http://data.example.org/yaml\"\n\
+             \x20   basic: { username: yaml-path, password: x }\n\
+             \x20 - match: \"*.example.org\"\n\
+             \x20   headers: { X-Suffix: \"1\" }\n",
+        )
+        .unwrap();
+        let snap = load(&env_in(h, Some(config))).unwrap();
+        let table = [
+            (
+                "http://data.example.org/yaml/f",
+                true,
+                Some(("yaml-path", "yaml")),
+            ),
+            (
+                "http://data.example.org/other",
+                true,
+                Some(("rc-host", "rc")),
+            ),
+            (
+                "https://data.example.org/deep/f",
+                true,
+                Some(("rc-url", "rc")),
+            ),
+            (
+                "http://only-rc.example.org/",
+                false,
+                Some(("rc-only", "rc")),
+            ),
+            (
+                "https://netrc.example.org/",
+                true,
+                Some(("netrc-only", "netrc")),
+            ),
+            ("http://netrc.example.org/", false, None),
+            ("http://nobody.example.org/", true, None),
+        ];
+        for (url, tls, want) in table {
+            let t = Target::from_absolute(url.as_bytes()).unwrap();
+            let r = snap.resolve(&t);
+            let got = r.basic(tls).map(|b| (b.user, b.source));
+            assert_eq!(got, want, "{url}");
+        }
+        // The suffix site applies where no more specific YAML site does.
+        let t = Target::from_absolute(b"http://other.example.org/").unwrap();
+        assert_eq!(snap.resolve(&t).headers().len(), 1);
+        let t = Target::from_absolute(b"http://data.example.org/yaml").unwrap();
+        assert_eq!(snap.resolve(&t).headers().len(), 0);
+    }
+}
