@@ -61,9 +61,9 @@ struct ServeArgs {
     /// Log level or tracing directive (overrides RUST_LOG), e.g. `debug`.
     #[arg(long, value_name = "LEVEL")]
     log_level: Option<String>,
-    /// Log line format.
-    #[arg(long, value_enum, default_value_t = LogFormat::Plain)]
-    log_format: LogFormat,
+    /// Log line format (default: the config's `log.format`, else plain).
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormat>,
     /// Worker threads (default: one per CPU).
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
@@ -109,9 +109,23 @@ fn main() -> ExitCode {
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let _log = telemetry::init(args.log_level.as_deref(), args.log_format);
     let env = Environment::from_process(args.config.config.clone());
-    let snapshot = match load::load(&env) {
+    // Load first: the config may set the log level and format. Flags and RUST_LOG win.
+    let loaded = load::load(&env);
+    let yaml_log = loaded.as_ref().ok();
+    let level = args.log_level.clone().or_else(|| {
+        std::env::var("RUST_LOG")
+            .ok()
+            .or_else(|| yaml_log.and_then(|s| s.log_level.clone()))
+    });
+    let format = args
+        .log_format
+        .unwrap_or(match yaml_log.and_then(|s| s.log_json) {
+            Some(true) => LogFormat::Json,
+            _ => LogFormat::Plain,
+        });
+    let _log = telemetry::init(level.as_deref(), format);
+    let snapshot = match loaded {
         Ok(s) => s,
         Err(errors) => {
             for e in &errors.0 {

@@ -119,6 +119,8 @@ pub fn load(env: &Environment) -> Result<Snapshot, LoadErrors> {
     if let Some(y) = &yaml {
         snap.listen = y.listen.clone();
         snap.max_hops = y.max_hops;
+        snap.log_level = y.log.level.map(|l| format!("{l:?}").to_ascii_lowercase());
+        snap.log_json = y.log.format.map(|f| f == yaml::LogFormat::Json);
         snap.no_proxy = y
             .no_proxy
             .iter()

@@ -37,6 +37,10 @@ pub struct Snapshot {
     /// Host names (exact) and suffixes (leading `.`) that bypass the upstream proxy.
     pub no_proxy: Vec<String>,
     pub max_hops: u8,
+    /// YAML `log.level` (a tracing directive), applied at start.
+    pub log_level: Option<String>,
+    /// YAML `log.format: json`, applied at start.
+    pub log_json: Option<bool>,
     /// Every file the snapshot was built from.
     pub files: Vec<PathBuf>,
     /// Files that were looked for and may appear later (rc files, config, netrc).
@@ -60,6 +64,8 @@ impl Default for Snapshot {
             upstream_proxy: None,
             no_proxy: Vec::new(),
             max_hops: 10,
+            log_level: None,
+            log_json: None,
             files: Vec::new(),
             watch: Vec::new(),
             warnings: Vec::new(),

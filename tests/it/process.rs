@@ -272,3 +272,36 @@ fn sighup_reloads_and_sigterm_exits_cleanly() {
     assert!(log.contains("configuration reloaded"), "{log}");
     assert!(log.contains("stopped"), "{log}");
 }
+
+#[test]
+fn log_settings_from_the_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.yaml");
+    std::fs::write(&config, "log: { format: json, level: warn }\n").unwrap();
+    let mut daemon = Daemon::start(&["--config", config.to_str().unwrap()], &[]);
+    let port = support::closed_port();
+    let mut sock = std::net::TcpStream::connect(&daemon.addr).unwrap();
+    use std::io::Write;
+    write!(
+        sock,
+        "GET http://127.0.0.1:{port}/ HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n"
+    )
+    .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = sock.read(&mut buf).unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 502"));
+    let (clean, log) = daemon.stop();
+    assert!(clean, "{log}");
+    assert!(
+        !log.contains("listening"),
+        "info lines at level warn:\n{log}"
+    );
+    let line = log
+        .lines()
+        .find(|l| l.contains("connect_refused"))
+        .expect("the failure line");
+    assert!(
+        line.starts_with('{') && line.contains("\"level\":\"WARN\""),
+        "{line}"
+    );
+}
