@@ -139,6 +139,24 @@ pub fn load(env: &Environment) -> Result<Snapshot, LoadErrors> {
         for w in &y.warnings {
             b.warnings.push(w.to_string());
         }
+        // Settings of later features: accepted so configs can be written now, but say
+        // plainly that they do nothing yet.
+        let later = |what: &str| {
+            format!(
+                "{}: {what} is not acted on by this version yet",
+                y.path.display()
+            )
+        };
+        if y.access != yaml::Access::default() {
+            b.warnings
+                .push(later("access (allow_uids, proxy_token_file)"));
+        }
+        if y.cookie_jar.is_some() {
+            b.warnings.push(later("cookie_jar"));
+        }
+        if y.sites.iter().any(|s| s.redirects.is_some()) {
+            b.warnings.push(later("sites[].redirects"));
+        }
         for f in &y.files_read {
             b.files.push(f.clone());
         }
