@@ -212,6 +212,15 @@ pub fn load(env: &Environment) -> Result<Snapshot, LoadErrors> {
                 snap.unsupported.push(line);
             }
         }
+        if let Some(jar) = &rr.settings.cookiejar {
+            let line = format!(
+                "{}: HTTP.COOKIEJAR is accepted but not acted on by this version yet",
+                jar.origin
+            );
+            if !snap.unsupported.contains(&line) {
+                snap.unsupported.push(line);
+            }
+        }
         if let Some(n) = &rr.settings.netrc {
             netrc_from_rc.get_or_insert_with(|| n.value.clone());
         }
