@@ -300,7 +300,11 @@ impl Failure {
         let authority = target.map_or_else(|| "the upstream server".to_owned(), Target::authority);
         use ErrorType::*;
         let tls = target.is_some_and(|t| t.scheme == crate::target::Scheme::Https);
-        if tls && e.esource() != &ErrorSource::Downstream {
+        let timed_out = matches!(
+            e.etype(),
+            ConnectTimedout | TLSHandshakeTimedout | ReadTimedout | WriteTimedout
+        );
+        if tls && !timed_out && e.esource() != &ErrorSource::Downstream {
             if let Some(f) = Self::tls_diagnosis(&authority, &e.to_string(), has_identity) {
                 return Some(f);
             }
@@ -431,6 +435,17 @@ mod tests {
         let body = text.split("\r\n\r\n").nth(1).unwrap();
         assert!(text.contains(&format!("Content-Length: {}\r\n", body.len())));
         assert!(body.contains("example.org:81"));
+    }
+
+    #[test]
+    fn tls_timeouts_stay_timeouts() {
+        let t = Target::from_absolute(b"https://h.example/").unwrap();
+        let e = Error::explain(ErrorType::TLSHandshakeTimedout, "TLS handshake timed out");
+        let f = Failure::from_pingora(&e, Some(&t), &Timeouts::default(), false).unwrap();
+        assert_eq!((f.status, f.code), (504, "connect_timeout"));
+        let e = Error::explain(ErrorType::TLSHandshakeFailure, "UnknownIssuer");
+        let f = Failure::from_pingora(&e, Some(&t), &Timeouts::default(), false).unwrap();
+        assert_eq!((f.status, f.code), (502, "tls_untrusted"));
     }
 
     #[test]
