@@ -325,15 +325,14 @@ impl ProxyHttp for Forwarder {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        let timeouts = match (&ctx.snapshot, &ctx.hop) {
-            (Some(s), Some(h)) => s.resolve(h).timeouts(),
+        let (timeouts, has_identity) = match (&ctx.snapshot, &ctx.hop) {
+            (Some(s), Some(h)) => {
+                let resolved = s.resolve(h);
+                (resolved.timeouts(), resolved.identity().is_some())
+            }
             _ => Default::default(),
         };
         let tunnel_failure = ctx.tunnel_failure.lock().ok().and_then(|mut f| f.take());
-        let has_identity = match (&ctx.snapshot, &ctx.hop) {
-            (Some(s), Some(h)) => s.resolve(h).identity().is_some(),
-            _ => false,
-        };
         let failure =
             ctx.failure.take().or(tunnel_failure).or_else(|| {
                 Failure::from_pingora(e, ctx.upstream.as_ref(), &timeouts, has_identity)

@@ -26,6 +26,7 @@ use tokio::net::TcpStream;
 use crate::config::snapshot::Resolved;
 use crate::failure::{Failure, Timeouts};
 use crate::rule::UpstreamProxy;
+use crate::secret::Secret;
 use crate::target::{Scheme, Target};
 
 /// How long an idle pooled upstream connection is kept.
@@ -75,7 +76,7 @@ pub fn peer(
 pub struct ConnectVia {
     proxy: SocketAddr,
     authority: String,
-    authorization: Option<String>,
+    authorization: Option<Secret<String>>,
     timeout: Duration,
     /// Where a refusal is explained for the request that asked.
     failure: Arc<Mutex<Option<Failure>>>,
@@ -92,7 +93,7 @@ impl ConnectVia {
         ConnectVia {
             proxy,
             authority,
-            authorization: via.and_then(|v| v.authorization.as_ref().map(|a| a.expose().clone())),
+            authorization: via.and_then(|v| v.authorization.clone()),
             timeout,
             failure,
         }
@@ -111,7 +112,7 @@ impl L4Connect for ConnectVia {
         let stream = connect_tunnel(
             self.proxy,
             &self.authority,
-            self.authorization.as_deref(),
+            self.authorization.as_ref().map(|a| a.expose().as_str()),
             self.timeout,
         )
         .await

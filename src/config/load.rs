@@ -62,6 +62,21 @@ impl Environment {
         }
     }
 
+    /// An environment whose HOME and working directory are both `dir`, with nothing
+    /// taken from the process (tests, and anyone checking a directory's files alone).
+    pub fn isolated(dir: &Path, config: Option<&Path>) -> Self {
+        Environment {
+            config_flag: config.map(Path::to_path_buf),
+            home: Some(dir.to_path_buf()),
+            rc: RcEnv {
+                home: Some(dir.to_path_buf()),
+                cwd: Some(dir.to_path_buf()),
+                ..RcEnv::default()
+            },
+            ..Environment::default()
+        }
+    }
+
     /// The config file: `--config`, else `$AUTHPROXY_CONFIG` (both must exist), else the
     /// first existing of `$XDG_CONFIG_HOME/authproxy/config.yaml` (default
     /// `~/.config`) and `/etc/authproxy/config.yaml`; else none.
@@ -645,19 +660,6 @@ mod tests {
     use super::*;
     use crate::target::Target;
 
-    fn env_in(home: &Path, config: Option<PathBuf>) -> Environment {
-        Environment {
-            config_flag: config,
-            home: Some(home.to_path_buf()),
-            rc: RcEnv {
-                home: Some(home.to_path_buf()),
-                cwd: Some(home.to_path_buf()),
-                ..RcEnv::default()
-            },
-            ..Environment::default()
-        }
-    }
-
     /// Which source answers "who am I here?" for each URL, with all three sources
     /// present: YAML beats the rc file beats .netrc; more specific beats less specific
     /// within a source; .netrc only over TLS.
@@ -691,7 +693,7 @@ mod tests {
              \x20   headers: { X-Suffix: \"1\" }\n",
         )
         .unwrap();
-        let snap = load(&env_in(h, Some(config))).unwrap();
+        let snap = load(&Environment::isolated(h, Some(&config))).unwrap();
         let table = [
             (
                 "http://data.example.org/yaml/f",

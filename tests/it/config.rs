@@ -8,25 +8,13 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use authproxy::config::load::{self, Environment};
-use authproxy::config::rcfile::RcEnv;
 use authproxy::reload::Reloader;
 use authproxy::{Daemon, Tuning};
 
 use crate::support::{Client, Origin};
 
-/// An environment whose HOME and working directory are `home`; nothing from the real
-/// process environment.
 fn env_in(home: &Path, config: Option<PathBuf>) -> Environment {
-    Environment {
-        config_flag: config,
-        home: Some(home.to_path_buf()),
-        rc: RcEnv {
-            home: Some(home.to_path_buf()),
-            cwd: Some(home.to_path_buf()),
-            ..RcEnv::default()
-        },
-        ..Environment::default()
-    }
+    Environment::isolated(home, config.as_deref())
 }
 
 /// The daemon with its reloader, in-process.

@@ -11,7 +11,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use authproxy::config::load::{load, Environment};
-use authproxy::config::rcfile::RcEnv;
 use authproxy::config::Snapshot;
 
 use crate::support::{
@@ -23,17 +22,7 @@ use crate::support::{
 
 /// An environment whose HOME, rc home and working directory are `home`; no system config.
 fn env(home: &Path, config: Option<&Path>) -> Environment {
-    Environment {
-        config_flag: config.map(Path::to_path_buf),
-        home: Some(home.to_path_buf()),
-        rc: RcEnv {
-            home: Some(home.to_path_buf()),
-            cwd: Some(home.to_path_buf()),
-            ..Default::default()
-        },
-        system_config: None,
-        ..Default::default()
-    }
+    Environment::isolated(home, config)
 }
 
 fn snapshot(home: &Path, config: Option<&Path>) -> Snapshot {

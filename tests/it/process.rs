@@ -101,6 +101,23 @@ impl Daemon {
     }
 }
 
+impl Daemon {
+    /// One request to a closed loopback port; asserts the explained 502 came back.
+    fn request_a_closed_port(&self) {
+        use std::io::Write;
+        let port = support::closed_port();
+        let mut sock = std::net::TcpStream::connect(&self.addr).unwrap();
+        write!(
+            sock,
+            "GET http://127.0.0.1:{port}/ HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n"
+        )
+        .unwrap();
+        let mut buf = [0u8; 1024];
+        let n = sock.read(&mut buf).unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 502"));
+    }
+}
+
 impl Drop for Daemon {
     /// A test that fails half-way must not leave the daemon running.
     fn drop(&mut self) {
@@ -237,17 +254,7 @@ async fn secrets_never_reach_the_log_even_at_trace_level() {
 #[test]
 fn json_log_format_writes_json_lines() {
     let mut daemon = Daemon::start(&["--log-format", "json"], &[]);
-    let port = support::closed_port();
-    let mut sock = std::net::TcpStream::connect(&daemon.addr).unwrap();
-    use std::io::Write;
-    write!(
-        sock,
-        "GET http://127.0.0.1:{port}/ HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n"
-    )
-    .unwrap();
-    let mut buf = [0u8; 1024];
-    let n = sock.read(&mut buf).unwrap();
-    assert!(buf[..n].starts_with(b"HTTP/1.1 502"));
+    daemon.request_a_closed_port();
     let (clean, log) = daemon.stop();
     assert!(clean);
     let line = log
@@ -279,17 +286,7 @@ fn log_settings_from_the_config_file() {
     let config = dir.path().join("config.yaml");
     std::fs::write(&config, "log: { format: json, level: warn }\n").unwrap();
     let mut daemon = Daemon::start(&["--config", config.to_str().unwrap()], &[]);
-    let port = support::closed_port();
-    let mut sock = std::net::TcpStream::connect(&daemon.addr).unwrap();
-    use std::io::Write;
-    write!(
-        sock,
-        "GET http://127.0.0.1:{port}/ HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n"
-    )
-    .unwrap();
-    let mut buf = [0u8; 1024];
-    let n = sock.read(&mut buf).unwrap();
-    assert!(buf[..n].starts_with(b"HTTP/1.1 502"));
+    daemon.request_a_closed_port();
     let (clean, log) = daemon.stop();
     assert!(clean, "{log}");
     assert!(
