@@ -176,11 +176,24 @@ pub fn default_port(scheme: &str) -> Option<u16> {
     }
 }
 
-/// The scope as separate optional constraints; `None` means "unconstrained".
+/// Which ports a scope covers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PortSpec {
+    /// Every port (only the unscoped scope).
+    Any,
+    /// The default port of the request's scheme: 80 for http, 443 for https. netCDF-C
+    /// compares `host:port` exactly, so `[host]` and `[scheme://host/path]` never match a
+    /// URL with another port.
+    Default,
+    /// This port.
+    Is(u16),
+}
+
+/// The scope as separate constraints; `None` means "unconstrained".
 struct Parts<'a> {
     scheme: Option<&'a str>,
     host: Option<&'a str>,
-    port: Option<u16>,
+    port: PortSpec,
     path: Option<&'a str>,
 }
 
@@ -201,19 +214,35 @@ fn strip_brackets(host: &str) -> &str {
         .unwrap_or(host)
 }
 
+/// Whether every port `inner` covers (for requests of `inner_scheme`, when the scope names
+/// one) is covered by `outer` too.
+fn port_covers(outer: PortSpec, inner: PortSpec, inner_scheme: Option<&str>) -> bool {
+    let inner_default = inner_scheme.and_then(default_port);
+    match (outer, inner) {
+        (PortSpec::Any, _) => true,
+        (_, PortSpec::Any) => false,
+        (PortSpec::Default, PortSpec::Default) => true,
+        (PortSpec::Default, PortSpec::Is(q)) => inner_default == Some(q),
+        (PortSpec::Is(p), PortSpec::Is(q)) => p == q,
+        // A scheme-less `[host]` covers two ports, never contained in one.
+        (PortSpec::Is(p), PortSpec::Default) => inner_default == Some(p),
+    }
+}
+
 impl RcScope {
     fn parts(&self) -> Parts<'_> {
+        let spec = |port: &Option<u16>| port.map_or(PortSpec::Default, PortSpec::Is);
         match self {
             RcScope::Any => Parts {
                 scheme: None,
                 host: None,
-                port: None,
+                port: PortSpec::Any,
                 path: None,
             },
             RcScope::Host { host, port } => Parts {
                 scheme: None,
                 host: Some(host),
-                port: *port,
+                port: spec(port),
                 path: None,
             },
             RcScope::Url {
@@ -224,23 +253,28 @@ impl RcScope {
             } => Parts {
                 scheme: Some(scheme),
                 host: Some(host),
-                port: *port,
+                port: spec(port),
                 path: Some(path),
             },
         }
     }
 
     fn from_parts(p: Parts<'_>) -> Option<RcScope> {
-        match (p.scheme, p.host, p.path) {
-            (None, None, None) if p.port.is_none() => Some(RcScope::Any),
-            (None, Some(h), None) => Some(RcScope::Host {
+        let port = match p.port {
+            PortSpec::Any => None,
+            PortSpec::Default => Some(None),
+            PortSpec::Is(n) => Some(Some(n)),
+        };
+        match (p.scheme, p.host, p.path, port) {
+            (None, None, None, None) => Some(RcScope::Any),
+            (None, Some(h), None, Some(port)) => Some(RcScope::Host {
                 host: h.to_string(),
-                port: p.port,
+                port,
             }),
-            (Some(s), Some(h), path) => Some(RcScope::Url {
+            (Some(s), Some(h), path, Some(port)) => Some(RcScope::Url {
                 scheme: s.to_string(),
                 host: h.to_string(),
-                port: p.port,
+                port,
                 path: path.unwrap_or("").to_string(),
             }),
             _ => None,
@@ -253,7 +287,10 @@ impl RcScope {
     }
 
     /// Does a request for `scheme://host:port/path` fall under this scope? `port` is the
-    /// request's effective port (the scheme's default applied: see [`default_port`]). Host and
+    /// request's effective port (the scheme's default applied: see [`default_port`]). As in
+    /// netCDF-C, which compares `host:port` exactly: `[host]` matches that host on the
+    /// request scheme's default port only (80 for http, 443 for https), `[host:port]` that
+    /// port, and `[scheme://host/path]` without a port the scheme's default port. Host and
     /// scheme compare case-insensitively (brackets around an IPv6 literal are ignored), a path
     /// prefix matches itself and what is below it (`/data` matches `/data` and `/data/x`, not
     /// `/database`). A query or fragment on `path` is ignored.
@@ -269,10 +306,13 @@ impl RcScope {
                 return false;
             }
         }
-        if let Some(want) = p.port {
-            if want != port {
-                return false;
-            }
+        let port_ok = match p.port {
+            PortSpec::Any => true,
+            PortSpec::Default => default_port(scheme) == Some(port),
+            PortSpec::Is(want) => want == port,
+        };
+        if !port_ok {
+            return false;
         }
         if let Some(prefix) = p.path {
             let path = path.split(['?', '#']).next().unwrap_or("");
@@ -307,7 +347,7 @@ impl RcScope {
         let eq = |x: Option<&str>, y: Option<&str>| x.is_none() || x == y;
         eq(a.scheme, b.scheme)
             && eq(a.host, b.host)
-            && (a.port.is_none() || a.port == b.port)
+            && port_covers(a.port, b.port, b.scheme)
             && match (a.path, b.path) {
                 (None, _) => true,
                 (Some(x), Some(y)) => path_under(x, y),
@@ -323,12 +363,17 @@ impl RcScope {
         let Some(host) = p.host else {
             return out;
         };
-        let ports: Vec<Option<u16>> = match p.port {
-            Some(port) => vec![None, Some(port)],
-            None => vec![None],
-        };
+        // Every port a containing scope could name: this one's, and its scheme's default.
+        let mut ports: Vec<Option<u16>> = vec![None];
+        if let PortSpec::Is(n) = p.port {
+            ports.push(Some(n));
+        }
+        if let Some(d) = p.scheme.and_then(default_port) {
+            ports.push(Some(d));
+        }
+        let mut candidates = Vec::new();
         for port in &ports {
-            out.push(RcScope::Host {
+            candidates.push(RcScope::Host {
                 host: host.to_string(),
                 port: *port,
             });
@@ -345,7 +390,7 @@ impl RcScope {
             }
             for prefix in prefixes {
                 for port in &ports {
-                    out.push(RcScope::Url {
+                    candidates.push(RcScope::Url {
                         scheme: scheme.to_string(),
                         host: host.to_string(),
                         port: *port,
@@ -354,6 +399,7 @@ impl RcScope {
                 }
             }
         }
+        out.extend(candidates.into_iter().filter(|c| c.contains(self)));
         out.sort_by_key(|s| s.specificity());
         out.dedup();
         out
@@ -376,10 +422,32 @@ impl RcScope {
             (Some(_), Some(_)) => return None,
             (x, y) => x.or(y),
         };
+        let mut scheme = both(a.scheme, b.scheme).ok()?;
+        let port = match (a.port, b.port) {
+            (PortSpec::Any, x) | (x, PortSpec::Any) => x,
+            (PortSpec::Default, PortSpec::Default) => PortSpec::Default,
+            (PortSpec::Is(x), PortSpec::Is(y)) if x == y => PortSpec::Is(x),
+            (PortSpec::Is(_), PortSpec::Is(_)) => return None,
+            (PortSpec::Default, PortSpec::Is(n)) | (PortSpec::Is(n), PortSpec::Default) => {
+                match scheme {
+                    Some(s) if default_port(s) == Some(n) => PortSpec::Is(n),
+                    Some(_) => return None,
+                    // `[host]` and `[host:80]` share exactly the http requests on port 80.
+                    None => {
+                        scheme = Some(match n {
+                            80 => "http",
+                            443 => "https",
+                            _ => return None,
+                        });
+                        PortSpec::Is(n)
+                    }
+                }
+            }
+        };
         RcScope::from_parts(Parts {
-            scheme: both(a.scheme, b.scheme).ok()?,
+            scheme,
             host: both(a.host, b.host).ok()?,
-            port: both(a.port, b.port).ok()?,
+            port,
             path,
         })
     }
@@ -1629,15 +1697,24 @@ mod tests {
         let cases: &[(RcScope, Request, bool)] = &[
             (RcScope::Any, ("https", "x", 1, "/"), true),
             (host("h.org", None), ("http", "H.ORG", 80, "/a"), true),
-            (host("h.org", None), ("https", "h.org", 8443, "/"), true),
+            (host("h.org", None), ("https", "h.org", 443, "/"), true),
+            // netCDF-C compares host:port exactly: `[host]` is the default port only.
+            (host("h.org", None), ("https", "h.org", 8443, "/"), false),
+            (host("h.org", None), ("http", "h.org", 8080, "/"), false),
+            (host("h.org", None), ("http", "h.org", 443, "/"), false),
             (host("h.org", None), ("https", "x.h.org", 443, "/"), false),
             (host("h.org", Some(443)), ("https", "h.org", 443, "/"), true),
             (host("h.org", Some(80)), ("https", "h.org", 443, "/"), false),
             (host("[::1]", Some(80)), ("http", "::1", 80, "/"), true),
             (
                 url("https", "h.org", None, ""),
-                ("HTTPS", "h.org", 8443, ""),
+                ("HTTPS", "h.org", 443, ""),
                 true,
+            ),
+            (
+                url("https", "h.org", None, ""),
+                ("https", "h.org", 8443, ""),
+                false,
             ),
             (
                 url("https", "h.org", None, ""),
@@ -1731,14 +1808,29 @@ mod tests {
                 w[1]
             );
         }
-        assert!(host("h", None).contains(&url("https", "h", Some(1), "/x")));
+        assert!(host("h", None).contains(&url("https", "h", Some(443), "/x")));
+        assert!(host("h", None).contains(&url("https", "h", None, "/x")));
+        assert!(!host("h", None).contains(&url("https", "h", Some(1), "/x")));
+        assert!(!host("h", None).contains(&host("h", Some(80))));
+        assert!(host("h", Some(443)).contains(&url("https", "h", None, "/x")));
+        assert!(!host("h", Some(80)).contains(&url("https", "h", None, "/x")));
+        assert_eq!(
+            host("h", None).intersect(&host("h", Some(80))),
+            Some(url("http", "h", Some(80), ""))
+        );
+        assert_eq!(host("h", None).intersect(&host("h", Some(8080))), None);
         assert!(!host("h", Some(1)).contains(&url("https", "h", None, "/x")));
-        assert!(url("https", "h", None, "/x").contains(&url("https", "h", Some(2), "/x/y")));
+        assert!(url("https", "h", None, "/x").contains(&url("https", "h", Some(443), "/x/y")));
+        assert!(!url("https", "h", None, "/x").contains(&url("https", "h", Some(2), "/x/y")));
         assert!(!url("https", "h", None, "/x").contains(&url("https", "h", None, "/xy")));
         assert!(!url("https", "h", None, "").contains(&host("h", None)));
         assert_eq!(
-            host("h", Some(8080)).intersect(&url("http", "h", None, "/d")),
+            host("h", Some(8080)).intersect(&url("http", "h", Some(8080), "/d")),
             Some(url("http", "h", Some(8080), "/d"))
+        );
+        assert_eq!(
+            host("h", Some(8080)).intersect(&url("http", "h", None, "/d")),
+            None
         );
         assert_eq!(host("h", Some(1)).intersect(&host("h", Some(2))), None);
         let t = url("https", "h", Some(8443), "/a/b");
@@ -1747,14 +1839,25 @@ mod tests {
             anc,
             vec![
                 "(unscoped)",
-                "[h]",
                 "[h:8443]",
-                "[https://h]",
                 "[https://h:8443]",
-                "[https://h/a]",
                 "[https://h:8443/a]",
-                "[https://h/a/b]",
                 "[https://h:8443/a/b]",
+            ]
+        );
+        assert!(t.ancestors().iter().all(|a| a.contains(&t)));
+        let t = url("https", "h", None, "/a");
+        let anc: Vec<String> = t.ancestors().iter().map(|s| s.to_string()).collect();
+        assert_eq!(
+            anc,
+            vec![
+                "(unscoped)",
+                "[h]",
+                "[h:443]",
+                "[https://h]",
+                "[https://h:443]",
+                "[https://h/a]",
+                "[https://h:443/a]",
             ]
         );
         assert!(t.ancestors().iter().all(|a| a.contains(&t)));
@@ -1808,11 +1911,22 @@ mod tests {
 
     #[test]
     fn overlapping_scopes_get_an_intersection_rule() {
+        // `[h]` is h on its scheme's default port; `[h:80]` is port 80 whatever the scheme:
+        // they overlap in http://h:80 only.
+        let (rules, _, _) = resolve(&[p("[h:80]HTTP.SSL.CAINFO=/ca\n\
+             [h]HTTP.NETRC=/netrc\n")]);
+        let r = select(&rules, "http", "h", 80, "/data/x").unwrap();
+        assert_eq!(r.scope, url("http", "h", Some(80), ""));
+        assert!(r.settings.ssl_cainfo.is_some() && r.settings.netrc.is_some());
+        let r = select(&rules, "https", "h", 443, "/data/x").unwrap();
+        assert!(r.settings.ssl_cainfo.is_none() && r.settings.netrc.is_some());
+        let r = select(&rules, "https", "h", 80, "/data/x").unwrap();
+        assert!(r.settings.ssl_cainfo.is_some() && r.settings.netrc.is_none());
+        // A port scope and a path scope on another port never combine.
         let (rules, _, _) = resolve(&[p("[h:8080]HTTP.SSL.CAINFO=/ca\n\
              [http://h/data]HTTP.NETRC=/netrc\n")]);
         let r = select(&rules, "http", "h", 8080, "/data/x").unwrap();
-        assert_eq!(r.scope, url("http", "h", Some(8080), "/data"));
-        assert!(r.settings.ssl_cainfo.is_some() && r.settings.netrc.is_some());
+        assert!(r.settings.ssl_cainfo.is_some() && r.settings.netrc.is_none());
         let r = select(&rules, "http", "h", 80, "/data/x").unwrap();
         assert!(r.settings.ssl_cainfo.is_none() && r.settings.netrc.is_some());
     }
