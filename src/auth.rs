@@ -16,6 +16,23 @@ use pingora::http::RequestHeader;
 use crate::config::snapshot::Resolved;
 use crate::target::{Scheme, Target};
 
+/// Whether the client's own `Authorization` and `Cookie` may follow a redirect from `from`
+/// to `to`: python-requests' `should_strip_auth`. They are dropped on a change of host, of
+/// port or of scheme, except http → https on the default ports.
+pub fn client_credentials_may_follow(from: &Target, to: &Target) -> bool {
+    if from.host != to.host {
+        return false;
+    }
+    if from.scheme == Scheme::Http
+        && from.port == 80
+        && to.scheme == Scheme::Https
+        && to.port == 443
+    {
+        return true;
+    }
+    from.scheme == to.scheme && from.port == to.port
+}
+
 /// What [`apply`] did, for the log line and for tests of `explain`.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Applied {
@@ -25,17 +42,24 @@ pub struct Applied {
 }
 
 /// Adds the rule's credentials, headers and query parameters to `req`, whose target is
-/// `target` (after any TLS upgrade). Returns the new path-and-query when parameters were
-/// added.
+/// `target` (after any TLS upgrade). `challenged`: the host answered this request with a
+/// 401 Basic challenge, so a credential kept for challenges may answer it. Returns the new
+/// path-and-query when parameters were added.
 pub fn apply(
     resolved: &Resolved<'_>,
     target: &Target,
     req: &mut RequestHeader,
+    challenged: bool,
 ) -> pingora::Result<(Applied, Option<String>)> {
     let mut applied = Applied::default();
     let presigned = bearer::is_presigned(&target.path_and_query);
-    // A client that sends its own Authorization keeps it.
-    if !req.headers.contains_key(header::AUTHORIZATION) && !presigned {
+    // A client that sends its own Authorization keeps it; a presigned URL carries its own.
+    let may_authorize = !req.headers.contains_key(header::AUTHORIZATION) && !presigned;
+    let configured_header = resolved
+        .headers()
+        .iter()
+        .any(|(name, _)| name == header::AUTHORIZATION);
+    if may_authorize && !configured_header {
         let upstream_tls = target.scheme == Scheme::Https;
         if let Some(token) = resolved.bearer() {
             req.insert_header(header::AUTHORIZATION, bearer::header(token.expose()))?;
@@ -46,9 +70,21 @@ pub fn apply(
                 basic::header(cred.user, cred.password.expose()).expose(),
             )?;
             applied.authorization = Some("basic");
+        } else if let Some(cred) = resolved.challenge_basic(target).filter(|_| challenged) {
+            req.insert_header(
+                header::AUTHORIZATION,
+                basic::header(cred.user, cred.password.expose()).expose(),
+            )?;
+            applied.authorization = Some("basic-on-challenge");
         }
     }
     for (name, value) in resolved.headers() {
+        if name == header::AUTHORIZATION {
+            if !may_authorize {
+                continue;
+            }
+            applied.authorization = Some("header");
+        }
         req.insert_header(name.clone(), value.expose())?;
         applied.headers += 1;
     }
@@ -61,4 +97,36 @@ pub fn apply(
         Some(query::append(&target.path_and_query, params))
     };
     Ok((applied, new_pq))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(url: &str) -> Target {
+        Target::from_absolute(url.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn client_credentials_follow_only_within_one_origin_or_to_https_on_default_ports() {
+        let cases = [
+            ("http://h/a", "https://h/b", true),
+            ("http://h:80/a", "https://h:443/b", true),
+            ("http://h/a", "http://h/b", true),
+            ("https://h:8443/a", "https://h:8443/b", true),
+            ("http://h:8080/a", "https://h:8443/b", false),
+            ("http://h/a", "https://h:8443/b", false),
+            ("http://h:8080/a", "http://h:8081/b", false),
+            ("https://h/a", "http://h/b", false),
+            ("http://h/a", "https://other/b", false),
+            ("http://h/a", "http://H.example/b", false),
+        ];
+        for (from, to, want) in cases {
+            assert_eq!(
+                client_credentials_may_follow(&t(from), &t(to)),
+                want,
+                "{from} -> {to}"
+            );
+        }
+    }
 }

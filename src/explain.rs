@@ -10,9 +10,10 @@ use std::fmt::Write;
 
 use crate::auth::bearer;
 use crate::config::load::{self, ConfigPath, Environment};
+use crate::config::rcfile::RcScope;
 use crate::config::snapshot::Resolved;
 use crate::config::Snapshot;
-use crate::rule::{ProxyChoice, Rule, TlsSettings};
+use crate::rule::{Matcher, ProxyChoice, Rule, TlsSettings};
 use crate::target::{Scheme, Target};
 
 /// The `check` report and whether the configuration loads.
@@ -123,9 +124,16 @@ fn describe(out: &mut String, s: &Snapshot) {
 fn describe_rule(out: &mut String, rule: &Rule) {
     let _ = writeln!(out, "  {} ({})", rule.id, rule.origin);
     if let Some(b) = &rule.basic {
+        let when = if b.only_on_challenge {
+            " — only in answer to a 401 Basic challenge, over TLS or to a loopback host"
+        } else if may_go_over_http(rule) {
+            " — sent in cleartext over http"
+        } else {
+            ""
+        };
         let _ = writeln!(
             out,
-            "    basic: user {:?}, password *** ({})",
+            "    basic: user {:?}, password *** ({}){when}",
             b.user, b.origin
         );
     }
@@ -157,6 +165,17 @@ fn describe_rule(out: &mut String, rule: &Rule) {
     if let Some(t) = rule.read_timeout {
         let _ = writeln!(out, "    timeout: {t:?}");
     }
+}
+
+/// Whether a rule's requests may go upstream as plain http: it matches http URLs and does
+/// not upgrade them.
+fn may_go_over_http(rule: &Rule) -> bool {
+    let http = match &rule.matcher {
+        Matcher::Site(m) => m.scheme.as_deref().is_none_or(|s| s == "http"),
+        Matcher::Rc(RcScope::Url { scheme, .. }) => scheme == "http",
+        Matcher::Rc(_) => true,
+    };
+    http && !rule.tls.upgrade
 }
 
 fn tls_text(t: &TlsSettings) -> String {
@@ -283,20 +302,60 @@ fn auth_summary(r: &Resolved<'_>, upstream: &Target, tls: bool) -> String {
     if bearer::is_presigned(&upstream.path_and_query) {
         return "none (the URL is presigned; it carries its own signature)".to_owned();
     }
+    let cleartext = if tls { "" } else { ", in cleartext over http" };
+    if r.headers()
+        .iter()
+        .any(|(name, _)| name == http::header::AUTHORIZATION)
+    {
+        let site = r.site.map_or(String::new(), |s| format!(" ({})", s.origin));
+        return format!(
+            "the Authorization header of the YAML site{site}: ***{cleartext} \
+             (a client's own Authorization is kept instead)"
+        );
+    }
     if r.bearer().is_some() {
-        return "Bearer ***".to_owned();
+        return format!("Bearer ***{cleartext}");
     }
     if let Some(b) = r.basic(tls) {
         return format!(
-            "Basic, user {:?}, password *** from {} ({})",
+            "Basic, user {:?}, password *** from {} ({}){cleartext}",
             b.user, b.source, b.origin
         );
     }
-    if let Some(b) = r.netrc_basic() {
+    if let Some(b) = r.challenge_basic(upstream) {
         return format!(
-            "none: the .netrc entry for this host ({}) is sent only over https; \
-             add `tls: {{ upgrade: true }}` for this host to use it",
+            "Basic, user {:?}, password *** from rc ({}), only if the host answers 401 with \
+             a Basic challenge (rc_unscoped_credentials: challenge){cleartext}",
+            b.user, b.origin
+        );
+    }
+    if let Some(b) = r.challenge_basic_any() {
+        return format!(
+            "none: the rc credentials without a [prefix] ({}) answer 401 challenges only \
+             over TLS or from loopback hosts, and this is plain http to another host",
             b.origin
+        );
+    }
+    if let Some(b) = r.netrc_basic() {
+        return if tls {
+            format!(
+                "none: the .netrc entry for this host ({}) is sent only over TLS whose \
+                 certificate is verified, and verification is off for this host",
+                b.origin
+            )
+        } else {
+            format!(
+                "none: the .netrc entry for this host ({}) is sent only over https; \
+                 add `tls: {{ upgrade: true }}` for this host to use it",
+                b.origin
+            )
+        };
+    }
+    if let Some(origin) = &r.snapshot.unscoped_credentials_ignored {
+        return format!(
+            "none: the rc file's HTTP.CREDENTIALS.* at {origin} has no [prefix], so it is sent \
+             to no host; put this host in front of it ([host:port]HTTP.CREDENTIALS...), or set \
+             `rc_unscoped_credentials: challenge`"
         );
     }
     "none".to_owned()

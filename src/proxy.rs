@@ -62,7 +62,14 @@ pub struct RequestCtx {
     tunnel_failure: Arc<Mutex<Option<Failure>>>,
     /// The code of the failure answered, for the log line.
     error_code: Option<&'static str>,
+    /// What authorization this hop's request carried, for the log line.
     auth: Option<&'static str>,
+    /// This hop answered 401 with a Basic challenge, and the request is being sent again
+    /// with the credential kept for challenges.
+    challenged: bool,
+    /// A redirect left the client's origin: its own `Authorization` and `Cookie` stay
+    /// behind from then on.
+    strip_client_credentials: bool,
 }
 
 impl RequestCtx {
@@ -98,6 +105,8 @@ impl ProxyHttp for Forwarder {
             tunnel_failure: Arc::default(),
             error_code: None,
             auth: None,
+            challenged: false,
+            strip_client_credentials: false,
         }
     }
 
@@ -202,7 +211,11 @@ impl ProxyHttp for Forwarder {
         // pingora strips the standard hop-by-hop headers; these two are proxy-specific.
         req.remove_header("proxy-connection");
         req.remove_header(&header::PROXY_AUTHORIZATION);
-        let (applied, new_pq) = auth::apply(&resolved, target, req)?;
+        if ctx.strip_client_credentials {
+            req.remove_header(&header::AUTHORIZATION);
+            req.remove_header(&header::COOKIE);
+        }
+        let (applied, new_pq) = auth::apply(&resolved, target, req, ctx.challenged)?;
         let pq = new_pq.as_deref().unwrap_or(&target.path_and_query);
         match &ctx.via {
             Some(proxy) if target.scheme == Scheme::Http => {
@@ -235,12 +248,39 @@ impl ProxyHttp for Forwarder {
                 return Err(ctx.fail(f));
             }
         }
+        let replayable = !session.as_ref().retry_buffer_truncated();
+        if response.status.as_u16() == 401
+            && !ctx.challenged
+            && replayable
+            && ctx.auth.is_none()
+            && (ctx.strip_client_credentials
+                || !session
+                    .req_header()
+                    .headers
+                    .contains_key(header::AUTHORIZATION))
+            && is_basic_challenge(response)
+            && snapshot.resolve(hop).challenge_basic(target).is_some()
+        {
+            // Answer the host's own challenge with the credential kept for it: the same
+            // request, once more, with Basic.
+            ctx.challenged = true;
+            ctx.auth = None;
+            let mut e = Error::explain(FOLLOW, "answering a 401 Basic challenge");
+            e.set_retry(true);
+            return Err(e);
+        }
         let max = snapshot.max_hops;
         let method = &session.req_header().method;
         if let Some(next) = same_host_https_redirect(hop, response, method) {
-            if ctx.redirects < max && !session.as_ref().retry_buffer_truncated() {
+            if ctx.redirects < max && replayable {
                 let snapshot = snapshot.clone();
+                if !auth::client_credentials_may_follow(hop, &next) {
+                    ctx.strip_client_credentials = true;
+                }
                 ctx.redirects += 1;
+                // Each hop logs and earns its own authorization.
+                ctx.auth = None;
+                ctx.challenged = false;
                 ctx.upstream = Some(
                     snapshot
                         .resolve(&next)
@@ -412,6 +452,24 @@ fn same_host_https_redirect(
     let location = response.headers.get(header::LOCATION)?;
     let next = Target::from_absolute(location.as_bytes()).ok()?;
     (next.scheme == Scheme::Https && next.host == hop.host).then_some(next)
+}
+
+/// Whether a 401 offers HTTP Basic among its `WWW-Authenticate` challenges.
+fn is_basic_challenge(response: &ResponseHeader) -> bool {
+    response
+        .headers
+        .get_all(header::WWW_AUTHENTICATE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|challenge| {
+            let scheme = challenge
+                .trim_start()
+                .split([' ', '\t'])
+                .next()
+                .unwrap_or("");
+            scheme.eq_ignore_ascii_case("basic")
+        })
 }
 
 /// Writes `failure` as the whole response.

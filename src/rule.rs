@@ -77,6 +77,10 @@ pub struct BasicCredential {
     pub password: Secret<String>,
     /// Where the password was read.
     pub origin: Origin,
+    /// Sent only in answer to the host's 401 Basic challenge, never preemptively, and only
+    /// over TLS or to a loopback host: an rc credential without a `[prefix]`, under
+    /// `rc_unscoped_credentials: challenge`.
+    pub only_on_challenge: bool,
 }
 
 /// A client certificate with its key, parsed and checked at load.

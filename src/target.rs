@@ -122,6 +122,14 @@ impl Target {
         self.port == self.scheme.default_port()
     }
 
+    /// Whether the host is this machine's loopback: `127.0.0.0/8`, `::1` or `localhost`.
+    pub fn is_loopback(&self) -> bool {
+        match self.host.parse::<std::net::IpAddr>() {
+            Ok(ip) => ip.is_loopback(),
+            Err(_) => self.host == "localhost" || self.host.ends_with(".localhost"),
+        }
+    }
+
     /// The path without the query.
     pub fn path(&self) -> &str {
         self.path_and_query

@@ -17,9 +17,10 @@ use std::sync::Arc;
 use pingora::utils::tls::{parse_x509, CertKey, WrappedX509};
 
 use crate::config::netrc::{self, Netrc};
-use crate::config::rcfile::{self, RcEnv, RcRule};
+use crate::config::rcfile::{self, RcEnv, RcRule, RcScope};
 use crate::config::yaml::{
-    self, NetrcSetting, ProxyChoice as YamlProxy, RcFilesSetting, SecretEnv, Site, YamlConfig,
+    self, NetrcSetting, ProxyChoice as YamlProxy, RcFilesSetting, SecretEnv, Site,
+    UnscopedCredentials, YamlConfig,
 };
 use crate::config::{Origin, Snapshot};
 use crate::rule::{
@@ -216,6 +217,9 @@ pub fn load(env: &Environment) -> Result<Snapshot, LoadErrors> {
                 .push(format!("{}: cannot read rc file: {e}", path.display())),
         }
     }
+    b.unscoped = yaml
+        .as_ref()
+        .map_or(UnscopedCredentials::Ignore, |y| y.rc_unscoped_credentials);
     let (rc_rules, rc_warnings, rc_errors) = rcfile::resolve(&rc_files);
     b.warnings.extend(rc_warnings.iter().map(|w| w.to_string()));
     b.errors.extend(rc_errors.iter().map(|e| e.to_string()));
@@ -283,6 +287,7 @@ pub fn load(env: &Environment) -> Result<Snapshot, LoadErrors> {
     snap.watch = b.watch;
     snap.warnings = b.warnings;
     snap.unusable = b.unusable;
+    snap.unscoped_credentials_ignored = b.unscoped_ignored;
     Ok(snap)
 }
 
@@ -295,6 +300,10 @@ struct Builder {
     files: Vec<PathBuf>,
     watch: Vec<PathBuf>,
     identities: HashMap<(PathBuf, Option<PathBuf>, bool), Arc<Identity>>,
+    /// YAML `rc_unscoped_credentials`.
+    unscoped: UnscopedCredentials,
+    /// Where an unscoped rc credential was left unused.
+    unscoped_ignored: Option<Origin>,
     cas: HashMap<(Option<PathBuf>, Option<PathBuf>), Arc<CaSet>>,
 }
 
@@ -339,6 +348,7 @@ impl Builder {
             user: user.clone(),
             password: pw.clone(),
             origin: site.origin.clone(),
+            only_on_challenge: false,
         });
         rule.bearer = site.bearer.clone().map(Value::Secret);
         for (name, value) in &site.headers {
@@ -397,9 +407,12 @@ impl Builder {
             s.username.as_ref().map(|v| &v.origin),
             s.password.as_ref().map(|v| &v.origin),
             s.ssl_certificate.as_ref().map(|v| &v.origin),
+            s.ssl_key.as_ref().map(|v| &v.origin),
+            s.ssl_keypassword.as_ref().map(|v| &v.origin),
             s.ssl_cainfo.as_ref().map(|v| &v.origin),
             s.ssl_capath.as_ref().map(|v| &v.origin),
             s.ssl_verifypeer.as_ref().map(|v| &v.origin),
+            s.ssl_verifyhost.as_ref().map(|v| &v.origin),
             s.proxy_server.as_ref().map(|v| &v.origin),
             s.timeout.as_ref().map(|v| &v.origin),
             s.connect_timeout.as_ref().map(|v| &v.origin),
@@ -409,25 +422,27 @@ impl Builder {
         .next()?
         .clone();
         let mut rule = Rule::new(rr.scope.to_string(), origin, Matcher::Rc(rr.scope.clone()));
-        if s.username.is_some() || s.password.is_some() {
-            rule.basic = Some(BasicCredential {
-                user: s
-                    .username
-                    .as_ref()
-                    .map(|u| u.value.clone())
-                    .unwrap_or_default(),
-                password: s
-                    .password
-                    .as_ref()
-                    .map(|p| p.value.clone())
-                    .unwrap_or_else(|| Secret::new(String::new())),
-                origin: s
-                    .password
-                    .as_ref()
-                    .map(|p| p.origin.clone())
-                    .or_else(|| s.username.as_ref().map(|u| u.origin.clone()))
-                    .unwrap_or_else(|| rule.origin.clone()),
-            });
+        if let (Some(user), Some(password)) = (&s.username, &s.password) {
+            let unscoped = s.credentials_unscoped;
+            if unscoped && self.unscoped == UnscopedCredentials::Ignore {
+                self.unscoped_ignored
+                    .get_or_insert_with(|| password.origin.clone());
+                self.warn_once(format!(
+                    "{}: HTTP.CREDENTIALS.* without a [prefix] names no host, so authproxy \
+                     sends it to none; put the host in front, as in \
+                     [data.example.org:443]HTTP.CREDENTIALS.USERPASSWORD=..., or set \
+                     `rc_unscoped_credentials: challenge` in the YAML config to answer 401 \
+                     Basic challenges over TLS or from loopback hosts with it",
+                    password.origin
+                ));
+            } else {
+                rule.basic = Some(BasicCredential {
+                    user: user.value.clone(),
+                    password: password.value.clone(),
+                    origin: password.origin.clone(),
+                    only_on_challenge: unscoped,
+                });
+            }
         }
         if let Some(cert) = &s.ssl_certificate {
             let key = s.ssl_key.as_ref().map(|k| k.value.clone());
@@ -446,6 +461,22 @@ impl Builder {
                 "{}: HTTP.SSL.KEY is set but HTTP.SSL.CERTIFICATE is not; set both",
                 key.origin
             ));
+        } else if let Some(pw) = &s.ssl_keypassword {
+            self.warn_once(format!(
+                "{}: HTTP.SSL.KEYPASSWORD is set but no HTTP.SSL.CERTIFICATE applies to {}; \
+                 it is not used",
+                pw.origin, rr.scope
+            ));
+        }
+        if rr.scope == RcScope::Any {
+            if let Some(ca) = s.ssl_cainfo.as_ref().or(s.ssl_capath.as_ref()) {
+                self.warn_once(format!(
+                    "{}: this CA setting has no [prefix]: it replaces the system CA roots for \
+                     every https host, so public servers will fail verification; put the host \
+                     in front, as in [data.example.org]HTTP.SSL.CAINFO=...",
+                    ca.origin
+                ));
+            }
         }
         if s.ssl_cainfo.is_some() || s.ssl_capath.is_some() {
             let origin = s
@@ -486,6 +517,12 @@ impl Builder {
             .map(|t| t.value)
             .filter(|d| !d.is_zero());
         Some(rule)
+    }
+
+    fn warn_once(&mut self, warning: String) {
+        if !self.warnings.contains(&warning) {
+            self.warnings.push(warning);
+        }
     }
 
     /// Keeps a loaded TLS item, or records why the rule's TLS settings are unusable:

@@ -827,6 +827,9 @@ pub struct RcSettings {
     /// Resolved credentials; see [`resolve`] for the rule.
     pub username: Option<Sourced<String>>,
     pub password: Option<Sourced<Secret<String>>>,
+    /// The password comes from a line without a `[prefix]`: it names no host, so it is not
+    /// sent by default (see YAML `rc_unscoped_credentials`).
+    pub credentials_unscoped: bool,
     /// `HTTP.COOKIEJAR` (or its aliases `HTTP.COOKIE_JAR`, `HTTP.COOKIEFILE`,
     /// `HTTP.COOKIE_FILE`). Paths are kept as written (relative = to the process's cwd).
     pub cookiejar: Option<Sourced<PathBuf>>,
@@ -1099,9 +1102,17 @@ pub fn resolve(files: &[RcFile]) -> (Vec<RcRule>, Vec<RcWarning>, Vec<RcError>) 
                 .insert(scope.clone());
         }
     }
+    // Credentials written without a `[prefix]`, wherever a rule inherits them.
+    let unscoped: Vec<Origin> = any_layer
+        .map(|l| {
+            let pass = l.pass.iter().map(|p| p.origin.clone());
+            pass.chain(l.userpass.iter().map(|(_, p)| p.origin.clone()))
+                .collect()
+        })
+        .unwrap_or_default();
     let mut rules = Vec::new();
     if let Some(l) = any_layer {
-        rules.push(finish(RcScope::Any, l.clone(), &mut warnings));
+        rules.push(finish(RcScope::Any, l.clone(), &unscoped, &mut warnings));
     }
     for (host, mut set) in groups {
         // Close the group under intersection (bounded: a fuzz guard, far above real files).
@@ -1151,7 +1162,7 @@ pub fn resolve(files: &[RcFile]) -> (Vec<RcRule>, Vec<RcWarning>, Vec<RcError>) 
                     eff.overlay(l);
                 }
             }
-            rules.push(finish(target, eff, &mut warnings));
+            rules.push(finish(target, eff, &unscoped, &mut warnings));
         }
     }
     rules.sort_by(|a, b| {
@@ -1171,8 +1182,14 @@ pub fn resolve(files: &[RcFile]) -> (Vec<RcRule>, Vec<RcWarning>, Vec<RcError>) 
     (rules, warnings, errors)
 }
 
-/// Resolves credentials and flattens a fully inherited layer into a rule.
-fn finish(scope: RcScope, eff: Layer, warnings: &mut Vec<RcWarning>) -> RcRule {
+/// Resolves credentials and flattens a fully inherited layer into a rule. `unscoped` are the
+/// origins of the credential lines without a `[prefix]`.
+fn finish(
+    scope: RcScope,
+    eff: Layer,
+    unscoped: &[Origin],
+    warnings: &mut Vec<RcWarning>,
+) -> RcRule {
     let Layer {
         mut settings,
         user,
@@ -1180,6 +1197,26 @@ fn finish(scope: RcScope, eff: Layer, warnings: &mut Vec<RcWarning>) -> RcRule {
         userpass,
         unsupported,
     } = eff;
+    // A scoped USERPASSWORD beats an unscoped USERNAME/PASSWORD pair: the pair names no
+    // host, so by default it goes nowhere, and the user named this host.
+    let pair_unscoped = pass.as_ref().is_some_and(|p| unscoped.contains(&p.origin));
+    let up_scoped = userpass
+        .as_ref()
+        .is_some_and(|(_, p)| !unscoped.contains(&p.origin));
+    let (user, pass) = if pair_unscoped && up_scoped && user.is_some() {
+        if let Some(p) = &pass {
+            warnings.push(RcWarning {
+                origin: p.origin.clone(),
+                message: format!(
+                    "HTTP.CREDENTIALS.USERNAME and PASSWORD without a [prefix] are not used for \
+                     {scope}: its HTTP.CREDENTIALS.USERPASSWORD applies there"
+                ),
+            });
+        }
+        (None, None)
+    } else {
+        (user, pass)
+    };
     match (user, pass, userpass) {
         (Some(u), Some(p), up) => {
             if let Some((up, _)) = up {
@@ -1193,15 +1230,56 @@ fn finish(scope: RcScope, eff: Layer, warnings: &mut Vec<RcWarning>) -> RcRule {
             settings.username = Some(u);
             settings.password = Some(p);
         }
-        (_, _, Some((u, p))) => {
-            settings.username = Some(u);
-            settings.password = Some(p);
+        (u, p, Some((up_user, up_pass))) => {
+            // A lone USERNAME or PASSWORD is never completed from a USERPASSWORD line.
+            if let Some(lone) = u
+                .as_ref()
+                .map(|u| &u.origin)
+                .or(p.as_ref().map(|p| &p.origin))
+            {
+                warnings.push(RcWarning {
+                    origin: lone.clone(),
+                    message: format!(
+                        "{} without {} for the same hosts is not used; \
+                         HTTP.CREDENTIALS.USERPASSWORD applies there",
+                        if u.is_some() {
+                            "HTTP.CREDENTIALS.USERNAME"
+                        } else {
+                            "HTTP.CREDENTIALS.PASSWORD"
+                        },
+                        if u.is_some() {
+                            "HTTP.CREDENTIALS.PASSWORD"
+                        } else {
+                            "HTTP.CREDENTIALS.USERNAME"
+                        },
+                    ),
+                });
+            }
+            settings.username = Some(up_user);
+            settings.password = Some(up_pass);
         }
-        (u, p, None) => {
-            settings.username = u;
-            settings.password = p;
+        (Some(u), None, None) => {
+            warnings.push(RcWarning {
+                origin: u.origin,
+                message: "HTTP.CREDENTIALS.USERNAME without HTTP.CREDENTIALS.PASSWORD for the \
+                          same hosts; no credentials are sent"
+                    .into(),
+            });
         }
+        (None, Some(p), None) => {
+            warnings.push(RcWarning {
+                origin: p.origin,
+                message: "HTTP.CREDENTIALS.PASSWORD without HTTP.CREDENTIALS.USERNAME for the \
+                          same hosts; no credentials are sent"
+                    .into(),
+            });
+        }
+        (None, None, None) => {}
     }
+    settings.credentials_unscoped = settings
+        .password
+        .as_ref()
+        .is_some_and(|p| unscoped.contains(&p.origin));
     settings.unsupported = unsupported.into_values().collect();
     RcRule { scope, settings }
 }
@@ -1668,12 +1746,37 @@ mod tests {
         assert_eq!(pw(&s.password), Some("pa%3Ass"));
         assert_eq!(s.password.as_ref().unwrap().origin.line, 3);
         assert!(warnings.iter().any(|w| w.origin.line == 1));
-        // Any scope level: a global literal pair beats a host USERPASSWORD (netCDF-C's rule).
-        let (rules, _, _) = resolve(&[p("HTTP.CREDENTIALS.USERNAME=g\n\
+        // netCDF-C lets a global literal pair beat a host USERPASSWORD; authproxy sends no
+        // unscoped credential by default, so the host's own line wins, with a warning.
+        let (rules, warnings, _) = resolve(&[p("HTTP.CREDENTIALS.USERNAME=g\n\
              HTTP.CREDENTIALS.PASSWORD=gp\n\
              [h]HTTP.CREDENTIALS.USERPASSWORD=hu:hp\n")]);
         let s = &select(&rules, "http", "h", 80, "/").unwrap().settings;
+        assert_eq!(s.username.as_ref().unwrap().value, "hu");
+        assert!(!s.credentials_unscoped);
+        assert!(warnings
+            .iter()
+            .any(|w| w.origin.line == 2 && w.message.contains("not used for [h]")));
+        let s = &select(&rules, "http", "other", 80, "/").unwrap().settings;
         assert_eq!(s.username.as_ref().unwrap().value, "g");
+        assert!(s.credentials_unscoped);
+        // A scoped literal pair beats an unscoped USERPASSWORD, and is scoped.
+        let (rules, _, _) = resolve(&[p("HTTP.CREDENTIALS.USERPASSWORD=g:gp\n\
+             [h]HTTP.CREDENTIALS.USERNAME=hu\n\
+             [h]HTTP.CREDENTIALS.PASSWORD=hp\n")]);
+        let s = &select(&rules, "http", "h", 80, "/").unwrap().settings;
+        assert_eq!(s.username.as_ref().unwrap().value, "hu");
+        assert!(!s.credentials_unscoped);
+        // A scoped PASSWORD with no USERNAME is not completed from USERPASSWORD: warned.
+        let (rules, warnings, _) = resolve(&[p("HTTP.CREDENTIALS.USERPASSWORD=g:gp\n\
+             [h]HTTP.CREDENTIALS.PASSWORD=hp\n")]);
+        let s = &select(&rules, "http", "h", 80, "/").unwrap().settings;
+        assert_eq!(pw(&s.password), Some("gp"));
+        assert!(s.credentials_unscoped);
+        assert!(warnings
+            .iter()
+            .any(|w| w.origin.line == 2
+                && w.message.starts_with("HTTP.CREDENTIALS.PASSWORD without")));
         // Half a pair does not beat USERPASSWORD.
         let (rules, _, _) = resolve(&[p("HTTP.CREDENTIALS.USERNAME=only\n\
              [h]HTTP.CREDENTIALS.USERPASSWORD=hu:hp\n")]);
@@ -1685,8 +1788,12 @@ mod tests {
             .find(|r| r.scope == RcScope::Any)
             .unwrap()
             .settings;
-        assert_eq!(s.username.as_ref().unwrap().value, "only");
-        assert!(s.password.is_none());
+        // A lone USERNAME is no credential: nothing is sent, and a warning says so.
+        assert!(s.username.is_none() && s.password.is_none());
+        let (_, warnings, _) = resolve(&[p("[h]HTTP.CREDENTIALS.USERNAME=only\n")]);
+        assert!(warnings[0]
+            .message
+            .starts_with("HTTP.CREDENTIALS.USERNAME without HTTP.CREDENTIALS.PASSWORD"));
     }
 
     // --- scopes -----------------------------------------------------------------------------

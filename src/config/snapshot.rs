@@ -51,6 +51,8 @@ pub struct Snapshot {
     pub unusable: Vec<String>,
     /// rc keys accepted but not acted on, with their origin.
     pub unsupported: Vec<String>,
+    /// Where an rc credential without a `[prefix]` was left unused (`explain` says why).
+    pub unscoped_credentials_ignored: Option<Origin>,
 }
 
 impl Default for Snapshot {
@@ -71,6 +73,7 @@ impl Default for Snapshot {
             warnings: Vec::new(),
             unusable: Vec::new(),
             unsupported: Vec::new(),
+            unscoped_credentials_ignored: None,
         }
     }
 }
@@ -170,24 +173,46 @@ impl<'a> Resolved<'a> {
         self.first(|r| r.bearer.as_ref())
     }
 
-    /// The Basic credential for this host. A `.netrc` password is sent only over TLS:
-    /// `.netrc` names a host, not a scheme, and a password on plain http is readable by
-    /// anyone on the path.
+    /// The Basic credential sent with every request to this host. A `.netrc` password is
+    /// sent only over TLS whose certificate is verified: `.netrc` names a host, not a
+    /// scheme, and a password on plain http, or to a server nobody checked, is readable by
+    /// anyone on the path. Credentials kept for a 401 challenge are not among these.
     pub fn basic(&self, upstream_tls: bool) -> Option<BasicRef<'a>> {
-        if let Some(c) = self.first(|r| r.basic.as_ref().map(|b| (r, b))) {
-            let (rule, b) = c;
-            return Some(BasicRef {
-                user: &b.user,
-                password: &b.password,
-                origin: &b.origin,
-                source: if matches!(rule.matcher, crate::rule::Matcher::Site(_)) {
-                    "yaml"
-                } else {
-                    "rc"
-                },
-            });
+        let preemptive = self.first(|r| {
+            r.basic
+                .as_ref()
+                .filter(|b| !b.only_on_challenge)
+                .map(|b| rule_basic(r, b))
+        });
+        preemptive.or_else(|| {
+            self.netrc_basic()
+                .filter(|_| self.netrc_allowed(upstream_tls))
+        })
+    }
+
+    /// Whether a `.netrc` password may go to this host: over TLS, verified.
+    pub fn netrc_allowed(&self, upstream_tls: bool) -> bool {
+        upstream_tls && self.verify_peer() && self.verify_host()
+    }
+
+    /// The credential kept for the host's 401 Basic challenge (an rc line without a
+    /// `[prefix]`, under `rc_unscoped_credentials: challenge`), if `upstream` may have it:
+    /// over TLS, or to a loopback host. Never when a credential is sent preemptively.
+    pub fn challenge_basic(&self, upstream: &Target) -> Option<BasicRef<'a>> {
+        if self.basic(upstream.scheme == Scheme::Https).is_some() {
+            return None;
         }
-        self.netrc_basic().filter(|_| upstream_tls)
+        let b = self.rc?.basic.as_ref().filter(|b| b.only_on_challenge)?;
+        let rule = self.rc?;
+        (upstream.scheme == Scheme::Https || upstream.is_loopback()).then(|| rule_basic(rule, b))
+    }
+
+    /// The credential kept for a 401 challenge, whether or not this URL may have it (for
+    /// `explain`).
+    pub fn challenge_basic_any(&self) -> Option<BasicRef<'a>> {
+        let rule = self.rc?;
+        let b = rule.basic.as_ref().filter(|b| b.only_on_challenge)?;
+        Some(rule_basic(rule, b))
     }
 
     /// The `.netrc` entry as a Basic credential, whatever the scheme.
@@ -303,6 +328,15 @@ impl<'a> Resolved<'a> {
     pub fn timeout_pair(&self) -> (Duration, Duration) {
         let t = self.timeouts();
         (t.connect, t.read)
+    }
+}
+
+fn rule_basic<'a>(rule: &'a Rule, b: &'a crate::rule::BasicCredential) -> BasicRef<'a> {
+    BasicRef {
+        user: &b.user,
+        password: &b.password,
+        origin: &b.origin,
+        source: if rule.matcher_is_site() { "yaml" } else { "rc" },
     }
 }
 

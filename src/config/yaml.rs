@@ -105,6 +105,7 @@ const TOP_KEYS: &[&str] = &[
     "cookie_jar",
     "upstream_proxy",
     "no_proxy",
+    "rc_unscoped_credentials",
     "redirects",
     "timeouts",
     "log",
@@ -132,6 +133,8 @@ pub struct YamlConfig {
     pub upstream_proxy: Option<UpstreamProxy>,
     /// Lowercased; a leading `.` or `*.` means "this domain's subdomains".
     pub no_proxy: Vec<String>,
+    /// What to do with rc-file credentials that have no `[prefix]`.
+    pub rc_unscoped_credentials: UnscopedCredentials,
     pub max_hops: u8,
     pub timeouts: Timeouts,
     pub log: LogSettings,
@@ -152,6 +155,7 @@ impl YamlConfig {
             cookie_jar: None,
             upstream_proxy: None,
             no_proxy: Vec::new(),
+            rc_unscoped_credentials: UnscopedCredentials::Ignore,
             max_hops: DEFAULT_MAX_HOPS,
             timeouts: Timeouts::default(),
             log: LogSettings::default(),
@@ -232,6 +236,19 @@ pub struct Timeouts {
     pub connect: Option<Duration>,
     pub first_byte: Option<Duration>,
     pub idle: Option<Duration>,
+}
+
+/// `rc_unscoped_credentials`: rc-file `HTTP.CREDENTIALS.*` lines without a `[prefix]`
+/// name no host, so by default they go nowhere.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnscopedCredentials {
+    /// Never sent (a warning says how to scope them).
+    #[default]
+    Ignore,
+    /// netCDF-C's behaviour, made safer: sent only in answer to a 401 Basic challenge,
+    /// never preemptively, and only over TLS or to a loopback host.
+    Challenge,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -1892,6 +1909,11 @@ impl<'a> Cx<'a> {
                         first_byte: raw.first_byte.map(|d| d.0),
                         idle: raw.idle.map(|d| d.0),
                     };
+                }
+            }
+            "rc_unscoped_credentials" => {
+                if let Some(mode) = self.extract::<Option<UnscopedCredentials>>(&at).flatten() {
+                    cfg.rc_unscoped_credentials = mode;
                 }
             }
             "log" => {
