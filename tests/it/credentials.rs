@@ -21,45 +21,49 @@ use crate::support::{
 // Helpers
 
 /// An environment whose HOME, rc home and working directory are `home`; no system config.
-fn env(home: &Path, config: Option<&Path>) -> Environment {
+pub(crate) fn env(home: &Path, config: Option<&Path>) -> Environment {
     Environment::isolated(home, config)
 }
 
-fn snapshot(home: &Path, config: Option<&Path>) -> Snapshot {
+pub(crate) fn snapshot(home: &Path, config: Option<&Path>) -> Snapshot {
     load(&env(home, config)).unwrap_or_else(|e| panic!("the configuration does not load:\n{e}"))
 }
 
-fn write(dir: &Path, name: &str, contents: &str) -> PathBuf {
+pub(crate) fn write(dir: &Path, name: &str, contents: &str) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, contents).unwrap();
     path
 }
 
 /// Writes `contents` as `dir/config.yaml` and returns its path.
-fn yaml(dir: &Path, contents: &str) -> PathBuf {
+pub(crate) fn yaml(dir: &Path, contents: &str) -> PathBuf {
     write(dir, "config.yaml", contents)
 }
 
-fn basic(user: &str, password: &str) -> String {
+pub(crate) fn basic(user: &str, password: &str) -> String {
     format!(
         "Basic {}",
         base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
     )
 }
 
-fn header(headers: &HeaderMap, name: &str) -> Option<String> {
+pub(crate) fn header(headers: &HeaderMap, name: &str) -> Option<String> {
     let mut values = headers.get_all(name).iter();
     let first = values.next()?;
     assert!(values.next().is_none(), "{name} sent more than once");
     Some(first.to_str().unwrap().to_owned())
 }
 
-fn error_code(resp: &Response<()>) -> String {
+pub(crate) fn error_code(resp: &Response<()>) -> String {
     header(resp.headers(), "x-authproxy-error").unwrap_or_default()
 }
 
 /// GET `url` through the proxy on a fresh client connection, with extra headers.
-async fn get(proxy: &Proxy, url: &str, headers: &[(&str, &str)]) -> (Response<()>, String) {
+pub(crate) async fn get(
+    proxy: &Proxy,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> (Response<()>, String) {
     let mut client = Client::connect(proxy.addr).await;
     let mut req = Request::get(url);
     for (name, value) in headers {
@@ -71,7 +75,7 @@ async fn get(proxy: &Proxy, url: &str, headers: &[(&str, &str)]) -> (Response<()
 }
 
 /// The only request `origin` saw whose target is `target`.
-fn seen_at(origin: &Origin, target: &str) -> support::SeenRequest {
+pub(crate) fn seen_at(origin: &Origin, target: &str) -> support::SeenRequest {
     let all = origin.requests();
     let hits: Vec<_> = all.iter().filter(|r| r.target == target).collect();
     assert_eq!(
@@ -83,7 +87,7 @@ fn seen_at(origin: &Origin, target: &str) -> support::SeenRequest {
     hits[0].clone()
 }
 
-fn tls_seen(origin: &TlsOrigin, target: &str) -> Vec<support::TlsRequest> {
+pub(crate) fn tls_seen(origin: &TlsOrigin, target: &str) -> Vec<support::TlsRequest> {
     origin
         .requests()
         .into_iter()
@@ -91,7 +95,7 @@ fn tls_seen(origin: &TlsOrigin, target: &str) -> Vec<support::TlsRequest> {
         .collect()
 }
 
-fn tls_seen_at(origin: &TlsOrigin, target: &str) -> support::TlsRequest {
+pub(crate) fn tls_seen_at(origin: &TlsOrigin, target: &str) -> support::TlsRequest {
     let all = origin.requests();
     let hits: Vec<_> = all.iter().filter(|r| r.target == target).collect();
     assert_eq!(
@@ -105,7 +109,7 @@ fn tls_seen_at(origin: &TlsOrigin, target: &str) -> support::TlsRequest {
 }
 
 /// A PEM block.
-fn pem(label: &str, der: &[u8]) -> String {
+pub(crate) fn pem(label: &str, der: &[u8]) -> String {
     let b64 = base64::engine::general_purpose::STANDARD.encode(der);
     let mut out = format!("-----BEGIN {label}-----\n");
     for line in b64.as_bytes().chunks(64) {
@@ -117,7 +121,7 @@ fn pem(label: &str, der: &[u8]) -> String {
 }
 
 /// A PKCS#8 key encrypted with PBES2 (PBKDF2-SHA256, AES-256-CBC), as PEM.
-fn encrypted_key_pem(key_der: &[u8], password: &str) -> String {
+pub(crate) fn encrypted_key_pem(key_der: &[u8], password: &str) -> String {
     let info = pkcs8::PrivateKeyInfo::try_from(key_der).unwrap();
     let salt = [0x5au8; 16];
     let iv = [0xa5u8; 16];
