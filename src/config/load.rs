@@ -772,4 +772,41 @@ mod tests {
         let t = Target::from_absolute(b"http://data.example.org/yaml").unwrap();
         assert_eq!(snap.resolve(&t).headers().len(), 0);
     }
+
+    /// A credential kept for 401 challenges goes only over TLS or to a loopback host, and
+    /// never when another credential is sent preemptively.
+    #[test]
+    fn challenge_credentials_need_tls_or_loopback() {
+        let home = tempfile::tempdir().unwrap();
+        let h = home.path();
+        std::fs::write(
+            h.join(".daprc"),
+            "HTTP.CREDENTIALS.USERPASSWORD=u:p\n\
+             [scoped.example.org]HTTP.CREDENTIALS.USERPASSWORD=s:q\n",
+        )
+        .unwrap();
+        let config = h.join("config.yaml");
+        std::fs::write(&config, "rc_unscoped_credentials: challenge\n").unwrap();
+        let snap = load(&Environment::isolated(h, Some(&config))).unwrap();
+        let table = [
+            ("http://data.example.org/f", None),
+            ("https://data.example.org/f", Some("u")),
+            ("http://127.0.0.1:8080/f", Some("u")),
+            ("http://127.9.9.9/f", Some("u")),
+            ("http://[::1]:8080/f", Some("u")),
+            ("http://localhost:8080/f", Some("u")),
+            ("https://scoped.example.org/f", None),
+        ];
+        for (url, want) in table {
+            let t = Target::from_absolute(url.as_bytes()).unwrap();
+            let r = snap.resolve(&t);
+            assert_eq!(r.challenge_basic(&t).map(|b| b.user), want, "{url}");
+            // Never preemptively.
+            if want.is_some() {
+                assert!(r.basic(t.scheme == crate::target::Scheme::Https).is_none());
+            }
+        }
+        let t = Target::from_absolute(b"https://scoped.example.org/f").unwrap();
+        assert_eq!(snap.resolve(&t).basic(true).map(|b| b.user), Some("s"));
+    }
 }

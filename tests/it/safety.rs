@@ -252,6 +252,12 @@ async fn rc_host_and_url_scopes_mean_the_default_port() {
     );
     let text = explain::explain(&env(h, None), &origin.url("/data/f.nc")).unwrap();
     assert!(text.contains("authorization: none"), "{text}");
+    let (report, _) = explain::check(&env(h, None));
+    assert!(
+        report.contains("basic: user \"mine\", password *** (")
+            && report.contains("— sent in cleartext over http"),
+        "{report}"
+    );
     let text = explain::explain(&env(h, None), "http://127.0.0.1/data/f.nc").unwrap();
     assert!(text.contains("Basic, user \"path\""), "{text}");
     proxy.stop().await;
@@ -388,4 +394,33 @@ async fn client_credentials_stay_behind_when_a_redirect_changes_the_port() {
     assert_eq!(header(&r.headers, "authorization"), None);
     assert_eq!(header(&r.headers, "cookie"), None);
     proxy.stop().await;
+}
+
+#[test]
+fn rc_scopes_with_only_tls_settings_make_rules_and_an_unscoped_ca_is_flagged() {
+    let ca = Ca::new("authproxy test CA");
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    write(h, "ca.pem", &ca.pem);
+    let rc = write(
+        h,
+        ".daprc",
+        &format!(
+            "HTTP.SSL.CAINFO={}\n[localhost:8443]HTTP.SSL.VERIFYHOST=0\n",
+            h.join("ca.pem").display()
+        ),
+    );
+    let (report, ok) = explain::check(&env(h, None));
+    assert!(ok, "{report}");
+    assert!(
+        report.contains(&format!(
+            "{}:1: this CA setting has no [prefix]: it replaces the system CA roots",
+            rc.display()
+        )),
+        "{report}"
+    );
+    let text = explain::explain(&env(h, None), "https://localhost:8443/").unwrap();
+    assert!(text.contains("host name verification OFF"), "{text}");
+    let text = explain::explain(&env(h, None), "https://localhost:9443/").unwrap();
+    assert!(!text.contains("verification OFF"), "{text}");
 }
