@@ -139,9 +139,12 @@ async fn run(
 }
 
 /// Whether `new` has unusable TLS files that `old` did not: a reload must not turn a
-/// working host into a failing one.
+/// working host into a failing one. Problems are compared by what failed (option and
+/// files), not by their message, which names a line that edits above it move.
 fn has_new_problems(new: &Snapshot, old: &Snapshot) -> bool {
-    new.unusable.iter().any(|e| !old.unusable.contains(e))
+    new.unusable
+        .iter()
+        .any(|e| !old.unusable.iter().any(|o| o.what == e.what))
 }
 
 /// The watcher and what it watches.

@@ -18,6 +18,7 @@ use pingora::utils::tls::{parse_x509, CertKey, WrappedX509};
 
 use crate::config::netrc::{self, Netrc};
 use crate::config::rcfile::{self, RcEnv, RcRule, RcScope};
+use crate::config::snapshot::TlsProblem;
 use crate::config::yaml::{
     self, NetrcSetting, ProxyChoice as YamlProxy, RcFilesSetting, SecretEnv, Site,
     UnscopedCredentials, YamlConfig,
@@ -295,7 +296,7 @@ pub fn load(env: &Environment) -> Result<Snapshot, LoadErrors> {
 struct Builder {
     errors: Vec<String>,
     /// TLS material that did not load; the rules that need it answer with the reason.
-    unusable: Vec<String>,
+    unusable: Vec<TlsProblem>,
     warnings: Vec<String>,
     files: Vec<PathBuf>,
     watch: Vec<PathBuf>,
@@ -530,15 +531,15 @@ impl Builder {
     fn usable<T>(
         &mut self,
         unusable: &mut Option<Arc<str>>,
-        loaded: Result<T, String>,
+        loaded: Result<T, TlsProblem>,
     ) -> Option<T> {
         match loaded {
             Ok(v) => Some(v),
-            Err(msg) => {
-                if !self.unusable.contains(&msg) {
-                    self.unusable.push(msg.clone());
+            Err(problem) => {
+                unusable.get_or_insert_with(|| Arc::from(problem.message.as_str()));
+                if !self.unusable.contains(&problem) {
+                    self.unusable.push(problem);
                 }
-                unusable.get_or_insert_with(|| Arc::from(msg));
                 None
             }
         }
@@ -552,7 +553,7 @@ impl Builder {
         key: Option<&Path>,
         password: Option<&Secret<String>>,
         pkcs12: bool,
-    ) -> Result<Arc<Identity>, String> {
+    ) -> Result<Arc<Identity>, TlsProblem> {
         let cache_key = (cert.to_path_buf(), key.map(Path::to_path_buf), pkcs12);
         if let Some(i) = self.identities.get(&cache_key) {
             return Ok(i.clone());
@@ -587,7 +588,14 @@ impl Builder {
                 self.identities.insert(cache_key, identity.clone());
                 Ok(identity)
             }
-            Err(e) => Err(format!("{origin}: {option}: {e}")),
+            Err(e) => Err(TlsProblem {
+                what: format!(
+                    "{option} {} {}",
+                    cert.display(),
+                    key.map_or(String::new(), |k| k.display().to_string())
+                ),
+                message: format!("{origin}: {option}: {e}"),
+            }),
         }
     }
 
@@ -596,7 +604,7 @@ impl Builder {
         origin: &Origin,
         file: Option<&Path>,
         dir: Option<&Path>,
-    ) -> Result<Arc<CaSet>, String> {
+    ) -> Result<Arc<CaSet>, TlsProblem> {
         let cache_key = (file.map(Path::to_path_buf), dir.map(Path::to_path_buf));
         if let Some(c) = self.cas.get(&cache_key) {
             return Ok(c.clone());
@@ -626,7 +634,10 @@ impl Builder {
                 self.cas.insert(cache_key, set.clone());
                 Ok(set)
             }
-            Err(e) => Err(format!("{origin}: CA: {e}")),
+            Err(e) => Err(TlsProblem {
+                what: format!("CA {:?} {:?}", file, dir),
+                message: format!("{origin}: CA: {e}"),
+            }),
         }
     }
 }

@@ -48,7 +48,7 @@ pub struct Snapshot {
     pub warnings: Vec<String>,
     /// TLS files that did not load (`check` reports them as errors; the rules that
     /// need them answer 502 with the reason).
-    pub unusable: Vec<String>,
+    pub unusable: Vec<TlsProblem>,
     /// rc keys accepted but not acted on, with their origin.
     pub unsupported: Vec<String>,
     /// Where an rc credential without a `[prefix]` was left unused (`explain` says why).
@@ -75,6 +75,23 @@ impl Default for Snapshot {
             unsupported: Vec::new(),
             unscoped_credentials_ignored: None,
         }
+    }
+}
+
+/// TLS material of a rule that could not be loaded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsProblem {
+    /// What failed, independent of where it is written: the option and the files it
+    /// names. A reload compares these, so a line moving above a still-broken
+    /// certificate is not a new problem.
+    pub what: String,
+    /// `file:line: option: cause`, never a secret.
+    pub message: String,
+}
+
+impl std::fmt::Display for TlsProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
     }
 }
 

@@ -416,6 +416,35 @@ async fn a_reload_that_breaks_a_working_certificate_is_rejected() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_still_broken_certificate_whose_line_moved_does_not_block_reloads() {
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    std::fs::write(h.join("broken.crt"), "not a certificate\n").unwrap();
+    let config = h.join("config.yaml");
+    let site = "  - match: broken.example.org\n    tls: { client_cert: broken.crt }\n";
+    std::fs::write(&config, format!("sites:\n{site}")).unwrap();
+    let env = env_in(h, Some(config.clone()));
+    let handle = load::load(&env).unwrap().into_handle();
+    assert_eq!(handle.load().unusable.len(), 1);
+    let _reloader = Reloader::start(env, handle.clone());
+
+    // A new site above the broken one moves its line; the certificate is as broken as
+    // before, so the edit is taken.
+    std::fs::write(
+        &config,
+        format!("sites:\n  - match: new.example.org\n    name: added\n{site}"),
+    )
+    .unwrap();
+    let took = within(Duration::from_secs(2), async || {
+        handle.load().sites.iter().any(|s| s.id.contains("added"))
+    })
+    .await;
+    assert!(took.is_some(), "an edit elsewhere was rejected");
+    let message = handle.load().unusable[0].message.clone();
+    assert!(message.contains("config.yaml:4"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_config_created_in_a_new_directory_is_picked_up() {
     let home = tempfile::tempdir().unwrap();
     let h = home.path();

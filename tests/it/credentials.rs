@@ -631,7 +631,12 @@ async fn mtls_encrypted_key_with_and_without_password() {
     ] {
         let config = yaml(h, &site(extra));
         let snap = snapshot(h, Some(&config));
-        let problems = snap.unusable.join("\n");
+        let problems = snap
+            .unusable
+            .iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join("\n");
         assert!(
             problems.contains(&key.display().to_string()),
             "{what}: {problems}"
@@ -1113,7 +1118,12 @@ async fn pkcs12_bundle_is_presented() {
 
     // The wrong password is found at load, named by file, and never printed.
     write(h, "p12.pw", "not-the-password\n");
-    let err = snapshot(h, Some(&config)).unusable.join("\n");
+    let err = snapshot(h, Some(&config))
+        .unusable
+        .iter()
+        .map(|p| p.to_string())
+        .collect::<Vec<_>>()
+        .join("\n");
     assert!(err.contains("carol.p12"), "{err}");
     assert!(
         !err.contains("not-the-password") && !err.contains("P12-pass-4411"),
