@@ -388,6 +388,41 @@ impl fmt::Display for Failure {
     }
 }
 
+impl std::error::Error for Failure {}
+
+/// The error type of a failure our own code classified.
+const CLASSIFIED: ErrorType = ErrorType::Custom("authproxy");
+
+impl Failure {
+    /// A pingora error of `etype` that carries this failure as its cause, so that
+    /// [`Failure::carried`] finds it again in `fail_to_proxy`, however pingora wrapped it.
+    pub fn into_error_as(self, etype: ErrorType) -> Box<Error> {
+        let code = self.code;
+        Error::because(etype, code, self)
+    }
+
+    /// [`Failure::into_error_as`] with our own error type.
+    pub fn into_error(self) -> Box<Error> {
+        self.into_error_as(CLASSIFIED)
+    }
+
+    /// The failure `e` carries, if our code classified it: in its cause, or deeper.
+    pub fn carried(e: &Error) -> Option<&Failure> {
+        let mut cause = e.cause.as_deref();
+        while let Some(c) = cause {
+            if let Some(f) = c.downcast_ref::<Failure>() {
+                return Some(f);
+            }
+            // pingora's `more_context` boxes the whole previous error as the cause.
+            let inner = c
+                .downcast_ref::<Error>()
+                .or_else(|| c.downcast_ref::<Box<Error>>().map(|b| b.as_ref()));
+            cause = inner.and_then(|e| e.cause.as_deref());
+        }
+        None
+    }
+}
+
 /// The timeouts applied to upstream connections (from the configuration snapshot).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Timeouts {
@@ -424,6 +459,17 @@ fn human(d: Duration) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_carried_failure_survives_pingoras_wrapping() {
+        let f = Failure::connect_refused("h:1");
+        let e = f.clone().into_error_as(ErrorType::ConnectProxyFailure);
+        let e = e.more_context("Peer: h:1").more_context("again").into_up();
+        assert_eq!(Failure::carried(&e), Some(&f));
+        assert_eq!(
+            Failure::carried(&Error::new(ErrorType::ConnectRefused)),
+            None
+        );
+    }
     use super::*;
 
     #[test]

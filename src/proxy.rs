@@ -11,7 +11,7 @@ http → https redirect inside; `fail_to_proxy` answers failures with a [`Failur
 */
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
@@ -56,10 +56,6 @@ pub struct RequestCtx {
     addrs: Vec<SocketAddr>,
     next_addr: usize,
     redirects: u8,
-    /// A failure classified by our own code, preferred over pingora's error kind.
-    failure: Option<Failure>,
-    /// Filled by the upstream-proxy connector when the proxy refuses a tunnel.
-    tunnel_failure: Arc<Mutex<Option<Failure>>>,
     /// The code of the failure answered, for the log line.
     error_code: Option<&'static str>,
     /// What authorization this hop's request carried, for the log line.
@@ -79,12 +75,6 @@ impl RequestCtx {
             _ => Error::e_explain(InternalError, "request context incomplete"),
         }
     }
-
-    fn fail(&mut self, failure: Failure) -> Box<Error> {
-        let e = Error::explain(ErrorType::Custom("authproxy"), failure.code);
-        self.failure = Some(failure);
-        e
-    }
 }
 
 #[async_trait]
@@ -101,8 +91,6 @@ impl ProxyHttp for Forwarder {
             addrs: Vec::new(),
             next_addr: 0,
             redirects: 0,
-            failure: None,
-            tunnel_failure: Arc::default(),
             error_code: None,
             auth: None,
             challenged: false,
@@ -148,7 +136,7 @@ impl ProxyHttp for Forwarder {
         if target.scheme == Scheme::Https {
             if let Some(reason) = resolved.tls_unusable() {
                 let f = Failure::tls_unusable(&target.authority(), reason);
-                return Err(ctx.fail(f));
+                return Err(f.into_error());
             }
         }
         let via = resolved.proxy(&target.host).cloned();
@@ -165,7 +153,7 @@ impl ProxyHttp for Forwarder {
                         Some(p) => Failure::proxy_unreachable(&p.authority(), &e),
                         None => Failure::dns(&host, &e),
                     };
-                    return Err(ctx.fail(f));
+                    return Err(f.into_error());
                 }
             }
         }
@@ -178,7 +166,6 @@ impl ProxyHttp for Forwarder {
                 target.authority(),
                 via.as_deref(),
                 timeouts.connect,
-                ctx.tunnel_failure.clone(),
             )));
         }
         ctx.via = via;
@@ -245,7 +232,7 @@ impl ProxyHttp for Forwarder {
             // the client for credentials to authproxy itself.
             if let Some(via) = ctx.via.clone() {
                 let f = Failure::proxy_refused(&via.authority(), &target.authority(), Some(407));
-                return Err(ctx.fail(f));
+                return Err(f.into_error());
             }
         }
         let replayable = !session.as_ref().retry_buffer_truncated();
@@ -372,11 +359,9 @@ impl ProxyHttp for Forwarder {
             }
             _ => Default::default(),
         };
-        let tunnel_failure = ctx.tunnel_failure.lock().ok().and_then(|mut f| f.take());
-        let failure =
-            ctx.failure.take().or(tunnel_failure).or_else(|| {
-                Failure::from_pingora(e, ctx.upstream.as_ref(), &timeouts, has_identity)
-            });
+        let failure = Failure::carried(e)
+            .cloned()
+            .or_else(|| Failure::from_pingora(e, ctx.upstream.as_ref(), &timeouts, has_identity));
         let Some(failure) = failure else {
             return FailToProxy {
                 error_code: 0,

@@ -12,7 +12,7 @@ reused for another.
 */
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -78,8 +78,6 @@ pub struct ConnectVia {
     authority: String,
     authorization: Option<Secret<String>>,
     timeout: Duration,
-    /// Where a refusal is explained for the request that asked.
-    failure: Arc<Mutex<Option<Failure>>>,
 }
 
 impl ConnectVia {
@@ -88,14 +86,12 @@ impl ConnectVia {
         authority: String,
         via: Option<&UpstreamProxy>,
         timeout: Duration,
-        failure: Arc<Mutex<Option<Failure>>>,
     ) -> Self {
         ConnectVia {
             proxy,
             authority,
             authorization: via.and_then(|v| v.authorization.clone()),
             timeout,
-            failure,
         }
     }
 }
@@ -117,16 +113,13 @@ impl L4Connect for ConnectVia {
         )
         .await
         .map_err(|f| {
+            // The refusal is explained to the client from the error's cause.
             let etype = if f.status == 504 {
                 ConnectTimedout
             } else {
                 ConnectProxyFailure
             };
-            let code = f.code;
-            if let Ok(mut slot) = self.failure.lock() {
-                *slot = Some(f);
-            }
-            Error::explain(etype, code)
+            f.into_error_as(etype)
         })?;
         Ok(stream.into())
     }
