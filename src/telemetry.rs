@@ -10,7 +10,7 @@ never stalls a request.
 */
 
 use tracing_appender::non_blocking::WorkerGuard;
-use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::filter::{FilterExt, LevelFilter, Targets};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::prelude::*;
 use tracing_subscriber::EnvFilter;
@@ -46,7 +46,7 @@ pub const CAPPED: &[&str] = &[
 ];
 
 /// The caps as a filter of their own. It is combined with the user's filter (both must
-/// let an event through), so no directive in `RUST_LOG`, `--log-level` or `log.level`,
+/// let an event through, [`FilterExt::and`]), so no directive in `RUST_LOG`, `--log-level` or `log.level`,
 /// however specific, can lift them.
 pub fn caps() -> Targets {
     Targets::new()
@@ -81,10 +81,9 @@ where
             .with_writer(writer)
             .boxed(),
     };
-    tracing_subscriber::registry()
-        .with(lines)
-        .with(filter(level))
-        .with(caps())
+    // One filter, both halves must agree; its level hint is the lower of the two, so
+    // `log` records below the user's level are not even built.
+    tracing_subscriber::registry().with(lines.with_filter(filter(level).and(caps())))
 }
 
 /// Installs the global subscriber (and the `log` crate bridge). Keep the guard alive
@@ -194,6 +193,18 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn the_level_hint_is_the_users() {
+        // The hint sets the `log` crate's max level: pingora's and mio's debug and trace
+        // records are not built at all at `info`.
+        use tracing::Subscriber;
+        let hint =
+            |level| subscriber(Some(level), LogFormat::Plain, Capture::default()).max_level_hint();
+        assert_eq!(hint("info"), Some(LevelFilter::INFO));
+        assert_eq!(hint("warn,authproxy=debug"), Some(LevelFilter::DEBUG));
+        assert_eq!(hint("trace"), Some(LevelFilter::TRACE));
     }
 
     #[test]
