@@ -117,7 +117,7 @@ fn pem(label: &str, der: &[u8]) -> String {
 }
 
 /// A PKCS#8 key encrypted with PBES2 (PBKDF2-SHA256, AES-256-CBC), as PEM.
-fn encrypted_key_pem(key_der: &[u8], password: &str) -> String {
+pub(crate) fn encrypted_key_pem(key_der: &[u8], password: &str) -> String {
     let info = pkcs8::PrivateKeyInfo::try_from(key_der).unwrap();
     let salt = [0x5au8; 16];
     let iv = [0xa5u8; 16];

@@ -6,4 +6,5 @@ mod clients;
 mod config;
 mod core;
 mod credentials;
+mod leak;
 mod process;
