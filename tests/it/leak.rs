@@ -288,6 +288,36 @@ async fn get_with_userinfo(proxy: &str, authority: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// `CONNECT authority` through the daemon, with the client's own `Proxy-Authorization`;
+/// when the tunnel opens, one plain-http GET inside it. Returns everything read.
+async fn connect(proxy: &str, authority: &str) -> String {
+    let mut sock = TcpStream::connect(proxy).await.unwrap();
+    let head = format!(
+        "CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\
+         Proxy-Authorization: {}\r\n\r\n",
+        basic(CLIENT_BASIC.0, CLIENT_BASIC.1)
+    );
+    sock.write_all(head.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let read = async {
+        while !out.windows(4).any(|w| w == b"\r\n\r\n") {
+            match sock.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+        if out.starts_with(b"HTTP/1.1 200") {
+            let get =
+                format!("GET /tunnel HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
+            let _ = sock.write_all(get.as_bytes()).await;
+        }
+        let _ = sock.read_to_end(&mut out).await;
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(10), read).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 fn header(r: &support::SeenRequest, name: &str) -> Option<String> {
     r.headers.get(name).map(|v| v.to_str().unwrap().to_owned())
 }
@@ -470,6 +500,29 @@ async fn exercise(w: &World, daemon: &Daemon) -> Vec<String> {
         502,
         "connect_refused",
     );
+
+    // CONNECT tunnels: through the proxy with credentials, through the one refusing
+    // them, to a closed port.
+    let text = connect(d, &w.via_proxy.addr.to_string()).await;
+    assert!(
+        text.starts_with("HTTP/1.1 200") && text.ends_with("ok"),
+        "{text}"
+    );
+    let last = w.proxy.requests().pop().unwrap();
+    assert!(last.request_line.starts_with("CONNECT "), "{last:?}");
+    assert_eq!(last.proxy_authorization, Some(basic(PROXY.0, PROXY.1)));
+    for authority in [
+        w.refused_origin.addr.to_string(),
+        format!("127.0.0.1:{}", w.closed),
+    ] {
+        let text = connect(d, &authority).await;
+        assert!(
+            text.starts_with("HTTP/1.1 502"),
+            "CONNECT {authority}: {text}"
+        );
+        assert_clean(&format!("the answer to CONNECT {authority}"), &text);
+        bodies.push(text);
+    }
     bodies
 }
 
@@ -576,6 +629,6 @@ async fn no_secret_is_ever_printed() {
             );
         }
         assert_clean(&format!("the daemon's output with {how}"), &log);
-        assert_eq!(bodies.len(), 11);
+        assert_eq!(bodies.len(), 13);
     }
 }
