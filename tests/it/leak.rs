@@ -32,6 +32,8 @@ const NETRC: (&str, &str) = ("net-user", "S3cr3t-netrc-8d2");
 const PROXY: (&str, &str) = ("proxy-user", "S3cr3t-proxy-a17");
 const PROXY_REFUSED: (&str, &str) = ("proxy-user2", "S3cr3t-proxy2-e55");
 const PROXY_DOWN: (&str, &str) = ("proxy-user3", "S3cr3t-proxy3-b09");
+/// In an rc file's HTTP.PROXY.SERVER URL.
+const RC_PROXY: (&str, &str) = ("rcproxy-user", "S3cr3t-rcproxy-5d5");
 const CLIENT_BASIC: (&str, &str) = ("client", "S3cr3t-client-auth-77");
 
 /// Other secrets the daemon holds or clients send.
@@ -42,6 +44,7 @@ const SECRETS: &[&str] = &[
     "S3cr3t-q-inline-5e2",
     "S3cr3t-q-file-6b3",
     "S3cr3t-keypw-3f0",
+    "S3cr3t-rckeypw-6e6",
     "S3cr3t%2Drcup%40x-44",
     "S3cr3t-url-token-71",
     "S3cr3t-url-cs-72",
@@ -85,6 +88,7 @@ fn forbidden() -> Vec<String> {
         PROXY,
         PROXY_REFUSED,
         PROXY_DOWN,
+        RC_PROXY,
         CLIENT_BASIC,
     ] {
         add(&mut out, pw);
@@ -121,6 +125,8 @@ struct World {
     proxy: UpstreamTestProxy,
     refusing_proxy: UpstreamTestProxy,
     proxy_down: u16,
+    /// A closed port whose rc scope names an upstream proxy (the refusing one).
+    rc_proxied: u16,
 }
 
 impl World {
@@ -151,6 +157,7 @@ impl World {
             proxy: UpstreamTestProxy::start(Some(PROXY)).await,
             refusing_proxy: UpstreamTestProxy::start(Some(("someone", "else"))).await,
             proxy_down: support::closed_port(),
+            rc_proxied: support::closed_port(),
             tls_ca: ca,
         };
         let alice = w.tls_ca.client("alice");
@@ -160,6 +167,11 @@ impl World {
             home,
             "alice.enc.key",
             &encrypted_key_pem(&alice.key_der, "S3cr3t-keypw-3f0"),
+        );
+        write(
+            home,
+            "alice.rc.key",
+            &encrypted_key_pem(&alice.key_der, "S3cr3t-rckeypw-6e6"),
         );
         write(home, "basic.pw", &format!("{}\n", BASIC_FILE.1));
         write(home, "bearer.tok", "S3cr3t-bearer-c44\n");
@@ -173,12 +185,23 @@ impl World {
             &format!(
                 "[127.0.0.1:{rc}]HTTP.CREDENTIALS.USERNAME={}\n\
                  [127.0.0.1:{rc}]HTTP.CREDENTIALS.PASSWORD={}\n\
-                 [127.0.0.1:{up}]HTTP.CREDENTIALS.USERPASSWORD={}:S3cr3t%2Drcup%40x-44\n",
+                 [127.0.0.1:{up}]HTTP.CREDENTIALS.USERPASSWORD={}:S3cr3t%2Drcup%40x-44\n\
+                 [127.0.0.1:{rcp}]HTTP.PROXY.SERVER=http://{}:{}@127.0.0.1:{refusing}\n\
+                 [127.0.0.1:{tls}]HTTP.SSL.CERTIFICATE={h}/alice.crt\n\
+                 [127.0.0.1:{tls}]HTTP.SSL.KEY={h}/alice.rc.key\n\
+                 [127.0.0.1:{tls}]HTTP.SSL.KEYPASSWORD=S3cr3t-rckeypw-6e6\n\
+                 [127.0.0.1:{tls}]HTTP.SSL.CAINFO={h}/ca.pem\n",
                 RC_BASIC.0,
                 RC_BASIC.1,
                 RC_USERPASSWORD.0,
+                RC_PROXY.0,
+                RC_PROXY.1,
                 rc = port(&w.rc.addr),
                 up = port(&w.rc_userpassword.addr),
+                rcp = w.rc_proxied,
+                refusing = port(&w.refusing_proxy.addr),
+                tls = w.tls.port(),
+                h = home.display(),
             ),
         );
         let netrc = home.join(".netrc");
@@ -218,6 +241,8 @@ impl World {
              \x20 - match: \"localhost:{tls}\"\n\
              \x20   tls: {{ upgrade: true, client_cert: alice.crt, client_key: alice.enc.key, \
              key_password: S3cr3t-keypw-3f0, ca: ca.pem }}\n\
+             \x20 - match: \"127.0.0.1:{tls}\"\n\
+             \x20   tls: {{ upgrade: true }}\n\
              {extra}",
             ok = self.ok.addr.port(),
             unauth = self.unauthorized.port(),
@@ -488,6 +513,40 @@ async fn exercise(w: &World, daemon: &Daemon) -> Vec<String> {
         Some(basic(NETRC.0, NETRC.1))
     );
 
+    // The rc file's client certificate with its HTTP.SSL.KEYPASSWORD.
+    let before = w.tls.requests().len();
+    expect(
+        "tls from rc",
+        get(
+            d,
+            &format!("http://127.0.0.1:{}/tls-rc", w.tls.port()),
+            false,
+        )
+        .await,
+        200,
+        "",
+    );
+    assert!(
+        w.tls.requests()[before].peer_cert.is_some(),
+        "no client certificate"
+    );
+
+    // The rc file's HTTP.PROXY.SERVER with credentials, refused.
+    expect(
+        "rc proxy refused",
+        get(d, &format!("http://127.0.0.1:{}/rcp", w.rc_proxied), true).await,
+        502,
+        "upstream_proxy_auth",
+    );
+    assert_eq!(
+        w.refusing_proxy
+            .requests()
+            .last()
+            .unwrap()
+            .proxy_authorization,
+        Some(basic(RC_PROXY.0, RC_PROXY.1))
+    );
+
     // A redirect to https on the same host, followed inside, to a closed port.
     expect(
         "redirect",
@@ -524,6 +583,21 @@ async fn exercise(w: &World, daemon: &Daemon) -> Vec<String> {
         bodies.push(text);
     }
     bodies
+}
+
+/// The level and target of a log line, plain (`TIMESTAMP LEVEL TARGET: message`) or
+/// JSON (`{"timestamp":…,"level":"INFO",…,"target":"authproxy::access"}`).
+fn level_and_target(line: &str) -> Option<(&str, &str)> {
+    if line.starts_with('{') {
+        let field = |name: &str| {
+            let start = line.find(&format!("\"{name}\":\""))? + name.len() + 4;
+            let len = line[start..].find('"')?;
+            Some(&line[start..start + len])
+        };
+        return Some((field("level")?, field("target")?));
+    }
+    let mut words = line.split_whitespace().skip(1);
+    Some((words.next()?, words.next()?))
 }
 
 /// `authproxy ARGS` with `home` as HOME; stdout and stderr together.
@@ -585,17 +659,21 @@ async fn no_secret_is_ever_printed() {
         (vec!["--config", config], vec![("RUST_LOG", CHATTY)]),
         (vec!["--config", config, "--log-level", CHATTY], vec![]),
         (vec!["--config", trace_config], vec![]),
+        (
+            vec!["--config", config, "--log-format", "json"],
+            vec![("RUST_LOG", CHATTY)],
+        ),
     ] {
         let mut daemon = Daemon::start_in(h, &args, &env);
         let bodies = exercise(&w, &daemon).await;
         let (clean, log) = daemon.stop();
         assert!(clean, "{log}");
         let how = format!("{args:?} {env:?}");
-        assert!(
-            log.contains("status=200"),
-            "{how}: no access log line:\n{log}"
-        );
-        assert!(log.contains("status=401"), "{how}:\n{log}");
+        let status = |code: u16| {
+            log.contains(&format!("status={code}")) || log.contains(&format!("\"status\":{code}"))
+        };
+        assert!(status(200), "{how}: no access log line:\n{log}");
+        assert!(status(401), "{how}:\n{log}");
         assert!(log.contains("connect_refused"), "{how}:\n{log}");
         for masked in [
             "token=***",
@@ -606,10 +684,8 @@ async fn no_secret_is_ever_printed() {
         ] {
             assert!(log.contains(masked), "{how}: {masked} not in\n{log}");
         }
-        // Plain lines read `TIMESTAMP LEVEL TARGET: message`.
         for line in log.lines() {
-            let mut words = line.split_whitespace().skip(1);
-            let (Some(level), Some(target)) = (words.next(), words.next()) else {
+            let Some((level, target)) = level_and_target(line) else {
                 continue;
             };
             let capped = [
@@ -629,6 +705,6 @@ async fn no_secret_is_ever_printed() {
             );
         }
         assert_clean(&format!("the daemon's output with {how}"), &log);
-        assert_eq!(bodies.len(), 13);
+        assert_eq!(bodies.len(), 15);
     }
 }
