@@ -1,9 +1,10 @@
 /*!
 `authproxy check` and `authproxy explain URL`: the configuration as a human reads it.
 
-Both print sources as file:line and never a secret: passwords, tokens and secret header
-or query values are shown as `***`, and only user names, file paths and certificate
-subjects appear.
+Both print sources as file:line and never a secret: passwords, tokens and every header
+or query value (inline ones too) are shown as `***`, query values in the URL are masked
+as in the access log, and only user names, header and parameter names, file paths and
+certificate subjects appear. A URL that does not parse is not repeated.
 */
 
 use std::fmt::Write;
@@ -13,6 +14,7 @@ use crate::config::load::{self, ConfigPath, Environment};
 use crate::config::rcfile::RcScope;
 use crate::config::snapshot::Resolved;
 use crate::config::Snapshot;
+use crate::redact::LogUrl;
 use crate::rule::{Matcher, ProxyChoice, Rule, TlsSettings};
 use crate::target::{Scheme, Target};
 
@@ -140,11 +142,12 @@ fn describe_rule(out: &mut String, rule: &Rule) {
     if rule.bearer.is_some() {
         let _ = writeln!(out, "    bearer: ***");
     }
-    for (name, value) in &rule.headers {
-        let _ = writeln!(out, "    header: {name}: {}", value.shown());
+    // Values are never shown, inline ones included: only the names.
+    for (name, _) in &rule.headers {
+        let _ = writeln!(out, "    header: {name}: ***");
     }
-    for (name, value) in &rule.query {
-        let _ = writeln!(out, "    query: {name}={}", value.shown());
+    for (name, _) in &rule.query {
+        let _ = writeln!(out, "    query: {name}=***");
     }
     let tls = tls_text(&rule.tls);
     if !tls.is_empty() {
@@ -207,12 +210,20 @@ fn tls_text(t: &TlsSettings) -> String {
 
 /// What would happen to `url`.
 pub fn explain(env: &Environment, url: &str) -> Result<String, String> {
-    let target = Target::from_absolute(url.as_bytes())
-        .map_err(|_| format!("{url:?} is not an http:// or https:// URL"))?;
+    // The URL is not repeated: what does not parse may still hold `user:pass@` or a token.
+    let target = Target::from_absolute(url.as_bytes()).map_err(|_| {
+        "the URL is not an http:// or https:// URL with a host (it is not repeated here, \
+         as it may hold a password or token)"
+            .to_owned()
+    })?;
     let snapshot = load::load(env).map_err(|e| format!("the configuration has errors:\n{e}"))?;
     let resolved = snapshot.resolve(&target);
     let mut out = String::new();
-    let _ = writeln!(out, "url: {target}");
+    let _ = writeln!(
+        out,
+        "url: {}",
+        LogUrl(&target, &snapshot.secret_query_names)
+    );
     let _ = writeln!(out, "rules: {}", resolved.describe());
     let upstream = resolved
         .upstream_target(&target)
@@ -262,11 +273,11 @@ pub fn explain(env: &Environment, url: &str) -> Result<String, String> {
         "authorization: {}",
         auth_summary(&resolved, &upstream, tls)
     );
-    for (name, value) in resolved.headers() {
-        let _ = writeln!(out, "header: {name}: {}", value.shown());
+    for (name, _) in resolved.headers() {
+        let _ = writeln!(out, "header: {name}: ***");
     }
-    for (name, value) in resolved.query() {
-        let _ = writeln!(out, "query: {name}={}", value.shown());
+    for (name, _) in resolved.query() {
+        let _ = writeln!(out, "query: {name}=***");
     }
     let (connect, read) = resolved.timeout_pair();
     let _ = writeln!(out, "timeouts: connect {connect:?}, first byte {read:?}");
@@ -363,4 +374,82 @@ fn auth_summary(r: &Resolved<'_>, upstream: &Target, tls: bool) -> String {
 
 fn join(items: impl Iterator<Item = String>) -> String {
     items.collect::<Vec<_>>().join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env_with(config: &str) -> (tempfile::TempDir, Environment) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.yaml");
+        std::fs::write(&path, config).unwrap();
+        std::fs::write(dir.path().join("k"), "FileValue-2b\n").unwrap();
+        let env = Environment::isolated(dir.path(), Some(&path));
+        (dir, env)
+    }
+
+    const CONFIG: &str = "sites:\n\
+                          \x20 - match: data.example.org\n\
+                          \x20   headers: { X-Api-Key: InlineValue-1a, X-File: { value_file: k } }\n\
+                          \x20   query: { format: nc, ticket: { value_file: k } }\n";
+
+    #[test]
+    fn check_shows_names_but_no_value_and_warns_about_inline_ones() {
+        let (_dir, env) = env_with(CONFIG);
+        let (out, ok) = check(&env);
+        assert!(ok, "{out}");
+        for shown in [
+            "header: x-api-key: ***",
+            "header: x-file: ***",
+            "query: format=***",
+            "query: ticket=***",
+        ] {
+            assert!(out.contains(shown), "{shown} not in\n{out}");
+        }
+        assert!(
+            !out.contains("InlineValue-1a")
+                && !out.contains("FileValue-2b")
+                && !out.contains("=nc"),
+            "{out}"
+        );
+        let config = env.config_flag.as_ref().unwrap().display().to_string();
+        for warned in [
+            format!("{config}:3: sites[0].headers.X-Api-Key is written inline; value_file"),
+            format!("{config}:4: sites[0].query.format is written inline; value_file"),
+        ] {
+            assert!(out.contains(&warned), "{warned} not in\n{out}");
+        }
+        assert!(!out.contains("X-File is written inline"), "{out}");
+    }
+
+    #[test]
+    fn explain_masks_values_and_never_echoes_a_bad_url() {
+        let (_dir, env) = env_with(CONFIG);
+        let out = explain(
+            &env,
+            "http://data.example.org/d?ticket=T1ck3t&token=T0k3n&x=1",
+        )
+        .unwrap();
+        assert!(
+            out.contains("url: http://data.example.org/d?ticket=***&token=***&x=1"),
+            "{out}"
+        );
+        assert!(
+            out.contains("header: x-api-key: ***") && out.contains("query: format=***"),
+            "{out}"
+        );
+        for secret in ["InlineValue-1a", "FileValue-2b", "T1ck3t", "T0k3n"] {
+            assert!(!out.contains(secret), "{secret} in\n{out}");
+        }
+        for bad in [
+            "ftp://u:Pa55w0rd@host/",
+            "http://u:Pa55w0rd@[::1/",
+            "Pa55w0rd",
+        ] {
+            let e = explain(&env, bad).unwrap_err();
+            assert!(e.contains("not an http:// or https:// URL"), "{e}");
+            assert!(!e.contains("Pa55w0rd"), "{e}");
+        }
+    }
 }

@@ -334,14 +334,12 @@ impl ProxyHttp for Forwarder {
 
     fn request_summary(&self, session: &Session, ctx: &RequestCtx) -> String {
         let req = session.req_header();
+        let names = ctx
+            .snapshot
+            .as_deref()
+            .map_or(&[][..], |s| &s.secret_query_names);
         match &ctx.hop {
-            Some(t) => format!(
-                "{} {}://{}{}",
-                req.method,
-                t.scheme.as_str(),
-                t.host_header(),
-                redact::path_and_query(&t.path_and_query)
-            ),
+            Some(t) => format!("{} {}", req.method, redact::LogUrl(t, names)),
             None => format!("{} <unparsed target>", req.method),
         }
     }
@@ -390,7 +388,11 @@ impl ProxyHttp for Forwarder {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let method = session.req_header().method.as_str();
         let ms = ctx.started.elapsed().as_micros() as f64 / 1e3;
-        let url = ctx.hop.as_ref().map(redact::LogUrl);
+        let names = ctx
+            .snapshot
+            .as_deref()
+            .map_or(&[][..], |s| &s.secret_query_names);
+        let url = ctx.hop.as_ref().map(|t| redact::LogUrl(t, names));
         let url =
             tracing::field::display(url.as_ref().map_or(&"-" as &dyn std::fmt::Display, |u| {
                 u as &dyn std::fmt::Display

@@ -182,6 +182,10 @@ pub fn load(env: &Environment) -> Result<Snapshot, LoadErrors> {
                 snap.sites.push(rule);
             }
         }
+        let names = y.sites.iter().flat_map(|s| &s.query);
+        snap.secret_query_names = names.map(|(n, _)| n.to_lowercase()).collect();
+        snap.secret_query_names.sort();
+        snap.secret_query_names.dedup();
     }
 
     // rc files

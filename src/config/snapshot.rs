@@ -37,6 +37,9 @@ pub struct Snapshot {
     /// Host names (exact) and suffixes (leading `.`) that bypass the upstream proxy.
     pub no_proxy: Vec<String>,
     pub max_hops: u8,
+    /// Names of the query parameters the configuration adds (lowercase, not
+    /// percent-encoded): their values are masked in log lines.
+    pub secret_query_names: Vec<String>,
     /// YAML `log.level` (a tracing directive), applied at start.
     pub log_level: Option<String>,
     /// YAML `log.format: json`, applied at start.
@@ -66,6 +69,7 @@ impl Default for Snapshot {
             upstream_proxy: None,
             no_proxy: Vec::new(),
             max_hops: 10,
+            secret_query_names: Vec::new(),
             log_level: None,
             log_json: None,
             files: Vec::new(),

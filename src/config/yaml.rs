@@ -2248,6 +2248,8 @@ impl<'a> Cx<'a> {
                     );
                     return None;
                 }
+                // `check` shows every value as `***`; say where a secret may sit in the clear.
+                self.warn_inline(&site_path(i, &[section, name]), "value_file");
                 Some(ParamValue::Plain(s))
             }
             RawParamValue::File(f) => {
@@ -2500,6 +2502,22 @@ sites:
         assert_eq!(s3.tls.verify, Some(false));
 
         let warnings: Vec<String> = c.warnings.iter().map(ToString::to_string).collect();
+        let (inline, warnings): (Vec<String>, Vec<String>) = warnings
+            .into_iter()
+            .partition(|w| w.contains("is written inline; value_file is recommended"));
+        assert_eq!(inline.len(), 3, "{inline:?}");
+        assert!(
+            inline[0].contains(":18: sites[1].headers.X-Plain "),
+            "{inline:?}"
+        );
+        assert!(
+            inline[1].contains(":19: sites[1].query.format "),
+            "{inline:?}"
+        );
+        assert!(
+            inline[2].contains(":19: sites[1].query.version "),
+            "{inline:?}"
+        );
         assert_eq!(warnings.len(), 2, "{warnings:?}");
         assert!(
             warnings[0].contains(":7: upstream_proxy has a password in its URL"),

@@ -6,5 +6,6 @@ mod clients;
 mod config;
 mod core;
 mod credentials;
+mod leak;
 mod process;
 mod safety;
