@@ -424,3 +424,45 @@ fn rc_scopes_with_only_tls_settings_make_rules_and_an_unscoped_ca_is_flagged() {
     let text = explain::explain(&env(h, None), "https://localhost:9443/").unwrap();
     assert!(!text.contains("verification OFF"), "{text}");
 }
+
+/// The access log says which authorization the last hop carried: a followed redirect
+/// that fails before its request goes out does not inherit the first hop's `auth=`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_resets_auth_on_each_followed_hop() {
+    let closed = support::closed_port();
+    let (start, start_seen) =
+        support::redirect_origin(308, format!("https://127.0.0.1:{closed}/gone")).await;
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    let config = yaml(
+        h,
+        &format!(
+            "sites:\n  - match: \"127.0.0.1:{}\"\n    basic: {{ username: u, password: L0g-S3cret }}\n",
+            start.port()
+        ),
+    );
+    let daemon = crate::process::Daemon::start_in(
+        h,
+        &["--config", config.to_str().unwrap(), "--log-format", "json"],
+        &[],
+    );
+    let mut daemon = daemon;
+    let mut client = Client::connect(daemon.addr.parse().unwrap()).await;
+    let (resp, _) = client
+        .get(&format!("http://127.0.0.1:{}/start", start.port()))
+        .await;
+    assert_eq!(resp.status(), 502);
+    // The first hop did carry the credential.
+    let first = start_seen.requests.lock().unwrap().clone();
+    assert_eq!(
+        header(&first[0].headers, "authorization"),
+        Some(basic("u", "L0g-S3cret"))
+    );
+    let (_, log) = daemon.stop();
+    let line = log
+        .lines()
+        .find(|l| l.contains("authproxy::access"))
+        .unwrap_or_else(|| panic!("no access line in:\n{log}"));
+    assert!(line.contains("\"auth\":\"-\""), "{line}");
+    assert!(!log.contains("L0g-S3cret"));
+}
