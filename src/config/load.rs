@@ -134,12 +134,14 @@ pub fn load(env: &Environment) -> Result<Snapshot, LoadErrors> {
     if let Some(y) = &yaml {
         snap.listen = y.listen.clone();
         snap.max_hops = y.max_hops;
+        snap.netrc_default = y.netrc_default;
         snap.log_level = y.log.level.map(|l| format!("{l:?}").to_ascii_lowercase());
         snap.log_json = y.log.format.map(|f| f == yaml::LogFormat::Json);
         snap.no_proxy = y
             .no_proxy
             .iter()
-            .map(|p| p.trim_start_matches('*').to_owned())
+            .map(String::as_str)
+            .map(no_proxy_entry)
             .collect();
         if let Some(c) = y.timeouts.connect {
             snap.timeouts.connect = c;
@@ -260,6 +262,9 @@ pub fn load(env: &Environment) -> Result<Snapshot, LoadErrors> {
             Ok(n) => {
                 b.files.push(path.clone());
                 b.warnings.extend(n.warnings.iter().map(|w| w.to_string()));
+                if !snap.netrc_default {
+                    b.warnings.extend(default_entry_warnings(&n));
+                }
                 snap.netrc = Some(n);
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -594,6 +599,31 @@ impl Builder {
     }
 }
 
+/// A YAML `no_proxy` entry as [`Snapshot`] matches it: `*` stays `*` (every host),
+/// `*.example.org` becomes the suffix `.example.org`, anything else is kept.
+fn no_proxy_entry(p: &str) -> String {
+    match p.strip_prefix("*.") {
+        Some(domain) => format!(".{domain}"),
+        None => p.to_owned(),
+    }
+}
+
+/// The `.netrc` `default` entries that carry credentials, which are not sent unless
+/// `netrc_default: true` opts in: each gets a warning with its file:line.
+fn default_entry_warnings(n: &Netrc) -> impl Iterator<Item = String> + '_ {
+    n.entries
+        .iter()
+        .filter(|e| e.host.is_none() && e.has_credentials())
+        .map(|e| {
+            format!(
+                "{}: the `default` entry is not sent to any host (it names none); \
+                 name each host with a `machine` entry, or set `netrc_default: true` \
+                 in the YAML config to send it to every https host no entry names",
+                e.origin
+            )
+        })
+}
+
 fn param(v: &yaml::ParamValue) -> Value {
     match v {
         yaml::ParamValue::Plain(s) => Value::Plain(s.clone()),
@@ -659,6 +689,84 @@ pub fn proxy_from_url(value: &str, origin: &Origin) -> Result<UpstreamProxy, Str
 mod tests {
     use super::*;
     use crate::target::Target;
+
+    fn basic_user(snap: &Snapshot, url: &str) -> Option<String> {
+        let t = Target::from_absolute(url.as_bytes()).unwrap();
+        snap.resolve(&t).basic(true).map(|b| b.user.to_owned())
+    }
+
+    /// The `.netrc` `default` entry answers only with `netrc_default: true`; a partial
+    /// `machine` entry answers nothing, and the lookup does not go on past it.
+    #[test]
+    fn netrc_default_and_partial_entries() {
+        let home = tempfile::tempdir().unwrap();
+        let h = home.path();
+        std::fs::write(
+            h.join(".netrc"),
+            "machine lonely.example login lonely\n\
+             machine lonely.example login later password later-SECRET\n\
+             machine pw-only.example password alone-SECRET\n\
+             machine full.example login fu password fp-SECRET\n\
+             default login anon password guest-SECRET\n",
+        )
+        .unwrap();
+        let snap = load(&Environment::isolated(h, None)).unwrap();
+        assert!(!snap.netrc_default);
+        assert_eq!(
+            basic_user(&snap, "https://full.example/").as_deref(),
+            Some("fu")
+        );
+        for host in ["lonely.example", "pw-only.example", "nobody.example"] {
+            let url = format!("https://{host}/");
+            assert_eq!(basic_user(&snap, &url), None, "{host}");
+            let t = Target::from_absolute(url.as_bytes()).unwrap();
+            assert!(snap.resolve(&t).netrc_basic().is_none(), "{host}");
+        }
+        let netrc = h.join(".netrc");
+        let at = |line: usize| format!("{}:{line}: ", netrc.display());
+        let has = |line: usize, text: &str| {
+            snap.warnings
+                .iter()
+                .any(|w| w.starts_with(&at(line)) && w.contains(text))
+        };
+        assert!(
+            has(1, "has a `login` but no `password`"),
+            "{:?}",
+            snap.warnings
+        );
+        assert!(
+            has(3, "has a `password` but no `login`"),
+            "{:?}",
+            snap.warnings
+        );
+        assert!(has(5, "`netrc_default: true`"), "{:?}", snap.warnings);
+        assert!(!format!("{:?}", snap.warnings).contains("SECRET"));
+
+        // Opted in: the default answers for unnamed hosts, but still not in place of a
+        // partial entry.
+        let config = h.join("config.yaml");
+        std::fs::write(&config, "netrc_default: true\n").unwrap();
+        let snap = load(&Environment::isolated(h, Some(&config))).unwrap();
+        assert!(snap.netrc_default);
+        assert_eq!(
+            basic_user(&snap, "https://nobody.example/").as_deref(),
+            Some("anon")
+        );
+        assert_eq!(basic_user(&snap, "https://lonely.example/"), None);
+        assert_eq!(basic_user(&snap, "https://pw-only.example/"), None);
+        assert!(!snap
+            .warnings
+            .iter()
+            .any(|w| w.contains("`netrc_default: true`")));
+    }
+
+    #[test]
+    fn no_proxy_star_and_suffix_entries() {
+        assert_eq!(no_proxy_entry("*"), "*");
+        assert_eq!(no_proxy_entry("*.example.org"), ".example.org");
+        assert_eq!(no_proxy_entry(".example.org"), ".example.org");
+        assert_eq!(no_proxy_entry("host.example"), "host.example");
+    }
 
     /// Which source answers "who am I here?" for each URL, with all three sources
     /// present: YAML beats the rc file beats .netrc; more specific beats less specific

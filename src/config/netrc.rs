@@ -61,6 +61,13 @@ impl NetrcEntry {
     pub fn has_credentials(&self) -> bool {
         self.login.is_some() || self.password.is_some()
     }
+
+    /// Whether the entry carries both a login and a password. Only such an entry is a
+    /// credential: a partial one is never completed from another entry (curl
+    /// CVE-2024-11053, CVE-2025-0167), nor sent with an empty half.
+    pub fn is_complete(&self) -> bool {
+        self.login.is_some() && self.password.is_some()
+    }
 }
 
 /// Something in the file that was ignored or looks like a mistake. Never contains a
@@ -135,6 +142,10 @@ impl Netrc {
     /// the same host shadows a later one, and a `machine` or `default` entry with neither
     /// login nor password is skipped as if it were not there (as in current libcurl's
     /// scanner; older releases differ in that corner).
+    ///
+    /// This is the entry libcurl would *pick*, not yet a credential: the caller must
+    /// refuse a partial entry ([`NetrcEntry::is_complete`]) rather than look further, and
+    /// decide whether a `default` entry may answer.
     ///
     /// Does not allocate.
     pub fn lookup(&self, host: &str) -> Option<&NetrcEntry> {
@@ -518,15 +529,28 @@ impl<'a> Parser<'a> {
 
     fn finish_entry(&mut self) {
         if let Some(entry) = self.current.take() {
+            let what = if entry.host.is_some() {
+                "`machine`"
+            } else {
+                "`default`"
+            };
             if !entry.has_credentials() {
-                let what = if entry.host.is_some() {
-                    "`machine`"
-                } else {
-                    "`default`"
-                };
                 self.warn(
                     entry.origin.line,
                     format!("{what} entry has neither `login` nor `password`; it is never used"),
+                );
+            } else if !entry.is_complete() {
+                let (has, lacks) = if entry.login.is_some() {
+                    ("`login`", "`password`")
+                } else {
+                    ("`password`", "`login`")
+                };
+                self.warn(
+                    entry.origin.line,
+                    format!(
+                        "{what} entry has a {has} but no {lacks}; it gives no credential \
+                         (a partial entry is never completed from another)"
+                    ),
                 );
             }
             self.entries.push(entry);
@@ -797,7 +821,23 @@ machine "C.Example" login c password ""
         let n = parse("machine a login only\nmachine b password alone\n");
         assert_eq!(creds(&n, "a"), Some((Some("only"), None)));
         assert_eq!(creds(&n, "b"), Some((None, Some("alone"))));
-        assert!(n.warnings.is_empty(), "{:?}", n.warnings);
+        assert!(!n.entries[0].is_complete() && !n.entries[1].is_complete());
+        assert_eq!(
+            messages(&n),
+            [
+                (
+                    1,
+                    "`machine` entry has a `login` but no `password`; it gives no credential \
+                     (a partial entry is never completed from another)"
+                ),
+                (
+                    2,
+                    "`machine` entry has a `password` but no `login`; it gives no credential \
+                     (a partial entry is never completed from another)"
+                ),
+            ]
+        );
+        assert!(!format!("{:?}", n.warnings).contains("alone"));
     }
 
     #[test]
@@ -857,21 +897,29 @@ machine "C.Example" login c password ""
             [(2, "`machine` without a value at the end of the file")]
         );
 
+        const PARTIAL: &str = "`machine` entry has a `login` but no `password`; \
+                               it gives no credential (a partial entry is never completed from another)";
         let n = parse("machine a login x password");
         assert_eq!(creds(&n, "a"), Some((Some("x"), None)));
         assert_eq!(
             messages(&n),
-            [(1, "`password` without a value at the end of the file")]
+            [
+                (1, "`password` without a value at the end of the file"),
+                (1, PARTIAL)
+            ]
         );
 
         let n = parse("machine a login x password \"unterminated pass\nmore");
         assert_eq!(creds(&n, "a"), Some((Some("x"), None)));
         assert_eq!(
             messages(&n),
-            [(
-                1,
-                "unterminated quoted value of `password` ignored (missing '\"')"
-            )]
+            [
+                (
+                    1,
+                    "unterminated quoted value of `password` ignored (missing '\"')"
+                ),
+                (1, PARTIAL)
+            ]
         );
         assert!(!format!("{:?}", n).contains("unterminated pass"));
 

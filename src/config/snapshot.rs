@@ -33,6 +33,9 @@ pub struct Snapshot {
     /// rc-file scopes, most specific first.
     pub rc: Vec<Rule>,
     pub netrc: Option<Netrc>,
+    /// YAML `netrc_default: true`: the `.netrc` `default` entry answers for hosts that
+    /// no `machine` entry names. Off by default: that entry names no host.
+    pub netrc_default: bool,
     pub upstream_proxy: Option<Arc<UpstreamProxy>>,
     /// Host names (exact) and suffixes (leading `.`) that bypass the upstream proxy.
     pub no_proxy: Vec<String>,
@@ -61,6 +64,7 @@ impl Default for Snapshot {
             sites: Vec::new(),
             rc: Vec::new(),
             netrc: None,
+            netrc_default: false,
             upstream_proxy: None,
             no_proxy: Vec::new(),
             max_hops: 10,
@@ -88,13 +92,24 @@ impl Snapshot {
     pub fn resolve(&self, target: &Target) -> Resolved<'_> {
         let site = self.sites.iter().find(|r| r.matcher.matches(target));
         let rc = self.rc.iter().find(|r| r.matcher.matches(target));
-        let netrc = self.netrc.as_ref().and_then(|n| n.lookup(&target.host));
+        let netrc = self
+            .netrc
+            .as_ref()
+            .and_then(|n| n.lookup(&target.host))
+            .filter(|e| self.netrc_gives_credential(e));
         Resolved {
             snapshot: self,
             site,
             rc,
             netrc,
         }
+    }
+
+    /// Whether the entry [`Netrc::lookup`] picked may be sent: only a complete entry
+    /// (a partial one is never completed from a later entry or `default`), and a
+    /// `default` entry only when `netrc_default` opts in.
+    fn netrc_gives_credential(&self, e: &NetrcEntry) -> bool {
+        e.is_complete() && (e.host.is_some() || self.netrc_default)
     }
 
     /// Sorts rules most specific first; equal rules keep their order (first wins).
@@ -190,19 +205,13 @@ impl<'a> Resolved<'a> {
         self.netrc_basic().filter(|_| upstream_tls)
     }
 
-    /// The `.netrc` entry as a Basic credential, whatever the scheme.
+    /// The `.netrc` entry as a Basic credential, whatever the scheme. Only a complete
+    /// entry (login and password) is one: [`Snapshot::resolve`] keeps no other.
     pub fn netrc_basic(&self) -> Option<BasicRef<'a>> {
-        static EMPTY: std::sync::OnceLock<Secret<String>> = std::sync::OnceLock::new();
         let e = self.netrc?;
-        if e.login.is_none() && e.password.is_none() {
-            return None;
-        }
         Some(BasicRef {
-            user: e.login.as_deref().unwrap_or(""),
-            password: e
-                .password
-                .as_ref()
-                .unwrap_or_else(|| EMPTY.get_or_init(|| Secret::new(String::new()))),
+            user: e.login.as_deref()?,
+            password: e.password.as_ref()?,
             origin: &e.origin,
             source: "netrc",
         })

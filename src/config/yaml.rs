@@ -102,6 +102,7 @@ const TOP_KEYS: &[&str] = &[
     "access",
     "rc_files",
     "netrc",
+    "netrc_default",
     "cookie_jar",
     "upstream_proxy",
     "no_proxy",
@@ -127,6 +128,9 @@ pub struct YamlConfig {
     pub access: Access,
     pub rc_files: RcFilesSetting,
     pub netrc: NetrcSetting,
+    /// `netrc_default: true`: the `.netrc` `default` entry answers for hosts no
+    /// `machine` entry names. Off by default: that entry names no host.
+    pub netrc_default: bool,
     /// `None`: automatic location.
     pub cookie_jar: Option<PathBuf>,
     pub upstream_proxy: Option<UpstreamProxy>,
@@ -149,6 +153,7 @@ impl YamlConfig {
             access: Access::default(),
             rc_files: RcFilesSetting::Auto,
             netrc: NetrcSetting::Auto,
+            netrc_default: false,
             cookie_jar: None,
             upstream_proxy: None,
             no_proxy: Vec::new(),
@@ -1860,6 +1865,11 @@ impl<'a> Cx<'a> {
                     };
                 }
             }
+            "netrc_default" => {
+                if let Some(on) = self.extract::<Option<bool>>(&at).flatten() {
+                    cfg.netrc_default = on;
+                }
+            }
             "cookie_jar" => {
                 if let Some(RawCookieJar(p)) = self.extract::<Option<RawCookieJar>>(&at).flatten() {
                     cfg.cookie_jar = self.path_option(p.map(NonEmpty), &at);
@@ -2875,6 +2885,17 @@ upstream_proxy: { url: \"http://proxy:3128\", username: u, password: S3CRET-VALU
         assert!(!w.iter().any(|m| m.contains("S3CRET")));
         assert_eq!(c.sites[0].basic.as_ref().unwrap().1.expose(), SECRET);
         assert_eq!(c.upstream_proxy.unwrap().port, 3128);
+    }
+
+    #[test]
+    fn netrc_default_is_off_unless_set_true() {
+        assert!(!parse("listen: [\"127.0.0.1:1\"]\n").unwrap().netrc_default);
+        assert!(parse("netrc_default: true\n").unwrap().netrc_default);
+        assert!(!parse("netrc_default: false\n").unwrap().netrc_default);
+        let es = errors("\nnetrc_default: S3CRET-VALUE\n");
+        assert_eq!(es.len(), 1, "{es:?}");
+        assert!(es[0].contains(":2:"), "{es:?}");
+        assert!(!es[0].contains("S3CRET"), "{es:?}");
     }
 
     #[test]

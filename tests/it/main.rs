@@ -6,4 +6,5 @@ mod clients;
 mod config;
 mod core;
 mod credentials;
+mod netrc_safety;
 mod process;
