@@ -112,6 +112,31 @@ const TOP_KEYS: &[&str] = &[
     "sites",
 ];
 
+/// Header names a site's `headers` may not set (compared ignoring case): hop-by-hop
+/// and message-framing headers, and those authproxy writes itself. Any `Proxy-*` name
+/// is refused too (see [`is_reserved_header`]).
+const RESERVED_HEADERS: &[&str] = &[
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "te",
+    "upgrade",
+    "trailer",
+    "keep-alive",
+];
+
+/// Whether a site's `headers` may not set `name`: one of [`RESERVED_HEADERS`], or any
+/// name starting with `proxy-`.
+fn is_reserved_header(name: &str) -> bool {
+    RESERVED_HEADERS
+        .iter()
+        .any(|r| r.eq_ignore_ascii_case(name))
+        || name
+            .get(..6)
+            .is_some_and(|p| p.eq_ignore_ascii_case("proxy-"))
+}
+
 /// Site keys of the design that later versions will implement.
 const SITE_NOT_YET: &[&str] = &["login", "handle", "query_token"];
 
@@ -2043,6 +2068,16 @@ impl<'a> Cx<'a> {
         });
         let mut seen: Vec<&str> = Vec::new();
         for (name, _) in &headers {
+            if is_reserved_header(name) {
+                let l = self.key_line(&site_path(i, &["headers", name]));
+                self.error(
+                    l,
+                    format!(
+                        "sites[{i}].headers: `{name}` cannot be set: hop-by-hop, \
+                         message-framing and proxy headers are authproxy's own"
+                    ),
+                );
+            }
             if seen.iter().any(|s| s.eq_ignore_ascii_case(name)) {
                 let l = self.key_line(&site_path(i, &["headers", name]));
                 self.error(l, format!("sites[{i}].headers: `{name}` is given twice"));
@@ -2885,6 +2920,38 @@ upstream_proxy: { url: \"http://proxy:3128\", username: u, password: S3CRET-VALU
         assert!(!w.iter().any(|m| m.contains("S3CRET")));
         assert_eq!(c.sites[0].basic.as_ref().unwrap().1.expose(), SECRET);
         assert_eq!(c.upstream_proxy.unwrap().port, 3128);
+    }
+
+    #[test]
+    fn reserved_header_names_are_refused_with_their_line() {
+        let names = [
+            "Host",
+            "content-length",
+            "Transfer-Encoding",
+            "CONNECTION",
+            "TE",
+            "Upgrade",
+            "Trailer",
+            "Keep-Alive",
+            "Proxy-Authorization",
+            "proxy-connection",
+            "Proxy-Anything",
+        ];
+        for name in names {
+            let text = format!(
+                "sites:\n  - match: a.example\n    headers:\n      X-Ok: fine\n      \
+                 {name}: S3CRET-VALUE\n"
+            );
+            let es = errors(&text);
+            assert_eq!(es.len(), 1, "{name}: {es:?}");
+            assert!(es[0].contains(":5: "), "{name}: {es:?}");
+            assert!(es[0].contains(&format!("`{name}` cannot be set")), "{es:?}");
+            assert!(!es[0].contains("S3CRET"), "{es:?}");
+        }
+        for name in ["X-Proxy-Id", "Proxy", "Hostname", "TEs", "Authorization"] {
+            let text = format!("sites:\n  - match: a.example\n    headers: {{ {name}: v }}\n");
+            assert!(parse(&text).is_ok(), "{name}");
+        }
     }
 
     #[test]
