@@ -192,7 +192,9 @@ pub fn load(env: &Environment) -> Result<Snapshot, LoadErrors> {
         }
         _ => {
             b.watch.extend(rcfile::candidate_paths(&env.rc));
-            rcfile::discover(&env.rc)
+            let found = rcfile::discover(&env.rc);
+            b.warnings.extend(found.warnings);
+            found.paths
         }
     };
     let mut rc_files = Vec::new();

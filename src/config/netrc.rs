@@ -34,13 +34,13 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fmt;
-use std::fs::File;
-use std::io::{self, Read};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::config::Origin;
 use crate::secret::Secret;
+use crate::small_file::{self, CONFIG_MAX_BYTES};
 
 /// One `machine` or `default` entry.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -103,17 +103,12 @@ impl Netrc {
     /// Reads and parses the file at `path`. On unix, a file that group or others may
     /// access (`mode & 0o077 != 0`) gets the warning
     /// `readable by other users; chmod 600 <path>`, but is still used.
+    ///
+    /// Only a regular file of at most [`CONFIG_MAX_BYTES`] is read: a FIFO, device or
+    /// directory is refused without blocking, and so is a longer file (see
+    /// [`crate::small_file`]). Errors do not repeat the path: the caller names it.
     pub fn parse_file(path: &Path) -> io::Result<Netrc> {
-        let mut file = File::open(path)?;
-        let meta = file.metadata()?;
-        if meta.is_dir() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("{} is a directory", path.display()),
-            ));
-        }
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes)?;
+        let (bytes, meta) = small_file::read(path, CONFIG_MAX_BYTES)?;
         #[allow(unused_mut)]
         let mut netrc = Self::parse_bytes(path, &bytes);
         #[cfg(unix)]
@@ -1061,7 +1056,7 @@ machine "C.Example" login c password ""
 
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("netrc");
-        let mut f = File::create(&path).unwrap();
+        let mut f = std::fs::File::create(&path).unwrap();
         f.write_all(b"machine a login l password p\nbogus\n")
             .unwrap();
         drop(f);

@@ -288,3 +288,134 @@ async fn no_proxy_star_bypasses_the_upstream_proxy_for_every_host() {
         proxy.stop().await;
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// 4. rc files in the working directory
+
+/// HOME and the working directory are different directories; `uid` is the daemon's.
+fn env_with_cwd(home: &Path, cwd: &Path, uid: u32) -> Environment {
+    let mut env = Environment::isolated(home, None);
+    env.rc.cwd = Some(cwd.to_path_buf());
+    env.rc.uid = Some(uid);
+    env
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rc_file_in_working_directory_of_another_user_is_not_read() {
+    use std::os::unix::fs::MetadataExt;
+    let origin = Origin::start().await;
+    let home = tempfile::tempdir().unwrap();
+    let cwd = tempfile::tempdir().unwrap();
+    let p = origin.addr.port();
+    let rc = write(
+        cwd.path(),
+        ".daprc",
+        &format!(
+            "[127.0.0.1:{p}]HTTP.CREDENTIALS.USERNAME=planted\n\
+             [127.0.0.1:{p}]HTTP.CREDENTIALS.PASSWORD=cwd-SECRET\n"
+        ),
+    );
+    let owner = std::fs::metadata(&rc).unwrap().uid();
+
+    // The daemon runs as someone else than the file's owner: the file is skipped, with
+    // a warning naming it, and the request goes out without the planted credential.
+    let snap = load(&env_with_cwd(
+        home.path(),
+        cwd.path(),
+        owner.wrapping_add(1),
+    ))
+    .unwrap();
+    assert!(
+        snap.warnings
+            .iter()
+            .any(|w| w.starts_with(&format!("{}: ", rc.display())) && w.contains("skipped")),
+        "{:?}",
+        snap.warnings
+    );
+    assert!(!snap.files.contains(&rc));
+    assert!(!format!("{:?}", snap.warnings).contains("SECRET"));
+    let proxy = Proxy::start(snap).await;
+    let (resp, _) = get(&proxy, &origin.url("/foreign")).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(authorization(&origin, "/foreign"), None);
+    proxy.stop().await;
+
+    // Run as its owner, the same file is read.
+    let snap = load(&env_with_cwd(home.path(), cwd.path(), owner)).unwrap();
+    assert!(snap.files.contains(&rc));
+    let proxy = Proxy::start(snap).await;
+    get(&proxy, &origin.url("/own")).await;
+    assert_eq!(
+        authorization(&origin, "/own").as_deref(),
+        Some(&*basic("planted", "cwd-SECRET"))
+    );
+    proxy.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// 5. FIFOs and oversized files
+
+/// `load` on another thread; panics if it does not return within 10 s.
+fn load_promptly(env: Environment) -> Result<Snapshot, String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(load(&env).map_err(|e| e.to_string()));
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(10))
+        .expect("the load returned within 10 s")
+}
+
+fn mkfifo(path: &Path) {
+    let status = std::process::Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[test]
+fn netrc_or_rc_file_that_is_a_fifo_fails_the_load_promptly() {
+    // .netrc as a FIFO.
+    let home = tempfile::tempdir().unwrap();
+    let netrc = home.path().join(".netrc");
+    mkfifo(&netrc);
+    let e = load_promptly(Environment::isolated(home.path(), None)).unwrap_err();
+    assert!(
+        e.contains(&netrc.display().to_string()) && e.contains("not a regular file"),
+        "{e}"
+    );
+
+    // An rc file as a FIFO (HOME's own, so it is not skipped as untrusted).
+    let home = tempfile::tempdir().unwrap();
+    let rc = home.path().join(".dodsrc");
+    mkfifo(&rc);
+    let e = load_promptly(Environment::isolated(home.path(), None)).unwrap_err();
+    assert!(
+        e.contains(&rc.display().to_string()) && e.contains("not a regular file"),
+        "{e}"
+    );
+}
+
+#[test]
+fn oversized_netrc_or_rc_file_fails_the_load_naming_it() {
+    let big = format!(
+        "machine a.example login a password big-SECRET\n{}",
+        "#\n".repeat(600 * 1024)
+    );
+    let home = tempfile::tempdir().unwrap();
+    let netrc = write_netrc(home.path(), ".netrc", &big);
+    let e = load_promptly(Environment::isolated(home.path(), None)).unwrap_err();
+    assert!(
+        e.contains(&netrc.display().to_string()) && e.contains("larger than 1 MiB"),
+        "{e}"
+    );
+    assert!(!e.contains("SECRET"));
+
+    let home = tempfile::tempdir().unwrap();
+    let rc = write(home.path(), ".daprc", &"# comment\n".repeat(120 * 1024));
+    let e = load_promptly(Environment::isolated(home.path(), None)).unwrap_err();
+    assert!(
+        e.contains(&rc.display().to_string()) && e.contains("larger than 1 MiB"),
+        "{e}"
+    );
+}
