@@ -21,7 +21,7 @@ use crate::config::rcfile::{self, RcEnv, RcRule};
 use crate::config::yaml::{
     self, NetrcSetting, ProxyChoice as YamlProxy, RcFilesSetting, SecretEnv, Site, YamlConfig,
 };
-use crate::config::{Origin, Snapshot};
+use crate::config::{Origin, Snapshot, Sourced};
 use crate::rule::{
     BasicCredential, CaSet, Identity, Matcher, ProxyChoice, Rule, UpstreamProxy, Value,
 };
@@ -223,7 +223,15 @@ pub fn load(env: &Environment) -> Result<Snapshot, LoadErrors> {
     let (rc_rules, rc_warnings, rc_errors) = rcfile::resolve(&rc_files);
     b.warnings.extend(rc_warnings.iter().map(|w| w.to_string()));
     b.errors.extend(rc_errors.iter().map(|e| e.to_string()));
-    let mut netrc_from_rc = None;
+    // Only an unscoped HTTP.NETRC chooses the global .netrc. A scoped one applies to its
+    // scope alone (a rule that merely inherits the unscoped one holds the same origin).
+    let netrc_from_rc = rc_rules
+        .iter()
+        .find(|r| r.scope == rcfile::RcScope::Any)
+        .and_then(|r| r.settings.netrc.clone());
+    let mut scoped_netrcs: HashMap<PathBuf, Arc<Netrc>> = HashMap::new();
+    // `netrc: false` turns every .netrc off, scoped ones included.
+    let netrc_off = matches!(yaml.as_ref().map(|y| &y.netrc), Some(NetrcSetting::Off));
     for rr in &rc_rules {
         for u in &rr.settings.unsupported {
             let line = format!("{}: {} is accepted but not acted on", u.origin, u.value);
@@ -240,13 +248,36 @@ pub fn load(env: &Environment) -> Result<Snapshot, LoadErrors> {
                 snap.unsupported.push(line);
             }
         }
-        if let Some(n) = &rr.settings.netrc {
-            netrc_from_rc.get_or_insert_with(|| n.value.clone());
-        }
-        if let Some(rule) = b.rc_rule(rr) {
+        let scoped_netrc = rr.settings.netrc.as_ref().filter(|n| {
+            !netrc_off
+                && rr.scope != rcfile::RcScope::Any
+                && netrc_from_rc.as_ref().map(|u| &u.origin) != Some(&n.origin)
+        });
+        let rule = b.rc_rule(rr).or_else(|| {
+            // A scope that sets nothing else still needs a rule to carry its .netrc.
+            scoped_netrc.map(|n| {
+                let mut rule = Rule::new(
+                    rr.scope.to_string(),
+                    n.origin.clone(),
+                    Matcher::Rc(rr.scope.clone()),
+                );
+                rule.tls.verify_host = rr.settings.ssl_verifyhost.as_ref().map(|v| v.value);
+                rule
+            })
+        });
+        if let Some(mut rule) = rule {
+            if let Some(n) = scoped_netrc {
+                rule.netrc = Some(
+                    scoped_netrcs
+                        .entry(n.value.clone())
+                        .or_insert_with(|| b.scoped_netrc(n, snap.netrc_default))
+                        .clone(),
+                );
+            }
             snap.rc.push(rule);
         }
     }
+    let netrc_from_rc = netrc_from_rc.map(|n| n.value);
 
     // .netrc
     let netrc_path = match yaml.as_ref().map(|y| &y.netrc) {
@@ -333,6 +364,41 @@ impl Builder {
                 None
             }
         }
+    }
+
+    /// Loads the `.netrc` a scoped rc `HTTP.NETRC` names (watched for reload like the
+    /// others). It replaces the global one for its scope even when it is missing (a
+    /// warning; no credentials for that scope) or unreadable (an error).
+    fn scoped_netrc(&mut self, setting: &Sourced<PathBuf>, netrc_default: bool) -> Arc<Netrc> {
+        let path = &setting.value;
+        self.watch.push(path.clone());
+        match Netrc::parse_file(path) {
+            Ok(n) => {
+                self.files.push(path.clone());
+                self.warnings
+                    .extend(n.warnings.iter().map(|w| w.to_string()));
+                if !netrc_default {
+                    self.warnings.extend(default_entry_warnings(&n));
+                }
+                return Arc::new(n);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.warnings.push(format!(
+                    "{}: HTTP.NETRC names {}, which does not exist; \
+                     no .netrc credentials for this scope",
+                    setting.origin,
+                    path.display()
+                ));
+            }
+            Err(e) => {
+                self.errors.push(format!(
+                    "{}: cannot read .netrc: {e} (named by HTTP.NETRC at {})",
+                    path.display(),
+                    setting.origin
+                ));
+            }
+        }
+        Arc::new(Netrc::parse_bytes(path, b""))
     }
 
     fn site_rule(&mut self, index: usize, site: &Site) -> Option<Rule> {
@@ -760,6 +826,70 @@ mod tests {
             .warnings
             .iter()
             .any(|w| w.contains("`netrc_default: true`")));
+    }
+
+    /// A scoped `HTTP.NETRC` answers for its scope only (even when its file is
+    /// missing); the global `.netrc` comes from an unscoped one, else `~/.netrc`.
+    #[test]
+    fn scoped_http_netrc_applies_to_its_scope_only() {
+        let home = tempfile::tempdir().unwrap();
+        let h = home.path();
+        let scoped = h.join("scoped.netrc");
+        let missing = h.join("missing.netrc");
+        std::fs::write(
+            &scoped,
+            "machine scoped.example login scoped password s\n\
+             machine other.example login leaked password l\n",
+        )
+        .unwrap();
+        std::fs::write(
+            h.join(".netrc"),
+            "machine other.example login global password g\n\
+             machine scoped.example login global password g\n\
+             machine missing.example login global password g\n",
+        )
+        .unwrap();
+        std::fs::write(
+            h.join(".daprc"),
+            format!(
+                "[scoped.example]HTTP.NETRC={}\n[missing.example]HTTP.NETRC={}\n",
+                scoped.display(),
+                missing.display()
+            ),
+        )
+        .unwrap();
+        let snap = load(&Environment::isolated(h, None)).unwrap();
+        let user = |host: &str| basic_user(&snap, &format!("https://{host}/"));
+        assert_eq!(user("scoped.example").as_deref(), Some("scoped"));
+        assert_eq!(user("other.example").as_deref(), Some("global"));
+        assert_eq!(user("missing.example"), None);
+        assert!(snap.files.contains(&scoped), "{:?}", snap.files);
+        assert!(snap.watch.contains(&scoped) && snap.watch.contains(&missing));
+        assert_eq!(snap.netrc.as_ref().unwrap().path, h.join(".netrc"));
+        assert!(
+            snap.warnings.iter().any(|w| w.starts_with(&format!(
+                "{}:2: HTTP.NETRC names",
+                h.join(".daprc").display()
+            ))),
+            "{:?}",
+            snap.warnings
+        );
+
+        // Unscoped, the same line chooses the global file, which scoped rules inherit.
+        std::fs::write(
+            h.join(".daprc"),
+            format!(
+                "HTTP.NETRC={}\n[other.example]HTTP.SSL.VERIFYPEER=0\n",
+                scoped.display()
+            ),
+        )
+        .unwrap();
+        let snap = load(&Environment::isolated(h, None)).unwrap();
+        assert_eq!(snap.netrc.as_ref().unwrap().path, scoped);
+        assert!(snap.rc.iter().all(|r| r.netrc.is_none()));
+        let user = |host: &str| basic_user(&snap, &format!("https://{host}/"));
+        assert_eq!(user("other.example").as_deref(), Some("leaked"));
+        assert_eq!(user("scoped.example").as_deref(), Some("scoped"));
     }
 
     #[test]

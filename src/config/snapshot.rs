@@ -32,6 +32,8 @@ pub struct Snapshot {
     pub sites: Vec<Rule>,
     /// rc-file scopes, most specific first.
     pub rc: Vec<Rule>,
+    /// The global `.netrc`: YAML `netrc`, else an unscoped rc `HTTP.NETRC`, else
+    /// `$NETRC`, else `~/.netrc`. A scoped `HTTP.NETRC` lives in its rc rule instead.
     pub netrc: Option<Netrc>,
     /// YAML `netrc_default: true`: the `.netrc` `default` entry answers for hosts that
     /// no `machine` entry names. Off by default: that entry names no host.
@@ -92,9 +94,9 @@ impl Snapshot {
     pub fn resolve(&self, target: &Target) -> Resolved<'_> {
         let site = self.sites.iter().find(|r| r.matcher.matches(target));
         let rc = self.rc.iter().find(|r| r.matcher.matches(target));
-        let netrc = self
-            .netrc
-            .as_ref()
+        // A scoped rc `HTTP.NETRC` answers for its scope alone; elsewhere the global one.
+        let netrc_file = rc.and_then(|r| r.netrc.as_deref()).or(self.netrc.as_ref());
+        let netrc = netrc_file
             .and_then(|n| n.lookup(&target.host))
             .filter(|e| self.netrc_gives_credential(e));
         Resolved {

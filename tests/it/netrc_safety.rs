@@ -219,6 +219,50 @@ async fn partial_netrc_entry_gives_nothing_and_is_not_completed() {
 }
 
 // ---------------------------------------------------------------------------------------
+// 3. A scoped `HTTP.NETRC`
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scoped_http_netrc_reaches_only_its_scope() {
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    let (tls, config) = tls_setup(h, "").await;
+    let t = tls.port();
+    // The scoped file also has an entry for 127.0.0.1, outside its scope.
+    let scoped = write_netrc(
+        h,
+        "scoped.netrc",
+        "machine localhost login scoped password scoped-SECRET\n\
+         machine 127.0.0.1 login scoped password scoped-SECRET\n",
+    );
+    write_netrc(
+        h,
+        ".netrc",
+        "machine 127.0.0.1 login global password global-SECRET\n",
+    );
+    write(
+        h,
+        ".daprc",
+        &format!("[localhost:{t}]HTTP.NETRC={}\n", scoped.display()),
+    );
+    let snap = snapshot(h, Some(&config));
+    assert!(snap.files.contains(&scoped) && snap.watch.contains(&scoped));
+    let proxy = Proxy::start(snap).await;
+
+    get(&proxy, &format!("http://localhost:{t}/in-scope")).await;
+    assert_eq!(
+        tls_authorization(&tls, "/in-scope").as_deref(),
+        Some(&*basic("scoped", "scoped-SECRET"))
+    );
+    let (resp, body) = get(&proxy, &format!("http://127.0.0.1:{t}/out-of-scope")).await;
+    assert_eq!((resp.status().as_u16(), body.as_str()), (200, "ok"));
+    assert_eq!(
+        tls_authorization(&tls, "/out-of-scope").as_deref(),
+        Some(&*basic("global", "global-SECRET"))
+    );
+    proxy.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------
 // 7. Presigned URLs with percent-encoded parameter names
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
