@@ -185,6 +185,7 @@ pub fn load(env: &Environment) -> Result<Snapshot, LoadErrors> {
     }
 
     // rc files
+    let mut owner_checked = Vec::new();
     let rc_paths = match yaml.as_ref().map(|y| &y.rc_files) {
         Some(RcFilesSetting::List(list)) => {
             b.watch.extend(list.iter().cloned());
@@ -194,12 +195,18 @@ pub fn load(env: &Environment) -> Result<Snapshot, LoadErrors> {
             b.watch.extend(rcfile::candidate_paths(&env.rc));
             let found = rcfile::discover(&env.rc);
             b.warnings.extend(found.warnings);
+            owner_checked = found.owner_checked;
             found.paths
         }
     };
     let mut rc_files = Vec::new();
     for path in &rc_paths {
-        match rcfile::parse_file(path) {
+        let parsed = if owner_checked.contains(path) {
+            rcfile::parse_owned_file(path, env.rc.uid)
+        } else {
+            rcfile::parse_file(path)
+        };
+        match parsed {
             Ok(f) => {
                 b.files.push(path.clone());
                 rc_files.push(f);

@@ -147,6 +147,9 @@ pub struct Discovered {
     pub paths: Vec<PathBuf>,
     /// One warning per skipped file, naming its path (never its contents).
     pub warnings: Vec<String>,
+    /// The working-directory files among `paths`: read them with [`parse_owned_file`],
+    /// so that the owner check is made again on the file actually opened.
+    pub owner_checked: Vec<PathBuf>,
 }
 
 /// The rc files that exist (anything but a directory), highest precedence first (a
@@ -184,6 +187,7 @@ pub fn discover(env: &RcEnv) -> Discovered {
                 ));
                 continue;
             }
+            found.owner_checked.push(path.clone());
         }
         found.paths.push(path);
     }
@@ -192,11 +196,14 @@ pub fn discover(env: &RcEnv) -> Discovered {
 
 /// Why a working-directory rc file may not be trusted, if it may not.
 fn untrusted(path: &Path, uid: Option<u32>) -> Option<String> {
+    match std::fs::metadata(path) {
+        Ok(meta) => untrusted_meta(&meta, path, uid),
+        Err(e) => Some(format!("cannot check its owner ({e})")),
+    }
+}
+
+fn untrusted_meta(meta: &std::fs::Metadata, path: &Path, uid: Option<u32>) -> Option<String> {
     use std::os::unix::fs::MetadataExt;
-    let meta = match std::fs::metadata(path) {
-        Ok(m) => m,
-        Err(e) => return Some(format!("cannot check its owner ({e})")),
-    };
     match uid {
         None => return Some("the daemon's uid is unknown".to_owned()),
         Some(uid) if meta.uid() != uid => {
@@ -795,9 +802,27 @@ fn parse_line(text: &str, origin: Origin, file: &mut RcFile) {
 /// over [`CONFIG_MAX_BYTES`], is refused without blocking (see [`crate::small_file`]).
 /// A file that group or others may write gets a warning (line 0), but is still used.
 pub fn parse_file(path: &Path) -> std::io::Result<RcFile> {
-    use std::os::unix::fs::MetadataExt;
     let (bytes, meta) = small_file::read(path, CONFIG_MAX_BYTES)?;
-    let mut file = parse_bytes(path, &bytes);
+    Ok(parse_read(path, &bytes, &meta))
+}
+
+/// [`parse_file`] for a file [`discover`] found in the working directory: the file
+/// opened must still be owned by `uid` and not writable by others (it may have been
+/// replaced since), else the read fails with `PermissionDenied` saying why.
+pub fn parse_owned_file(path: &Path, uid: Option<u32>) -> std::io::Result<RcFile> {
+    let (bytes, meta) = small_file::read(path, CONFIG_MAX_BYTES)?;
+    if let Some(why) = untrusted_meta(&meta, path, uid) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!("not read: {why}"),
+        ));
+    }
+    Ok(parse_read(path, &bytes, &meta))
+}
+
+fn parse_read(path: &Path, bytes: &[u8], meta: &std::fs::Metadata) -> RcFile {
+    use std::os::unix::fs::MetadataExt;
+    let mut file = parse_bytes(path, bytes);
     if meta.mode() & 0o022 != 0 {
         file.warnings.insert(
             0,
@@ -810,7 +835,7 @@ pub fn parse_file(path: &Path) -> std::io::Result<RcFile> {
             },
         );
     }
-    Ok(file)
+    file
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1994,7 +2019,13 @@ mod tests {
 
         let d = discover(&env(Some(owner)));
         assert_eq!(d.paths, [cwd_rc.clone(), home_rc.clone()]);
+        assert_eq!(d.owner_checked, vec![cwd_rc.clone()]);
         assert!(d.warnings.is_empty(), "{:?}", d.warnings);
+        // Read for another uid (the file was swapped after discovery): refused.
+        assert!(parse_owned_file(&cwd_rc, Some(owner)).is_ok());
+        let e = parse_owned_file(&cwd_rc, Some(other)).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::PermissionDenied);
+        assert!(e.to_string().contains("owned by uid"), "{e}");
 
         for uid in [Some(other), None] {
             let d = discover(&env(uid));
