@@ -66,7 +66,6 @@ error.
 
 use std::collections::HashMap;
 use std::fmt;
-use std::io::Read;
 use std::marker::PhantomData;
 use std::net::{Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -2307,18 +2306,25 @@ fn option_name(path: &[Seg<'_>]) -> String {
     s
 }
 
-fn read_small_text(path: &Path) -> std::io::Result<String> {
-    let f = std::fs::File::open(path)?;
-    let mut buf = Vec::new();
-    f.take(MAX_SECRET_FILE + 1).read_to_end(&mut buf)?;
-    if buf.len() as u64 > MAX_SECRET_FILE {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            "file too large",
-        ));
-    }
+/// Reads a regular file of at most `max` bytes as UTF-8 (a FIFO or device is refused
+/// without blocking: see [`crate::small_file`]).
+fn read_capped_text(path: &Path, max: u64) -> std::io::Result<String> {
+    let buf = match crate::small_file::read(path, max) {
+        Ok((buf, _)) => buf,
+        Err(e) if e.kind() == std::io::ErrorKind::FileTooLarge => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "file too large",
+            ))
+        }
+        Err(e) => return Err(e),
+    };
     String::from_utf8(buf)
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "not valid UTF-8"))
+}
+
+fn read_small_text(path: &Path) -> std::io::Result<String> {
+    read_capped_text(path, MAX_SECRET_FILE)
 }
 
 /// Parses and validates `text` as the configuration file `path` (used for messages and
@@ -2329,18 +2335,7 @@ pub fn parse_str(path: &Path, text: &str, env: &SecretEnv) -> Result<YamlConfig,
 
 /// Reads `path` and parses it with [`parse_str`].
 pub fn parse_file(path: &Path, env: &SecretEnv) -> Result<YamlConfig, Vec<YamlError>> {
-    let text = std::fs::File::open(path).and_then(|f| {
-        let mut buf = Vec::new();
-        f.take(MAX_CONFIG_FILE + 1).read_to_end(&mut buf)?;
-        if buf.len() as u64 > MAX_CONFIG_FILE {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                "file too large",
-            ));
-        }
-        String::from_utf8(buf)
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "not valid UTF-8"))
-    });
+    let text = read_capped_text(path, MAX_CONFIG_FILE);
     match text {
         Ok(text) => parse_str(path, &text, env),
         Err(e) => Err(vec![YamlError {
@@ -3024,6 +3019,31 @@ upstream_proxy: { url: \"http://proxy:3128\", username: u, password: S3CRET-VALU
             message: "bad".into(),
         };
         assert_eq!(e.to_string(), "/x/c.yaml: bad");
+    }
+
+    #[test]
+    fn config_or_secret_file_that_is_a_fifo_is_refused_promptly() {
+        let d = dir_with(&[(
+            "c.yaml",
+            "sites:\n  - match: a.example\n    bearer: { token_file: tok }\n",
+        )]);
+        let fifo = |name: &str| {
+            let p = d.path().join(name);
+            rustix::fs::mkfifoat(rustix::fs::CWD, &p, rustix::fs::Mode::from_raw_mode(0o600))
+                .unwrap();
+            p
+        };
+        let start = std::time::Instant::now();
+        let tok = fifo("tok");
+        let es = parse_file(&d.path().join("c.yaml"), &no_env()).unwrap_err();
+        assert_eq!(es.len(), 1, "{es:?}");
+        assert!(
+            es[0].to_string().contains(&tok.display().to_string()),
+            "{es:?}"
+        );
+        let es = parse_file(&fifo("fifo.yaml"), &no_env()).unwrap_err();
+        assert!(es[0].to_string().contains("not a regular file"), "{es:?}");
+        assert!(start.elapsed() < std::time::Duration::from_secs(5));
     }
 
     #[test]
