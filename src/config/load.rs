@@ -326,6 +326,9 @@ pub fn load(env: &Environment) -> Result<Snapshot, LoadErrors> {
     b.watch.dedup();
     snap.files = b.files;
     snap.watch = b.watch;
+    // A file read twice (a scoped HTTP.NETRC naming the global .netrc) warns once.
+    let mut seen = std::collections::HashSet::new();
+    b.warnings.retain(|w| seen.insert(w.clone()));
     snap.warnings = b.warnings;
     snap.unusable = b.unusable;
     Ok(snap)
@@ -897,6 +900,24 @@ mod tests {
         let user = |host: &str| basic_user(&snap, &format!("https://{host}/"));
         assert_eq!(user("other.example").as_deref(), Some("leaked"));
         assert_eq!(user("scoped.example").as_deref(), Some("scoped"));
+
+        // Scoped and global naming the same file: its warnings are shown once.
+        std::fs::write(&scoped, "machine scoped.example login lonely\n").unwrap();
+        std::fs::write(
+            h.join(".daprc"),
+            format!(
+                "HTTP.NETRC={0}\n[scoped.example]HTTP.NETRC={0}\n",
+                scoped.display()
+            ),
+        )
+        .unwrap();
+        let snap = load(&Environment::isolated(h, None)).unwrap();
+        let partial: Vec<_> = snap
+            .warnings
+            .iter()
+            .filter(|w| w.contains("no `password`"))
+            .collect();
+        assert_eq!(partial.len(), 1, "{:?}", snap.warnings);
     }
 
     #[test]
