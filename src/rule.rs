@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use pingora::utils::tls::{CertKey, WrappedX509};
 
+use crate::config::netrc::Netrc;
 use crate::config::rcfile::RcScope;
 use crate::config::yaml::SiteMatch;
 use crate::config::Origin;
@@ -201,6 +202,9 @@ pub struct Rule {
     pub proxy: ProxyChoice,
     pub connect_timeout: Option<Duration>,
     pub read_timeout: Option<Duration>,
+    /// The `.netrc` a scoped rc `HTTP.NETRC` names: it answers for this rule's requests
+    /// instead of the global one, and for no others.
+    pub netrc: Option<Arc<Netrc>>,
 }
 
 impl Rule {
@@ -217,6 +221,7 @@ impl Rule {
             proxy: ProxyChoice::Inherit,
             connect_timeout: None,
             read_timeout: None,
+            netrc: None,
         }
     }
 }

@@ -36,7 +36,7 @@ command that converts it.
 use std::collections::HashSet;
 use std::fmt;
 use std::fs;
-use std::io::{self, Read};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -412,20 +412,13 @@ fn read_file(path: &Path) -> Result<Vec<u8>, TlsFileError> {
         path: path.to_path_buf(),
         source,
     };
-    let file = fs::File::open(path).map_err(unreadable)?;
-    if file.metadata().map_err(unreadable)?.is_dir() {
-        return Err(unreadable(io::Error::from(io::ErrorKind::IsADirectory)));
-    }
-    let mut data = Vec::new();
-    file.take(MAX_FILE_BYTES + 1)
-        .read_to_end(&mut data)
-        .map_err(unreadable)?;
-    if data.len() as u64 > MAX_FILE_BYTES {
-        return Err(TlsFileError::TooLarge {
+    match crate::small_file::read(path, MAX_FILE_BYTES) {
+        Ok((data, _)) => Ok(data),
+        Err(e) if e.kind() == io::ErrorKind::FileTooLarge => Err(TlsFileError::TooLarge {
             path: path.to_path_buf(),
-        });
+        }),
+        Err(e) => Err(unreadable(e)),
     }
-    Ok(data)
 }
 
 // ---------------------------------------------------------------------------------

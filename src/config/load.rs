@@ -23,7 +23,7 @@ use crate::config::yaml::{
     self, NetrcSetting, ProxyChoice as YamlProxy, RcFilesSetting, SecretEnv, Site,
     UnscopedCredentials, YamlConfig,
 };
-use crate::config::{Origin, Snapshot};
+use crate::config::{Origin, Snapshot, Sourced};
 use crate::rule::{
     BasicCredential, CaSet, Identity, Matcher, ProxyChoice, Rule, UpstreamProxy, Value,
 };
@@ -136,12 +136,14 @@ pub fn load(env: &Environment) -> Result<Snapshot, LoadErrors> {
     if let Some(y) = &yaml {
         snap.listen = y.listen.clone();
         snap.max_hops = y.max_hops;
+        snap.netrc_default = y.netrc_default;
         snap.log_level = y.log.level.map(|l| format!("{l:?}").to_ascii_lowercase());
         snap.log_json = y.log.format.map(|f| f == yaml::LogFormat::Json);
         snap.no_proxy = y
             .no_proxy
             .iter()
-            .map(|p| p.trim_start_matches('*').to_owned())
+            .map(String::as_str)
+            .map(no_proxy_entry)
             .collect();
         if let Some(c) = y.timeouts.connect {
             snap.timeouts.connect = c;
@@ -189,6 +191,7 @@ pub fn load(env: &Environment) -> Result<Snapshot, LoadErrors> {
     }
 
     // rc files
+    let mut owner_checked = Vec::new();
     let rc_paths = match yaml.as_ref().map(|y| &y.rc_files) {
         Some(RcFilesSetting::List(list)) => {
             b.watch.extend(list.iter().cloned());
@@ -196,12 +199,20 @@ pub fn load(env: &Environment) -> Result<Snapshot, LoadErrors> {
         }
         _ => {
             b.watch.extend(rcfile::candidate_paths(&env.rc));
-            rcfile::discover(&env.rc)
+            let found = rcfile::discover(&env.rc);
+            b.warnings.extend(found.warnings);
+            owner_checked = found.owner_checked;
+            found.paths
         }
     };
     let mut rc_files = Vec::new();
     for path in &rc_paths {
-        match rcfile::parse_file(path) {
+        let parsed = if owner_checked.contains(path) {
+            rcfile::parse_owned_file(path, env.rc.uid)
+        } else {
+            rcfile::parse_file(path)
+        };
+        match parsed {
             Ok(f) => {
                 b.files.push(path.clone());
                 rc_files.push(f);
@@ -228,7 +239,15 @@ pub fn load(env: &Environment) -> Result<Snapshot, LoadErrors> {
     let (rc_rules, rc_warnings, rc_errors) = rcfile::resolve(&rc_files);
     b.warnings.extend(rc_warnings.iter().map(|w| w.to_string()));
     b.errors.extend(rc_errors.iter().map(|e| e.to_string()));
-    let mut netrc_from_rc = None;
+    // Only an unscoped HTTP.NETRC chooses the global .netrc. A scoped one applies to its
+    // scope alone (a rule that merely inherits the unscoped one holds the same origin).
+    let netrc_from_rc = rc_rules
+        .iter()
+        .find(|r| r.scope == rcfile::RcScope::Any)
+        .and_then(|r| r.settings.netrc.clone());
+    let mut scoped_netrcs: HashMap<PathBuf, Arc<Netrc>> = HashMap::new();
+    // `netrc: false` turns every .netrc off, scoped ones included.
+    let netrc_off = matches!(yaml.as_ref().map(|y| &y.netrc), Some(NetrcSetting::Off));
     for rr in &rc_rules {
         for u in &rr.settings.unsupported {
             let line = format!("{}: {} is accepted but not acted on", u.origin, u.value);
@@ -245,13 +264,36 @@ pub fn load(env: &Environment) -> Result<Snapshot, LoadErrors> {
                 snap.unsupported.push(line);
             }
         }
-        if let Some(n) = &rr.settings.netrc {
-            netrc_from_rc.get_or_insert_with(|| n.value.clone());
-        }
-        if let Some(rule) = b.rc_rule(rr) {
+        let scoped_netrc = rr.settings.netrc.as_ref().filter(|n| {
+            !netrc_off
+                && rr.scope != rcfile::RcScope::Any
+                && netrc_from_rc.as_ref().map(|u| &u.origin) != Some(&n.origin)
+        });
+        let rule = b.rc_rule(rr).or_else(|| {
+            // A scope that sets nothing else still needs a rule to carry its .netrc.
+            scoped_netrc.map(|n| {
+                let mut rule = Rule::new(
+                    rr.scope.to_string(),
+                    n.origin.clone(),
+                    Matcher::Rc(rr.scope.clone()),
+                );
+                rule.tls.verify_host = rr.settings.ssl_verifyhost.as_ref().map(|v| v.value);
+                rule
+            })
+        });
+        if let Some(mut rule) = rule {
+            if let Some(n) = scoped_netrc {
+                rule.netrc = Some(
+                    scoped_netrcs
+                        .entry(n.value.clone())
+                        .or_insert_with(|| b.scoped_netrc(n, snap.netrc_default))
+                        .clone(),
+                );
+            }
             snap.rc.push(rule);
         }
     }
+    let netrc_from_rc = netrc_from_rc.map(|n| n.value);
 
     // .netrc
     let netrc_path = match yaml.as_ref().map(|y| &y.netrc) {
@@ -269,6 +311,9 @@ pub fn load(env: &Environment) -> Result<Snapshot, LoadErrors> {
             Ok(n) => {
                 b.files.push(path.clone());
                 b.warnings.extend(n.warnings.iter().map(|w| w.to_string()));
+                if !snap.netrc_default {
+                    b.warnings.extend(default_entry_warnings(&n));
+                }
                 snap.netrc = Some(n);
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -290,6 +335,9 @@ pub fn load(env: &Environment) -> Result<Snapshot, LoadErrors> {
     b.watch.dedup();
     snap.files = b.files;
     snap.watch = b.watch;
+    // A file read twice (a scoped HTTP.NETRC naming the global .netrc) warns once.
+    let mut seen = std::collections::HashSet::new();
+    b.warnings.retain(|w| seen.insert(w.clone()));
     snap.warnings = b.warnings;
     snap.unusable = b.unusable;
     snap.unscoped_credentials_ignored = b.unscoped_ignored;
@@ -340,6 +388,41 @@ impl Builder {
                 None
             }
         }
+    }
+
+    /// Loads the `.netrc` a scoped rc `HTTP.NETRC` names (watched for reload like the
+    /// others). It replaces the global one for its scope even when it is missing (a
+    /// warning; no credentials for that scope) or unreadable (an error).
+    fn scoped_netrc(&mut self, setting: &Sourced<PathBuf>, netrc_default: bool) -> Arc<Netrc> {
+        let path = &setting.value;
+        self.watch.push(path.clone());
+        match Netrc::parse_file(path) {
+            Ok(n) => {
+                self.files.push(path.clone());
+                self.warnings
+                    .extend(n.warnings.iter().map(|w| w.to_string()));
+                if !netrc_default {
+                    self.warnings.extend(default_entry_warnings(&n));
+                }
+                return Arc::new(n);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.warnings.push(format!(
+                    "{}: HTTP.NETRC names {}, which does not exist; \
+                     no .netrc credentials for this scope",
+                    setting.origin,
+                    path.display()
+                ));
+            }
+            Err(e) => {
+                self.errors.push(format!(
+                    "{}: cannot read .netrc: {e} (named by HTTP.NETRC at {})",
+                    path.display(),
+                    setting.origin
+                ));
+            }
+        }
+        Arc::new(Netrc::parse_bytes(path, b""))
     }
 
     fn site_rule(&mut self, index: usize, site: &Site) -> Option<Rule> {
@@ -646,6 +729,31 @@ impl Builder {
     }
 }
 
+/// A YAML `no_proxy` entry as [`Snapshot`] matches it: `*` stays `*` (every host),
+/// `*.example.org` becomes the suffix `.example.org`, anything else is kept.
+fn no_proxy_entry(p: &str) -> String {
+    match p.strip_prefix("*.") {
+        Some(domain) => format!(".{domain}"),
+        None => p.to_owned(),
+    }
+}
+
+/// The `.netrc` `default` entries that carry credentials, which are not sent unless
+/// `netrc_default: true` opts in: each gets a warning with its file:line.
+fn default_entry_warnings(n: &Netrc) -> impl Iterator<Item = String> + '_ {
+    n.entries
+        .iter()
+        .filter(|e| e.host.is_none() && e.has_credentials())
+        .map(|e| {
+            format!(
+                "{}: the `default` entry is not sent to any host (it names none); \
+                 name each host with a `machine` entry, or set `netrc_default: true` \
+                 in the YAML config to send it to every https host no entry names",
+                e.origin
+            )
+        })
+}
+
 fn param(v: &yaml::ParamValue) -> Value {
     match v {
         yaml::ParamValue::Plain(s) => Value::Plain(s.clone()),
@@ -711,6 +819,166 @@ pub fn proxy_from_url(value: &str, origin: &Origin) -> Result<UpstreamProxy, Str
 mod tests {
     use super::*;
     use crate::target::Target;
+
+    fn basic_user(snap: &Snapshot, url: &str) -> Option<String> {
+        let t = Target::from_absolute(url.as_bytes()).unwrap();
+        snap.resolve(&t).basic(true).map(|b| b.user.to_owned())
+    }
+
+    /// The `.netrc` `default` entry answers only with `netrc_default: true`; a partial
+    /// `machine` entry answers nothing, and the lookup does not go on past it.
+    #[test]
+    fn netrc_default_and_partial_entries() {
+        let home = tempfile::tempdir().unwrap();
+        let h = home.path();
+        std::fs::write(
+            h.join(".netrc"),
+            "machine lonely.example login lonely\n\
+             machine lonely.example login later password later-SECRET\n\
+             machine pw-only.example password alone-SECRET\n\
+             machine full.example login fu password fp-SECRET\n\
+             default login anon password guest-SECRET\n",
+        )
+        .unwrap();
+        let snap = load(&Environment::isolated(h, None)).unwrap();
+        assert!(!snap.netrc_default);
+        assert_eq!(
+            basic_user(&snap, "https://full.example/").as_deref(),
+            Some("fu")
+        );
+        for host in ["lonely.example", "pw-only.example", "nobody.example"] {
+            let url = format!("https://{host}/");
+            assert_eq!(basic_user(&snap, &url), None, "{host}");
+            let t = Target::from_absolute(url.as_bytes()).unwrap();
+            assert!(snap.resolve(&t).netrc_basic().is_none(), "{host}");
+        }
+        let netrc = h.join(".netrc");
+        let at = |line: usize| format!("{}:{line}: ", netrc.display());
+        let has = |line: usize, text: &str| {
+            snap.warnings
+                .iter()
+                .any(|w| w.starts_with(&at(line)) && w.contains(text))
+        };
+        assert!(
+            has(1, "has a `login` but no `password`"),
+            "{:?}",
+            snap.warnings
+        );
+        assert!(
+            has(3, "has a `password` but no `login`"),
+            "{:?}",
+            snap.warnings
+        );
+        assert!(has(5, "`netrc_default: true`"), "{:?}", snap.warnings);
+        assert!(!format!("{:?}", snap.warnings).contains("SECRET"));
+
+        // Opted in: the default answers for unnamed hosts, but still not in place of a
+        // partial entry.
+        let config = h.join("config.yaml");
+        std::fs::write(&config, "netrc_default: true\n").unwrap();
+        let snap = load(&Environment::isolated(h, Some(&config))).unwrap();
+        assert!(snap.netrc_default);
+        assert_eq!(
+            basic_user(&snap, "https://nobody.example/").as_deref(),
+            Some("anon")
+        );
+        assert_eq!(basic_user(&snap, "https://lonely.example/"), None);
+        assert_eq!(basic_user(&snap, "https://pw-only.example/"), None);
+        assert!(!snap
+            .warnings
+            .iter()
+            .any(|w| w.contains("`netrc_default: true`")));
+    }
+
+    /// A scoped `HTTP.NETRC` answers for its scope only (even when its file is
+    /// missing); the global `.netrc` comes from an unscoped one, else `~/.netrc`.
+    #[test]
+    fn scoped_http_netrc_applies_to_its_scope_only() {
+        let home = tempfile::tempdir().unwrap();
+        let h = home.path();
+        let scoped = h.join("scoped.netrc");
+        let missing = h.join("missing.netrc");
+        std::fs::write(
+            &scoped,
+            "machine scoped.example login scoped password s\n\
+             machine other.example login leaked password l\n",
+        )
+        .unwrap();
+        std::fs::write(
+            h.join(".netrc"),
+            "machine other.example login global password g\n\
+             machine scoped.example login global password g\n\
+             machine missing.example login global password g\n",
+        )
+        .unwrap();
+        std::fs::write(
+            h.join(".daprc"),
+            format!(
+                "[scoped.example]HTTP.NETRC={}\n[missing.example]HTTP.NETRC={}\n",
+                scoped.display(),
+                missing.display()
+            ),
+        )
+        .unwrap();
+        let snap = load(&Environment::isolated(h, None)).unwrap();
+        let user = |host: &str| basic_user(&snap, &format!("https://{host}/"));
+        assert_eq!(user("scoped.example").as_deref(), Some("scoped"));
+        assert_eq!(user("other.example").as_deref(), Some("global"));
+        assert_eq!(user("missing.example"), None);
+        assert!(snap.files.contains(&scoped), "{:?}", snap.files);
+        assert!(snap.watch.contains(&scoped) && snap.watch.contains(&missing));
+        assert_eq!(snap.netrc.as_ref().unwrap().path, h.join(".netrc"));
+        assert!(
+            snap.warnings.iter().any(|w| w.starts_with(&format!(
+                "{}:2: HTTP.NETRC names",
+                h.join(".daprc").display()
+            ))),
+            "{:?}",
+            snap.warnings
+        );
+
+        // Unscoped, the same line chooses the global file, which scoped rules inherit.
+        std::fs::write(
+            h.join(".daprc"),
+            format!(
+                "HTTP.NETRC={}\n[other.example]HTTP.TIMEOUT=5\n",
+                scoped.display()
+            ),
+        )
+        .unwrap();
+        let snap = load(&Environment::isolated(h, None)).unwrap();
+        assert_eq!(snap.netrc.as_ref().unwrap().path, scoped);
+        assert!(snap.rc.iter().all(|r| r.netrc.is_none()));
+        let user = |host: &str| basic_user(&snap, &format!("https://{host}/"));
+        assert_eq!(user("other.example").as_deref(), Some("leaked"));
+        assert_eq!(user("scoped.example").as_deref(), Some("scoped"));
+
+        // Scoped and global naming the same file: its warnings are shown once.
+        std::fs::write(&scoped, "machine scoped.example login lonely\n").unwrap();
+        std::fs::write(
+            h.join(".daprc"),
+            format!(
+                "HTTP.NETRC={0}\n[scoped.example]HTTP.NETRC={0}\n",
+                scoped.display()
+            ),
+        )
+        .unwrap();
+        let snap = load(&Environment::isolated(h, None)).unwrap();
+        let partial: Vec<_> = snap
+            .warnings
+            .iter()
+            .filter(|w| w.contains("no `password`"))
+            .collect();
+        assert_eq!(partial.len(), 1, "{:?}", snap.warnings);
+    }
+
+    #[test]
+    fn no_proxy_star_and_suffix_entries() {
+        assert_eq!(no_proxy_entry("*"), "*");
+        assert_eq!(no_proxy_entry("*.example.org"), ".example.org");
+        assert_eq!(no_proxy_entry(".example.org"), ".example.org");
+        assert_eq!(no_proxy_entry("host.example"), "host.example");
+    }
 
     /// Which source answers "who am I here?" for each URL, with all three sources
     /// present: YAML beats the rc file beats .netrc; more specific beats less specific

@@ -34,13 +34,13 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fmt;
-use std::fs::File;
-use std::io::{self, Read};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::config::Origin;
 use crate::secret::Secret;
+use crate::small_file::{self, CONFIG_MAX_BYTES};
 
 /// One `machine` or `default` entry.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -60,6 +60,13 @@ impl NetrcEntry {
     /// carry neither, and so does [`Netrc::lookup`].
     pub fn has_credentials(&self) -> bool {
         self.login.is_some() || self.password.is_some()
+    }
+
+    /// Whether the entry carries both a login and a password. Only such an entry is a
+    /// credential: a partial one is never completed from another entry (curl
+    /// CVE-2024-11053, CVE-2025-0167), nor sent with an empty half.
+    pub fn is_complete(&self) -> bool {
+        self.login.is_some() && self.password.is_some()
     }
 }
 
@@ -96,17 +103,12 @@ impl Netrc {
     /// Reads and parses the file at `path`. On unix, a file that group or others may
     /// access (`mode & 0o077 != 0`) gets the warning
     /// `readable by other users; chmod 600 <path>`, but is still used.
+    ///
+    /// Only a regular file of at most [`CONFIG_MAX_BYTES`] is read: a FIFO, device or
+    /// directory is refused without blocking, and so is a longer file (see
+    /// [`crate::small_file`]). Errors do not repeat the path: the caller names it.
     pub fn parse_file(path: &Path) -> io::Result<Netrc> {
-        let mut file = File::open(path)?;
-        let meta = file.metadata()?;
-        if meta.is_dir() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("{} is a directory", path.display()),
-            ));
-        }
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes)?;
+        let (bytes, meta) = small_file::read(path, CONFIG_MAX_BYTES)?;
         #[allow(unused_mut)]
         let mut netrc = Self::parse_bytes(path, &bytes);
         #[cfg(unix)]
@@ -135,6 +137,10 @@ impl Netrc {
     /// the same host shadows a later one, and a `machine` or `default` entry with neither
     /// login nor password is skipped as if it were not there (as in current libcurl's
     /// scanner; older releases differ in that corner).
+    ///
+    /// This is the entry libcurl would *pick*, not yet a credential: the caller must
+    /// refuse a partial entry ([`NetrcEntry::is_complete`]) rather than look further, and
+    /// decide whether a `default` entry may answer.
     ///
     /// Does not allocate.
     pub fn lookup(&self, host: &str) -> Option<&NetrcEntry> {
@@ -518,15 +524,28 @@ impl<'a> Parser<'a> {
 
     fn finish_entry(&mut self) {
         if let Some(entry) = self.current.take() {
+            let what = if entry.host.is_some() {
+                "`machine`"
+            } else {
+                "`default`"
+            };
             if !entry.has_credentials() {
-                let what = if entry.host.is_some() {
-                    "`machine`"
-                } else {
-                    "`default`"
-                };
                 self.warn(
                     entry.origin.line,
                     format!("{what} entry has neither `login` nor `password`; it is never used"),
+                );
+            } else if !entry.is_complete() {
+                let (has, lacks) = if entry.login.is_some() {
+                    ("`login`", "`password`")
+                } else {
+                    ("`password`", "`login`")
+                };
+                self.warn(
+                    entry.origin.line,
+                    format!(
+                        "{what} entry has a {has} but no {lacks}; it gives no credential \
+                         (a partial entry is never completed from another)"
+                    ),
                 );
             }
             self.entries.push(entry);
@@ -797,7 +816,23 @@ machine "C.Example" login c password ""
         let n = parse("machine a login only\nmachine b password alone\n");
         assert_eq!(creds(&n, "a"), Some((Some("only"), None)));
         assert_eq!(creds(&n, "b"), Some((None, Some("alone"))));
-        assert!(n.warnings.is_empty(), "{:?}", n.warnings);
+        assert!(!n.entries[0].is_complete() && !n.entries[1].is_complete());
+        assert_eq!(
+            messages(&n),
+            [
+                (
+                    1,
+                    "`machine` entry has a `login` but no `password`; it gives no credential \
+                     (a partial entry is never completed from another)"
+                ),
+                (
+                    2,
+                    "`machine` entry has a `password` but no `login`; it gives no credential \
+                     (a partial entry is never completed from another)"
+                ),
+            ]
+        );
+        assert!(!format!("{:?}", n.warnings).contains("alone"));
     }
 
     #[test]
@@ -857,21 +892,29 @@ machine "C.Example" login c password ""
             [(2, "`machine` without a value at the end of the file")]
         );
 
+        const PARTIAL: &str = "`machine` entry has a `login` but no `password`; \
+                               it gives no credential (a partial entry is never completed from another)";
         let n = parse("machine a login x password");
         assert_eq!(creds(&n, "a"), Some((Some("x"), None)));
         assert_eq!(
             messages(&n),
-            [(1, "`password` without a value at the end of the file")]
+            [
+                (1, "`password` without a value at the end of the file"),
+                (1, PARTIAL)
+            ]
         );
 
         let n = parse("machine a login x password \"unterminated pass\nmore");
         assert_eq!(creds(&n, "a"), Some((Some("x"), None)));
         assert_eq!(
             messages(&n),
-            [(
-                1,
-                "unterminated quoted value of `password` ignored (missing '\"')"
-            )]
+            [
+                (
+                    1,
+                    "unterminated quoted value of `password` ignored (missing '\"')"
+                ),
+                (1, PARTIAL)
+            ]
         );
         assert!(!format!("{:?}", n).contains("unterminated pass"));
 
@@ -1013,7 +1056,7 @@ machine "C.Example" login c password ""
 
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("netrc");
-        let mut f = File::create(&path).unwrap();
+        let mut f = std::fs::File::create(&path).unwrap();
         f.write_all(b"machine a login l password p\nbogus\n")
             .unwrap();
         drop(f);

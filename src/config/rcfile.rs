@@ -43,6 +43,7 @@ use percent_encoding::percent_decode_str;
 
 use crate::config::{Origin, Sourced};
 use crate::secret::Secret;
+use crate::small_file::{self, CONFIG_MAX_BYTES};
 
 // ---------------------------------------------------------------------------------------------
 // Which files
@@ -65,6 +66,9 @@ pub struct RcEnv {
     pub home: Option<PathBuf>,
     /// The working directory.
     pub cwd: Option<PathBuf>,
+    /// The daemon's uid. rc files found in a working directory other than HOME are read
+    /// only when this uid owns them (see [`discover`]); `None` (unknown) reads none.
+    pub uid: Option<u32>,
 }
 
 impl RcEnv {
@@ -83,6 +87,7 @@ impl RcEnv {
             ignore: std::env::var_os("NCRCENV_IGNORE").is_some(),
             home: nonempty("NCRCENV_HOME").or_else(|| nonempty("HOME")),
             cwd: std::env::current_dir().ok(),
+            uid: Some(rustix::process::getuid().as_raw()),
         }
     }
 }
@@ -135,14 +140,87 @@ pub fn candidate_paths(env: &RcEnv) -> Vec<PathBuf> {
         .collect()
 }
 
-/// The rc files that exist, highest precedence first (a subset of [`candidate_paths`]).
+/// The rc files [`discover`] found, and those it skipped.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Discovered {
+    /// The files to read, highest precedence first.
+    pub paths: Vec<PathBuf>,
+    /// One warning per skipped file, naming its path (never its contents).
+    pub warnings: Vec<String>,
+    /// The working-directory files among `paths`: read them with [`parse_owned_file`],
+    /// so that the owner check is made again on the file actually opened.
+    pub owner_checked: Vec<PathBuf>,
+}
+
+/// The rc files that exist (anything but a directory), highest precedence first (a
+/// subset of [`candidate_paths`]).
 /// A `NCRCENV_RC`/`DAPRCFILE` naming a missing file yields nothing; compare with
 /// [`candidate_paths`] to report it.
-pub fn discover(env: &RcEnv) -> Vec<PathBuf> {
-    candidate_paths(env)
-        .into_iter()
-        .filter(|p| p.is_file())
-        .collect()
+///
+/// A file found in the working directory (when that is not HOME) is read only when the
+/// daemon's uid ([`RcEnv::uid`]) owns it and neither group nor others may write it:
+/// a daemon started in `/tmp` must not take another user's `.daprc`. Otherwise it is
+/// skipped with a warning. Files in HOME and files named by `NCRCENV_RC`/`DAPRCFILE`
+/// are the user's own choice and are not checked here.
+pub fn discover(env: &RcEnv) -> Discovered {
+    let mut found = Discovered::default();
+    let cwd_only = env.cwd.as_deref().filter(|c| {
+        env.ncrcenv_rc.is_none()
+            && env.daprcfile.is_none()
+            && !env
+                .home
+                .as_deref()
+                .is_some_and(|h| same_dir(c, &absolutize(h, env.cwd.as_deref())))
+    });
+    for path in candidate_paths(env) {
+        // Anything but a directory is kept: a FIFO or device named `.daprc` is then
+        // refused by [`parse_file`] with an error naming it, rather than skipped unseen.
+        if !std::fs::metadata(&path).is_ok_and(|m| !m.is_dir()) {
+            continue;
+        }
+        if let Some(cwd) = cwd_only.filter(|c| path.parent() == Some(*c)) {
+            if let Some(why) = untrusted(&path, env.uid) {
+                found.warnings.push(format!(
+                    "{}: rc file in the working directory {} skipped: {why}",
+                    path.display(),
+                    cwd.display()
+                ));
+                continue;
+            }
+            found.owner_checked.push(path.clone());
+        }
+        found.paths.push(path);
+    }
+    found
+}
+
+/// Why a working-directory rc file may not be trusted, if it may not.
+fn untrusted(path: &Path, uid: Option<u32>) -> Option<String> {
+    match std::fs::metadata(path) {
+        Ok(meta) => untrusted_meta(&meta, path, uid),
+        Err(e) => Some(format!("cannot check its owner ({e})")),
+    }
+}
+
+fn untrusted_meta(meta: &std::fs::Metadata, path: &Path, uid: Option<u32>) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    match uid {
+        None => return Some("the daemon's uid is unknown".to_owned()),
+        Some(uid) if meta.uid() != uid => {
+            return Some(format!(
+                "owned by uid {}, not by the daemon's uid {uid}",
+                meta.uid()
+            ))
+        }
+        Some(_) => {}
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Some(format!(
+            "group or others may write it; chmod go-w {}",
+            path.display()
+        ));
+    }
+    None
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -788,9 +866,44 @@ fn parse_line(text: &str, origin: Origin, file: &mut RcFile) {
     });
 }
 
-/// Reads and parses one rc file. Only I/O fails.
+/// Reads and parses one rc file. Only I/O fails: a FIFO, device or directory, or a file
+/// over [`CONFIG_MAX_BYTES`], is refused without blocking (see [`crate::small_file`]).
+/// A file that group or others may write gets a warning (line 0), but is still used.
 pub fn parse_file(path: &Path) -> std::io::Result<RcFile> {
-    Ok(parse_bytes(path, &std::fs::read(path)?))
+    let (bytes, meta) = small_file::read(path, CONFIG_MAX_BYTES)?;
+    Ok(parse_read(path, &bytes, &meta))
+}
+
+/// [`parse_file`] for a file [`discover`] found in the working directory: the file
+/// opened must still be owned by `uid` and not writable by others (it may have been
+/// replaced since), else the read fails with `PermissionDenied` saying why.
+pub fn parse_owned_file(path: &Path, uid: Option<u32>) -> std::io::Result<RcFile> {
+    let (bytes, meta) = small_file::read(path, CONFIG_MAX_BYTES)?;
+    if let Some(why) = untrusted_meta(&meta, path, uid) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!("not read: {why}"),
+        ));
+    }
+    Ok(parse_read(path, &bytes, &meta))
+}
+
+fn parse_read(path: &Path, bytes: &[u8], meta: &std::fs::Metadata) -> RcFile {
+    use std::os::unix::fs::MetadataExt;
+    let mut file = parse_bytes(path, bytes);
+    if meta.mode() & 0o022 != 0 {
+        file.warnings.insert(
+            0,
+            RcWarning {
+                origin: Origin::new(path, 0),
+                message: format!(
+                    "group or others may write this rc file; chmod go-w {}",
+                    path.display()
+                ),
+            },
+        );
+    }
+    file
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -2070,11 +2183,14 @@ mod tests {
 
     #[test]
     fn discovery_precedence_table() {
+        use std::os::unix::fs::MetadataExt;
         let home = tempfile::tempdir().unwrap();
         let cwd = tempfile::tempdir().unwrap();
         let env = RcEnv {
             home: Some(home.path().to_path_buf()),
             cwd: Some(cwd.path().to_path_buf()),
+            // Whoever owns the files this test writes.
+            uid: Some(std::fs::metadata(cwd.path()).unwrap().uid()),
             ..RcEnv::default()
         };
         let all: Vec<PathBuf> = [cwd.path(), home.path()]
@@ -2082,14 +2198,15 @@ mod tests {
             .flat_map(|d| [".daprc", ".dodsrc", ".ncrc"].map(|n| d.join(n)))
             .collect();
         assert_eq!(candidate_paths(&env), all);
-        assert!(discover(&env).is_empty());
+        assert!(discover(&env).paths.is_empty());
         // Each file sets the same key; remove them from the top, the next one must win.
         for (i, path) in all.iter().enumerate() {
             std::fs::write(path, format!("HTTP.NETRC=/{i}\n")).unwrap();
         }
-        assert_eq!(discover(&env), all);
+        assert_eq!(discover(&env).paths, all);
         for (i, path) in all.iter().enumerate() {
             let files: Vec<RcFile> = discover(&env)
+                .paths
                 .iter()
                 .map(|f| parse_file(f).unwrap())
                 .collect();
@@ -2099,6 +2216,124 @@ mod tests {
             assert_eq!(&*netrc.origin.path, path.as_path());
             std::fs::remove_file(path).unwrap();
         }
+    }
+
+    /// A working-directory rc file is read only if the daemon's uid owns it and nobody
+    /// else may write it; HOME's files and a file named by DAPRCFILE are not checked.
+    #[test]
+    fn discovery_skips_working_directory_files_of_other_users() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let home = tempfile::tempdir().unwrap();
+        let cwd = tempfile::tempdir().unwrap();
+        write(home.path(), ".daprc", "HTTP.NETRC=/home\n");
+        write(cwd.path(), ".daprc", "HTTP.NETRC=/cwd\n");
+        let cwd_rc = cwd.path().join(".daprc");
+        let owner = std::fs::metadata(&cwd_rc).unwrap().uid();
+        let other = owner.wrapping_add(1);
+        let env = |uid: Option<u32>| RcEnv {
+            home: Some(home.path().to_path_buf()),
+            cwd: Some(cwd.path().to_path_buf()),
+            uid,
+            ..RcEnv::default()
+        };
+        let home_rc = home.path().join(".daprc");
+
+        let d = discover(&env(Some(owner)));
+        assert_eq!(d.paths, [cwd_rc.clone(), home_rc.clone()]);
+        assert_eq!(d.owner_checked, vec![cwd_rc.clone()]);
+        assert!(d.warnings.is_empty(), "{:?}", d.warnings);
+        // Read for another uid (the file was swapped after discovery): refused.
+        assert!(parse_owned_file(&cwd_rc, Some(owner)).is_ok());
+        let e = parse_owned_file(&cwd_rc, Some(other)).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::PermissionDenied);
+        assert!(e.to_string().contains("owned by uid"), "{e}");
+
+        for uid in [Some(other), None] {
+            let d = discover(&env(uid));
+            assert_eq!(d.paths, vec![home_rc.clone()], "{uid:?}");
+            assert_eq!(d.warnings.len(), 1, "{:?}", d.warnings);
+            assert!(
+                d.warnings[0].starts_with(&format!("{}: ", cwd_rc.display())),
+                "{:?}",
+                d.warnings
+            );
+            assert!(!d.warnings[0].contains("/cwd\n"));
+        }
+        assert!(discover(&env(Some(other))).warnings[0].contains(&format!(
+            "owned by uid {owner}, not by the daemon's uid {other}"
+        )));
+
+        // Owned, but writable by the group: skipped too.
+        std::fs::set_permissions(&cwd_rc, std::fs::Permissions::from_mode(0o664)).unwrap();
+        let d = discover(&env(Some(owner)));
+        assert_eq!(d.paths, vec![home_rc.clone()]);
+        assert!(d.warnings[0].contains("chmod go-w"), "{:?}", d.warnings);
+
+        // The same directory as HOME, or a file named by DAPRCFILE: the user's choice.
+        let same = RcEnv {
+            home: Some(cwd.path().to_path_buf()),
+            cwd: Some(cwd.path().to_path_buf()),
+            uid: Some(other),
+            ..RcEnv::default()
+        };
+        assert_eq!(discover(&same).paths, vec![cwd_rc.clone()]);
+        let named = RcEnv {
+            daprcfile: Some(PathBuf::from(".daprc")),
+            ..env(Some(other))
+        };
+        assert_eq!(discover(&named).paths, vec![cwd_rc.clone()]);
+    }
+
+    #[test]
+    fn writable_rc_file_is_warned_about() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            ".daprc",
+            "[h]HTTP.CREDENTIALS.PASSWORD=pw-SECRET\n",
+        );
+        let path = dir.path().join(".daprc");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(parse_file(&path).unwrap().warnings.is_empty());
+        for mode in [0o664, 0o646] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let f = parse_file(&path).unwrap();
+            assert_eq!(f.warnings.len(), 1, "{mode:o}");
+            assert_eq!(
+                f.warnings[0].to_string(),
+                format!(
+                    "{}:0: group or others may write this rc file; chmod go-w {}",
+                    path.display(),
+                    path.display()
+                )
+            );
+            assert_eq!(f.lines.len(), 1);
+        }
+    }
+
+    #[test]
+    fn rc_file_that_is_a_fifo_or_too_large_is_refused_promptly() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join(".daprc");
+        rustix::fs::mkfifoat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+        )
+        .unwrap();
+        let start = std::time::Instant::now();
+        let e = parse_file(&fifo).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
+        let big = dir.path().join(".dodsrc");
+        std::fs::write(&big, vec![b'#'; CONFIG_MAX_BYTES as usize + 1]).unwrap();
+        assert_eq!(
+            parse_file(&big).unwrap_err().kind(),
+            std::io::ErrorKind::FileTooLarge
+        );
+        assert!(start.elapsed() < std::time::Duration::from_secs(5));
+        std::fs::write(&big, vec![b'#'; CONFIG_MAX_BYTES as usize]).unwrap();
+        assert!(parse_file(&big).is_ok());
     }
 
     #[test]
@@ -2111,7 +2346,7 @@ mod tests {
             ..RcEnv::default()
         };
         assert_eq!(candidate_paths(&env).len(), 3);
-        assert_eq!(discover(&env), vec![dir.path().join(".dodsrc")]);
+        assert_eq!(discover(&env).paths, vec![dir.path().join(".dodsrc")]);
         // Same directory spelt differently.
         let env = RcEnv {
             home: Some(dir.path().join(".")),
@@ -2135,24 +2370,24 @@ mod tests {
             daprcfile: Some(PathBuf::from("custom")),
             ..base.clone()
         };
-        assert_eq!(discover(&env), vec![home.path().join("custom")]);
+        assert_eq!(discover(&env).paths, vec![home.path().join("custom")]);
         let env = RcEnv {
             ncrcenv_rc: Some(home.path().join("newer")),
             ..env
         };
-        assert_eq!(discover(&env), vec![home.path().join("newer")]);
+        assert_eq!(discover(&env).paths, vec![home.path().join("newer")]);
         let missing = RcEnv {
             ncrcenv_rc: Some(home.path().join("missing")),
             ..base.clone()
         };
         assert_eq!(candidate_paths(&missing), vec![home.path().join("missing")]);
-        assert!(discover(&missing).is_empty());
+        assert!(discover(&missing).paths.is_empty());
         let ignored = RcEnv {
             ignore: true,
             ..env
         };
         assert!(candidate_paths(&ignored).is_empty());
-        assert!(discover(&ignored).is_empty());
+        assert!(discover(&ignored).paths.is_empty());
         let nohome = RcEnv {
             home: None,
             cwd: None,

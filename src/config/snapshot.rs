@@ -32,7 +32,12 @@ pub struct Snapshot {
     pub sites: Vec<Rule>,
     /// rc-file scopes, most specific first.
     pub rc: Vec<Rule>,
+    /// The global `.netrc`: YAML `netrc`, else an unscoped rc `HTTP.NETRC`, else
+    /// `$NETRC`, else `~/.netrc`. A scoped `HTTP.NETRC` lives in its rc rule instead.
     pub netrc: Option<Netrc>,
+    /// YAML `netrc_default: true`: the `.netrc` `default` entry answers for hosts that
+    /// no `machine` entry names. Off by default: that entry names no host.
+    pub netrc_default: bool,
     pub upstream_proxy: Option<Arc<UpstreamProxy>>,
     /// Host names (exact) and suffixes (leading `.`) that bypass the upstream proxy.
     pub no_proxy: Vec<String>,
@@ -66,6 +71,7 @@ impl Default for Snapshot {
             sites: Vec::new(),
             rc: Vec::new(),
             netrc: None,
+            netrc_default: false,
             upstream_proxy: None,
             no_proxy: Vec::new(),
             max_hops: 10,
@@ -112,13 +118,24 @@ impl Snapshot {
     pub fn resolve(&self, target: &Target) -> Resolved<'_> {
         let site = self.sites.iter().find(|r| r.matcher.matches(target));
         let rc = self.rc.iter().find(|r| r.matcher.matches(target));
-        let netrc = self.netrc.as_ref().and_then(|n| n.lookup(&target.host));
+        // A scoped rc `HTTP.NETRC` answers for its scope alone; elsewhere the global one.
+        let netrc_file = rc.and_then(|r| r.netrc.as_deref()).or(self.netrc.as_ref());
+        let netrc = netrc_file
+            .and_then(|n| n.lookup(&target.host))
+            .filter(|e| self.netrc_gives_credential(e));
         Resolved {
             snapshot: self,
             site,
             rc,
             netrc,
         }
+    }
+
+    /// Whether the entry [`Netrc::lookup`] picked may be sent: only a complete entry
+    /// (a partial one is never completed from a later entry or `default`), and a
+    /// `default` entry only when `netrc_default` opts in.
+    fn netrc_gives_credential(&self, e: &NetrcEntry) -> bool {
+        e.is_complete() && (e.host.is_some() || self.netrc_default)
     }
 
     /// Sorts rules most specific first; equal rules keep their order (first wins).
@@ -236,19 +253,13 @@ impl<'a> Resolved<'a> {
         Some(rule_basic(rule, b))
     }
 
-    /// The `.netrc` entry as a Basic credential, whatever the scheme.
+    /// The `.netrc` entry as a Basic credential, whatever the scheme. Only a complete
+    /// entry (login and password) is one: [`Snapshot::resolve`] keeps no other.
     pub fn netrc_basic(&self) -> Option<BasicRef<'a>> {
-        static EMPTY: std::sync::OnceLock<Secret<String>> = std::sync::OnceLock::new();
         let e = self.netrc?;
-        if e.login.is_none() && e.password.is_none() {
-            return None;
-        }
         Some(BasicRef {
-            user: e.login.as_deref().unwrap_or(""),
-            password: e
-                .password
-                .as_ref()
-                .unwrap_or_else(|| EMPTY.get_or_init(|| Secret::new(String::new()))),
+            user: e.login.as_deref()?,
+            password: e.password.as_ref()?,
             origin: &e.origin,
             source: "netrc",
         })

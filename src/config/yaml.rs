@@ -66,7 +66,6 @@ error.
 
 use std::collections::HashMap;
 use std::fmt;
-use std::io::Read;
 use std::marker::PhantomData;
 use std::net::{Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -102,6 +101,7 @@ const TOP_KEYS: &[&str] = &[
     "access",
     "rc_files",
     "netrc",
+    "netrc_default",
     "cookie_jar",
     "upstream_proxy",
     "no_proxy",
@@ -111,6 +111,31 @@ const TOP_KEYS: &[&str] = &[
     "log",
     "sites",
 ];
+
+/// Header names a site's `headers` may not set (compared ignoring case): hop-by-hop
+/// and message-framing headers, and those authproxy writes itself. Any `Proxy-*` name
+/// is refused too (see [`is_reserved_header`]).
+const RESERVED_HEADERS: &[&str] = &[
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "te",
+    "upgrade",
+    "trailer",
+    "keep-alive",
+];
+
+/// Whether a site's `headers` may not set `name`: one of [`RESERVED_HEADERS`], or any
+/// name starting with `proxy-`.
+fn is_reserved_header(name: &str) -> bool {
+    RESERVED_HEADERS
+        .iter()
+        .any(|r| r.eq_ignore_ascii_case(name))
+        || name
+            .get(..6)
+            .is_some_and(|p| p.eq_ignore_ascii_case("proxy-"))
+}
 
 /// Site keys of the design that later versions will implement.
 const SITE_NOT_YET: &[&str] = &["login", "handle", "query_token"];
@@ -128,6 +153,9 @@ pub struct YamlConfig {
     pub access: Access,
     pub rc_files: RcFilesSetting,
     pub netrc: NetrcSetting,
+    /// `netrc_default: true`: the `.netrc` `default` entry answers for hosts no
+    /// `machine` entry names. Off by default: that entry names no host.
+    pub netrc_default: bool,
     /// `None`: automatic location.
     pub cookie_jar: Option<PathBuf>,
     pub upstream_proxy: Option<UpstreamProxy>,
@@ -152,6 +180,7 @@ impl YamlConfig {
             access: Access::default(),
             rc_files: RcFilesSetting::Auto,
             netrc: NetrcSetting::Auto,
+            netrc_default: false,
             cookie_jar: None,
             upstream_proxy: None,
             no_proxy: Vec::new(),
@@ -1877,6 +1906,11 @@ impl<'a> Cx<'a> {
                     };
                 }
             }
+            "netrc_default" => {
+                if let Some(on) = self.extract::<Option<bool>>(&at).flatten() {
+                    cfg.netrc_default = on;
+                }
+            }
             "cookie_jar" => {
                 if let Some(RawCookieJar(p)) = self.extract::<Option<RawCookieJar>>(&at).flatten() {
                     cfg.cookie_jar = self.path_option(p.map(NonEmpty), &at);
@@ -2055,6 +2089,16 @@ impl<'a> Cx<'a> {
         });
         let mut seen: Vec<&str> = Vec::new();
         for (name, _) in &headers {
+            if is_reserved_header(name) {
+                let l = self.key_line(&site_path(i, &["headers", name]));
+                self.error(
+                    l,
+                    format!(
+                        "sites[{i}].headers: `{name}` cannot be set: hop-by-hop, \
+                         message-framing and proxy headers are authproxy's own"
+                    ),
+                );
+            }
             if seen.iter().any(|s| s.eq_ignore_ascii_case(name)) {
                 let l = self.key_line(&site_path(i, &["headers", name]));
                 self.error(l, format!("sites[{i}].headers: `{name}` is given twice"));
@@ -2286,18 +2330,25 @@ fn option_name(path: &[Seg<'_>]) -> String {
     s
 }
 
-fn read_small_text(path: &Path) -> std::io::Result<String> {
-    let f = std::fs::File::open(path)?;
-    let mut buf = Vec::new();
-    f.take(MAX_SECRET_FILE + 1).read_to_end(&mut buf)?;
-    if buf.len() as u64 > MAX_SECRET_FILE {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            "file too large",
-        ));
-    }
+/// Reads a regular file of at most `max` bytes as UTF-8 (a FIFO or device is refused
+/// without blocking: see [`crate::small_file`]).
+fn read_capped_text(path: &Path, max: u64) -> std::io::Result<String> {
+    let buf = match crate::small_file::read(path, max) {
+        Ok((buf, _)) => buf,
+        Err(e) if e.kind() == std::io::ErrorKind::FileTooLarge => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "file too large",
+            ))
+        }
+        Err(e) => return Err(e),
+    };
     String::from_utf8(buf)
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "not valid UTF-8"))
+}
+
+fn read_small_text(path: &Path) -> std::io::Result<String> {
+    read_capped_text(path, MAX_SECRET_FILE)
 }
 
 /// Parses and validates `text` as the configuration file `path` (used for messages and
@@ -2308,18 +2359,7 @@ pub fn parse_str(path: &Path, text: &str, env: &SecretEnv) -> Result<YamlConfig,
 
 /// Reads `path` and parses it with [`parse_str`].
 pub fn parse_file(path: &Path, env: &SecretEnv) -> Result<YamlConfig, Vec<YamlError>> {
-    let text = std::fs::File::open(path).and_then(|f| {
-        let mut buf = Vec::new();
-        f.take(MAX_CONFIG_FILE + 1).read_to_end(&mut buf)?;
-        if buf.len() as u64 > MAX_CONFIG_FILE {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                "file too large",
-            ));
-        }
-        String::from_utf8(buf)
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "not valid UTF-8"))
-    });
+    let text = read_capped_text(path, MAX_CONFIG_FILE);
     match text {
         Ok(text) => parse_str(path, &text, env),
         Err(e) => Err(vec![YamlError {
@@ -2918,6 +2958,49 @@ upstream_proxy: { url: \"http://proxy:3128\", username: u, password: S3CRET-VALU
     }
 
     #[test]
+    fn reserved_header_names_are_refused_with_their_line() {
+        let names = [
+            "Host",
+            "content-length",
+            "Transfer-Encoding",
+            "CONNECTION",
+            "TE",
+            "Upgrade",
+            "Trailer",
+            "Keep-Alive",
+            "Proxy-Authorization",
+            "proxy-connection",
+            "Proxy-Anything",
+        ];
+        for name in names {
+            let text = format!(
+                "sites:\n  - match: a.example\n    headers:\n      X-Ok: fine\n      \
+                 {name}: S3CRET-VALUE\n"
+            );
+            let es = errors(&text);
+            assert_eq!(es.len(), 1, "{name}: {es:?}");
+            assert!(es[0].contains(":5: "), "{name}: {es:?}");
+            assert!(es[0].contains(&format!("`{name}` cannot be set")), "{es:?}");
+            assert!(!es[0].contains("S3CRET"), "{es:?}");
+        }
+        for name in ["X-Proxy-Id", "Proxy", "Hostname", "TEs", "Authorization"] {
+            let text = format!("sites:\n  - match: a.example\n    headers: {{ {name}: v }}\n");
+            assert!(parse(&text).is_ok(), "{name}");
+        }
+    }
+
+    #[test]
+    fn netrc_default_is_off_unless_set_true() {
+        assert!(!parse("listen: [\"127.0.0.1:1\"]\n").unwrap().netrc_default);
+        assert!(parse("netrc_default: true\n").unwrap().netrc_default);
+        assert!(!parse("netrc_default: false\n").unwrap().netrc_default);
+        let es = errors("\nnetrc_default: S3CRET-VALUE\n");
+        assert_eq!(es.len(), 1, "{es:?}");
+        assert!(es[0].contains(":2:"), "{es:?}");
+        assert!(!es[0].contains("S3CRET"), "{es:?}");
+    }
+
+    #[test]
     fn top_level_settings_forms() {
         let c = parse("listen: []\n").unwrap_err();
         assert!(c[0]
@@ -2976,6 +3059,31 @@ upstream_proxy: { url: \"http://proxy:3128\", username: u, password: S3CRET-VALU
             message: "bad".into(),
         };
         assert_eq!(e.to_string(), "/x/c.yaml: bad");
+    }
+
+    #[test]
+    fn config_or_secret_file_that_is_a_fifo_is_refused_promptly() {
+        let d = dir_with(&[(
+            "c.yaml",
+            "sites:\n  - match: a.example\n    bearer: { token_file: tok }\n",
+        )]);
+        let fifo = |name: &str| {
+            let p = d.path().join(name);
+            rustix::fs::mkfifoat(rustix::fs::CWD, &p, rustix::fs::Mode::from_raw_mode(0o600))
+                .unwrap();
+            p
+        };
+        let start = std::time::Instant::now();
+        let tok = fifo("tok");
+        let es = parse_file(&d.path().join("c.yaml"), &no_env()).unwrap_err();
+        assert_eq!(es.len(), 1, "{es:?}");
+        assert!(
+            es[0].to_string().contains(&tok.display().to_string()),
+            "{es:?}"
+        );
+        let es = parse_file(&fifo("fifo.yaml"), &no_env()).unwrap_err();
+        assert!(es[0].to_string().contains("not a regular file"), "{es:?}");
+        assert!(start.elapsed() < std::time::Duration::from_secs(5));
     }
 
     #[test]

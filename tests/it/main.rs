@@ -7,5 +7,6 @@ mod config;
 mod core;
 mod credentials;
 mod leak;
+mod netrc_safety;
 mod process;
 mod safety;
