@@ -15,6 +15,7 @@ use tokio::net::TcpStream;
 
 use crate::credentials::encrypted_key_pem;
 use crate::process::{self, Daemon};
+use crate::safety::ChallengeOrigin;
 use crate::support::{self, full, Ca, Client, ClientAuth, Origin, TlsOrigin, UpstreamTestProxy};
 
 /// Every crate at its most verbose, including the ones that print headers.
@@ -35,6 +36,8 @@ const PROXY_DOWN: (&str, &str) = ("proxy-user3", "S3cr3t-proxy3-b09");
 /// In an rc file's HTTP.PROXY.SERVER URL.
 const RC_PROXY: (&str, &str) = ("rcproxy-user", "S3cr3t-rcproxy-5d5");
 const CLIENT_BASIC: (&str, &str) = ("client", "S3cr3t-client-auth-77");
+/// An rc credential without a `[prefix]`, sent only in answer to a Basic challenge.
+const UNSCOPED: (&str, &str) = ("unscoped-user", "S3cr3t-unscoped-90");
 
 /// Other secrets the daemon holds or clients send.
 const SECRETS: &[&str] = &[
@@ -90,6 +93,7 @@ fn forbidden() -> Vec<String> {
         PROXY_DOWN,
         RC_PROXY,
         CLIENT_BASIC,
+        UNSCOPED,
     ] {
         add(&mut out, pw);
         let b = basic(user, pw);
@@ -127,6 +131,8 @@ struct World {
     proxy_down: u16,
     /// A closed port whose rc scope names an upstream proxy (the refusing one).
     rc_proxied: u16,
+    /// Asks for Basic: the unscoped rc credential answers it.
+    challenge: ChallengeOrigin,
 }
 
 impl World {
@@ -158,6 +164,11 @@ impl World {
             refusing_proxy: UpstreamTestProxy::start(Some(("someone", "else"))).await,
             proxy_down: support::closed_port(),
             rc_proxied: support::closed_port(),
+            challenge: ChallengeOrigin::start(
+                "Basic realm=\"leak\"",
+                basic(UNSCOPED.0, UNSCOPED.1),
+            )
+            .await,
             tls_ca: ca,
         };
         let alice = w.tls_ca.client("alice");
@@ -190,12 +201,15 @@ impl World {
                  [127.0.0.1:{tls}]HTTP.SSL.CERTIFICATE={h}/alice.crt\n\
                  [127.0.0.1:{tls}]HTTP.SSL.KEY={h}/alice.rc.key\n\
                  [127.0.0.1:{tls}]HTTP.SSL.KEYPASSWORD=S3cr3t-rckeypw-6e6\n\
-                 [127.0.0.1:{tls}]HTTP.SSL.CAINFO={h}/ca.pem\n",
+                 [127.0.0.1:{tls}]HTTP.SSL.CAINFO={h}/ca.pem\n\
+                 HTTP.CREDENTIALS.USERPASSWORD={}:{}\n",
                 RC_BASIC.0,
                 RC_BASIC.1,
                 RC_USERPASSWORD.0,
                 RC_PROXY.0,
                 RC_PROXY.1,
+                UNSCOPED.0,
+                UNSCOPED.1,
                 rc = port(&w.rc.addr),
                 up = port(&w.rc_userpassword.addr),
                 rcp = w.rc_proxied,
@@ -220,7 +234,8 @@ impl World {
     /// The YAML configuration; `extra` is appended at the top level.
     fn config(&self, extra: &str) -> String {
         format!(
-            "sites:\n\
+            "rc_unscoped_credentials: challenge\n\
+             sites:\n\
              \x20 - match: \"127.0.0.1:{ok}\"\n\
              \x20   basic: {{ username: {bi_user}, password: {bi_pw} }}\n\
              \x20   headers: {{ X-Api-Key: S3cr3t-hdr-inline-91b, X-Auth-Token: {{ value_file: hdr.txt }} }}\n\
@@ -495,6 +510,21 @@ async fn exercise(w: &World, daemon: &Daemon) -> Vec<String> {
         Some(basic(RC_USERPASSWORD.0, RC_USERPASSWORD.1))
     );
 
+    // The unscoped rc credential answers the loopback host's Basic challenge.
+    let before = w.challenge.seen().len();
+    expect(
+        "challenge",
+        get(d, &w.challenge.url("/challenged"), false).await,
+        200,
+        "",
+    );
+    let seen = w.challenge.seen();
+    assert_eq!(seen.len(), before + 2, "{seen:?}");
+    assert_eq!(
+        seen[before + 1].authorization,
+        Some(basic(UNSCOPED.0, UNSCOPED.1))
+    );
+
     // TLS upgrade with an encrypted client key, and the .netrc entry over TLS.
     let before = w.tls.requests().len();
     expect(
@@ -705,6 +735,6 @@ async fn no_secret_is_ever_printed() {
             );
         }
         assert_clean(&format!("the daemon's output with {how}"), &log);
-        assert_eq!(bodies.len(), 15);
+        assert_eq!(bodies.len(), 16);
     }
 }

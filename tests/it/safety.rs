@@ -21,21 +21,21 @@ use crate::support::{self, full, Ca, Client, ClientAuth, Origin, Proxy, TlsOrigi
 
 /// One request a [`ChallengeOrigin`] received.
 #[derive(Clone, Debug)]
-struct Challenged {
-    method: String,
-    authorization: Option<String>,
-    body: Vec<u8>,
+pub(crate) struct Challenged {
+    pub(crate) method: String,
+    pub(crate) authorization: Option<String>,
+    pub(crate) body: Vec<u8>,
 }
 
 /// An origin on 127.0.0.1:0 that answers 401 with `challenge` as `WWW-Authenticate`
 /// unless the request carries `Authorization: want`, then 200 `welcome`.
-struct ChallengeOrigin {
+pub(crate) struct ChallengeOrigin {
     addr: SocketAddr,
     seen: Arc<Mutex<Vec<Challenged>>>,
 }
 
 impl ChallengeOrigin {
-    async fn start(challenge: &'static str, want: String) -> ChallengeOrigin {
+    pub(crate) async fn start(challenge: &'static str, want: String) -> ChallengeOrigin {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen: Arc<Mutex<Vec<Challenged>>> = Arc::default();
@@ -82,11 +82,11 @@ impl ChallengeOrigin {
         ChallengeOrigin { addr, seen }
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
 
-    fn seen(&self) -> Vec<Challenged> {
+    pub(crate) fn seen(&self) -> Vec<Challenged> {
         self.seen.lock().unwrap().clone()
     }
 }
