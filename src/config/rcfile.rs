@@ -184,15 +184,33 @@ struct Parts<'a> {
     path: Option<&'a str>,
 }
 
-/// `path` is `prefix` or below it, at a segment boundary. `prefix` has no trailing `/`.
+/// The suffixes a DAP client appends to a dataset URL (DAP2 `.dds`, `.das`, `.dods`, `.ascii`,
+/// `.info`, `.html`; DAP4 `.dmr`, `.dap`, `.dmr.xml`, `.dap.nc4`). netCDF-C asks for
+/// `/protected/ds.dds` and `/protected/ds.das` when opened on `/protected/ds`.
+pub const DAP_SUFFIXES: [&str; 10] = [
+    ".dds", ".das", ".dods", ".dmr", ".dap", ".dmr.xml", ".dap.nc4", ".ascii", ".info", ".html",
+];
+
+/// `path` is `prefix` or below it, at a segment boundary, or `prefix` with one of the
+/// [`DAP_SUFFIXES`] appended (the DAP requests for the dataset `prefix` names). `prefix` has no
+/// trailing `/`; `path` carries no query (a DAP constraint `?…` is stripped before).
 fn path_under(prefix: &str, path: &str) -> bool {
     if prefix.is_empty() {
         return true;
     }
     match path.strip_prefix(prefix) {
-        Some(rest) => rest.is_empty() || rest.starts_with('/'),
+        Some(rest) => rest.is_empty() || rest.starts_with('/') || DAP_SUFFIXES.contains(&rest),
         None => false,
     }
+}
+
+/// `path` without a trailing DAP suffix, when it has one (the dataset path it asks about).
+fn dap_dataset(path: &str) -> Option<&str> {
+    DAP_SUFFIXES
+        .iter()
+        .filter_map(|s| path.strip_suffix(s))
+        .filter(|base| !base.is_empty() && !base.ends_with('/'))
+        .min_by_key(|base| base.len())
 }
 
 fn strip_brackets(host: &str) -> &str {
@@ -256,7 +274,9 @@ impl RcScope {
     /// request's effective port (the scheme's default applied: see [`default_port`]). Host and
     /// scheme compare case-insensitively (brackets around an IPv6 literal are ignored), a path
     /// prefix matches itself and what is below it (`/data` matches `/data` and `/data/x`, not
-    /// `/database`). A query or fragment on `path` is ignored.
+    /// `/database`), and so does the dataset path with a DAP suffix (`/data/ds` matches
+    /// `/data/ds.dds` and `/data/ds.dods?x[0:1]`: see [`DAP_SUFFIXES`]). A query or fragment on
+    /// `path` is ignored.
     pub fn matches(&self, scheme: &str, host: &str, port: u16, path: &str) -> bool {
         let p = self.parts();
         if let Some(s) = p.scheme {
@@ -340,6 +360,8 @@ impl RcScope {
                     .filter(|&(i, c)| c == '/' && i > 0)
                     .map(|(i, _)| &path[..i]),
             );
+            // `/d/ds.dds` is under the dataset scope `/d/ds` too (see [`path_under`]).
+            prefixes.extend(dap_dataset(path));
             if !path.is_empty() {
                 prefixes.push(path);
             }
@@ -1712,6 +1734,65 @@ mod tests {
     }
 
     #[test]
+    fn dataset_url_scope_matches_the_dap_requests() {
+        // The rc line a netCDF user writes: the dataset URL they open with ncdump.
+        let (rules, warnings, errors) = resolve(&[p(
+            "[http://127.0.0.1:8080/protected/ds]HTTP.CREDENTIALS.USERPASSWORD=alice:pw\n",
+        )]);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert!(warnings.iter().all(|w| w.message.contains("netCDF-C")));
+        let user = |path: &str| {
+            select(&rules, "http", "127.0.0.1", 8080, path)
+                .and_then(|r| r.settings.username.as_ref())
+                .map(|u| u.value.clone())
+        };
+        for path in [
+            "/protected/ds",
+            "/protected/ds.dds",
+            "/protected/ds.das",
+            "/protected/ds.dods",
+            "/protected/ds.dods?temp[0:1:3]",
+            "/protected/ds.dds?temp",
+            "/protected/ds.dmr",
+            "/protected/ds.dap",
+            "/protected/ds.dmr.xml",
+            "/protected/ds.dap.nc4?dap4.ce=x",
+            "/protected/ds.ascii",
+            "/protected/ds.info",
+            "/protected/ds.html",
+            "/protected/ds/below",
+        ] {
+            assert_eq!(user(path).as_deref(), Some("alice"), "{path}");
+        }
+        for path in [
+            "/protected/dsx",
+            "/protected/ds.nc",
+            "/protected/ds.ddsx",
+            "/protected/ds.xml",
+            "/protected/ds.dds/x",
+            "/protected/d.dds",
+            "/protected",
+            "/protected.dds",
+        ] {
+            assert_eq!(user(path), None, "{path}");
+        }
+        // A scope for one DAP response inherits from the dataset scope and is inside it.
+        let ds = url("http", "h", None, "/p/ds");
+        let dds = url("http", "h", None, "/p/ds.dds");
+        assert!(ds.contains(&dds) && !dds.contains(&ds));
+        assert!(dds.ancestors().contains(&ds));
+        let (rules, _, _) = resolve(&[p("[http://h/p/ds]HTTP.CREDENTIALS.USERPASSWORD=u:p\n\
+             [http://h/p/ds.dds]HTTP.TIMEOUT=5\n")]);
+        let r = select(&rules, "http", "h", 80, "/p/ds.dds").unwrap();
+        assert_eq!(r.scope, dds);
+        assert_eq!(r.settings.username.as_ref().unwrap().value, "u");
+        assert!(r.settings.timeout.is_some());
+        let r = select(&rules, "http", "h", 80, "/p/ds.das").unwrap();
+        assert_eq!(r.scope, ds);
+        assert!(r.settings.timeout.is_none());
+    }
+
+    #[test]
     fn specificity_order() {
         let order = [
             RcScope::Any,
@@ -2007,6 +2088,7 @@ mod tests {
             "[https://h]",
             "[http://h/a]",
             "[https://h/a/b]",
+            "[http://h/a/b.dds]",
             "[http://h:8080/a]",
             "[https://h:443/a]",
             "[foo://h/a]",
@@ -2036,6 +2118,8 @@ mod tests {
             ("foo", "h", 0, "/a/b"),
             ("https", "h", 443, "/a"),
             ("http", "h", 8080, "/a/b"),
+            ("http", "h", 80, "/a/b.dds"),
+            ("http", "h", 8080, "/a.das?x"),
         ];
         for _ in 0..3000 {
             let mut bytes = Vec::new();
