@@ -472,8 +472,17 @@ fn parse_host_port(s: &str) -> Result<(String, Option<u16>), &'static str> {
     Ok((host.to_ascii_lowercase(), port))
 }
 
-/// Parses the inside of `[...]`. The `bool` is true when user info (`user:pass@`) was dropped.
-fn parse_scope(s: &str) -> Result<(RcScope, bool), &'static str> {
+/// What [`parse_scope`] noticed besides the scope.
+#[derive(Default)]
+struct ScopeNotes {
+    /// User info (`user:pass@`) was dropped.
+    userinfo: bool,
+    /// A `scheme://host[:port]` prefix with nothing after the authority (no `/`).
+    pathless: bool,
+}
+
+/// Parses the inside of `[...]`.
+fn parse_scope(s: &str) -> Result<(RcScope, ScopeNotes), &'static str> {
     let s = s.trim_matches(is_blank);
     if s.is_empty() {
         return Err("empty [prefix]");
@@ -508,13 +517,16 @@ fn parse_scope(s: &str) -> Result<(RcScope, bool), &'static str> {
                 port,
                 path: path.trim_end_matches('/').to_string(),
             },
-            had_userinfo,
+            ScopeNotes {
+                userinfo: had_userinfo,
+                pathless: path.is_empty(),
+            },
         ))
     } else if s.contains('/') {
         Err("a path in a [prefix] needs a scheme ([scheme://host/path])")
     } else {
         let (host, port) = parse_host_port(s)?;
-        Ok((RcScope::Host { host, port }, false))
+        Ok((RcScope::Host { host, port }, ScopeNotes::default()))
     }
 }
 
@@ -621,6 +633,56 @@ const UNSUPPORTED_KEYS: &[&str] = &[
     "HTTP.KEEPALIVE",
 ];
 
+/// Keys of libdap's `.dodsrc` (read by libdap clients such as the OPeNDAP C++ tools, not by
+/// netCDF-C). Recognised so that `check` lists them once per file instead of calling each one
+/// accepted; they are not kept as lines.
+pub const LIBDAP_KEYS: &[&str] = &[
+    "USE_CACHE",
+    "MAX_CACHE_SIZE",
+    "MAX_CACHED_OBJ",
+    "IGNORE_EXPIRES",
+    "CACHE_ROOT",
+    "DEFAULT_EXPIRES",
+    "ALWAYS_VALIDATE",
+    "DEFLATE",
+    "VALIDATE_SSL",
+    "PROXY_SERVER",
+    "PROXY_FOR",
+    "NO_PROXY_FOR",
+    "AIS_DATABASE",
+    "COOKIE_JAR",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+];
+
+/// Where a value holds what looks like another setting, `HTTP.<KEY>=` (two lines glued
+/// together): the key's name when it is one netCDF-C knows, else `None` inside `Some`.
+fn glued_key(value: &str) -> Option<Option<&'static str>> {
+    let upper = value.to_ascii_uppercase();
+    let mut from = 0;
+    while let Some(i) = upper[from..].find("HTTP.") {
+        let start = from + i;
+        let rest = &upper[start..];
+        let end = rest
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '.' || c == '_'))
+            .unwrap_or(rest.len());
+        if end > "HTTP.".len() && rest[end..].starts_with('=') {
+            let key = &rest[..end];
+            let known = TYPED_KEYS
+                .iter()
+                .chain(UNSUPPORTED_KEYS)
+                .chain(&["HTTP.COOKIE_JAR", "HTTP.COOKIEFILE", "HTTP.COOKIE_FILE"])
+                .chain(&["HTTP.CREDENTIALS.USER", "HTTP.PROXY_SERVER"])
+                .find(|k| **k == key)
+                .copied();
+            return Some(known);
+        }
+        from = start + 1;
+    }
+    None
+}
+
 /// The setting a key writes: aliases collapse to one name. Input must be uppercased.
 fn canonical_key(key: &str) -> &str {
     match key {
@@ -633,9 +695,15 @@ fn canonical_key(key: &str) -> &str {
 
 /// Parses one rc file's bytes. Never fails: malformed lines become warnings.
 ///
-/// Lines end at `\n` (a `\r` before it is dropped); a UTF-8 byte-order mark is ignored. Blank
-/// lines and lines whose first non-blank is `#` are skipped. A line that is not valid UTF-8 is
-/// skipped with a warning. Keys are uppercased (ASCII).
+/// Lines end at `\n` (a `\r` before it is dropped); a UTF-8 byte-order mark is skipped with a
+/// warning. Blank lines and lines whose first non-blank is `#` are skipped. A line that is not
+/// valid UTF-8 is skipped with a warning. Keys are uppercased (ASCII). libdap's keys
+/// ([`LIBDAP_KEYS`]) are dropped and named in one warning per file.
+///
+/// Where netCDF-C 4.9 reads a line differently from authproxy, a warning that starts
+/// "netCDF-C 4.9" says how, for people who share the file with ncdump: `[host:port]` prefixes,
+/// a `[scheme://host:port]` prefix without a path, `HTTP.CREDENTIALS.USERNAME`, leading blanks
+/// (4.9.2 and later), a BOM.
 pub fn parse_bytes(path: &Path, bytes: &[u8]) -> RcFile {
     let shared: Arc<Path> = Arc::from(path);
     let mut file = RcFile {
@@ -643,7 +711,22 @@ pub fn parse_bytes(path: &Path, bytes: &[u8]) -> RcFile {
         lines: Vec::new(),
         warnings: Vec::new(),
     };
-    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    let mut libdap: Vec<(String, usize)> = Vec::new();
+    let bytes = match bytes.strip_prefix(b"\xEF\xBB\xBF") {
+        Some(rest) => {
+            file.warnings.push(RcWarning {
+                origin: Origin {
+                    path: Arc::clone(&shared),
+                    line: 1,
+                },
+                message: "the file starts with a UTF-8 byte-order mark (BOM, bytes EF BB BF); \
+                          skipped (netCDF-C 4.9 reads it as part of the first line)"
+                    .into(),
+            });
+            rest
+        }
+        None => bytes,
+    };
     for (idx, raw) in bytes.split(|b| *b == b'\n').enumerate() {
         let origin = Origin {
             path: Arc::clone(&shared),
@@ -654,17 +737,33 @@ pub fn parse_bytes(path: &Path, bytes: &[u8]) -> RcFile {
             continue;
         }
         match std::str::from_utf8(raw) {
-            Ok(text) => parse_line(text, origin, &mut file),
+            Ok(text) => parse_line(text, origin, &mut file, &mut libdap),
             Err(_) => file.warnings.push(RcWarning {
                 origin,
                 message: "line is not valid UTF-8; skipped".into(),
             }),
         }
     }
+    if let Some((_, first)) = libdap.first() {
+        let list: Vec<String> = libdap
+            .iter()
+            .map(|(key, line)| format!("{key} (line {line})"))
+            .collect();
+        file.warnings.push(RcWarning {
+            origin: Origin {
+                path: Arc::clone(&shared),
+                line: *first,
+            },
+            message: format!(
+                "libdap keys, read by libdap clients and not by netCDF-C or authproxy; ignored: {}",
+                list.join(", ")
+            ),
+        });
+    }
     file
 }
 
-fn parse_line(text: &str, origin: Origin, file: &mut RcFile) {
+fn parse_line(text: &str, origin: Origin, file: &mut RcFile, libdap: &mut Vec<(String, usize)>) {
     let warn = |file: &mut RcFile, message: String| {
         file.warnings.push(RcWarning {
             origin: origin.clone(),
@@ -672,15 +771,17 @@ fn parse_line(text: &str, origin: Origin, file: &mut RcFile) {
         })
     };
     let body = text.trim_matches(is_blank);
-    let mut blanks = text.starts_with(is_blank);
+    // netCDF-C 4.9.0 trims blanks around the key and the value as authproxy does; 4.9.2 and
+    // later mangle a line that starts with blanks.
+    let leading_blanks = text.starts_with(is_blank);
     let (scope, rest) = if body.starts_with('[') {
         let Some(close) = closing_bracket(body) else {
             warn(file, "`[` without a matching `]`; line skipped".into());
             return;
         };
         match parse_scope(&body[1..close]) {
-            Ok((scope, userinfo)) => {
-                if userinfo {
+            Ok((scope, notes)) => {
+                if notes.userinfo {
                     warn(
                         file,
                         "user info in a [prefix] is ignored (put credentials in \
@@ -688,7 +789,24 @@ fn parse_line(text: &str, origin: Origin, file: &mut RcFile) {
                             .into(),
                     );
                 }
-                blanks |= body[..close].contains(is_blank);
+                if notes.pathless {
+                    warn(
+                        file,
+                        "netCDF-C 4.9 drops a [scheme://host:port] prefix without a path, and \
+                         every line after it (authproxy reads them all); give the prefix the \
+                         dataset's path to share this file with ncdump"
+                            .into(),
+                    );
+                }
+                if let RcScope::Host { port: Some(_), .. } = scope {
+                    warn(
+                        file,
+                        "netCDF-C 4.9 logs \"Malformed [url]\" for a [host:port] prefix and \
+                         skips the line (authproxy reads it); write [http://host:port/path] to \
+                         share this file with ncdump"
+                            .into(),
+                    );
+                }
                 (scope, &body[close + 1..])
             }
             Err(why) => {
@@ -710,18 +828,63 @@ fn parse_line(text: &str, origin: Origin, file: &mut RcFile) {
         warn(file, "no key before `=`; line skipped".into());
         return;
     }
-    blanks |= key_raw.contains(is_blank) || value_raw.starts_with(is_blank);
     let key = key.to_ascii_uppercase();
-    if blanks {
+    if LIBDAP_KEYS.contains(&key.as_str()) {
+        libdap.push((key_raw.trim_matches(is_blank).to_string(), origin.line));
+        return;
+    }
+    if leading_blanks {
         warn(
             file,
-            format!("{key}: blanks around the key or `=`; netCDF-C 4.9 would misread this line"),
+            format!(
+                "{key}: the line starts with blanks; netCDF-C 4.9.2 and later misread such a \
+                 line (4.9.0 and authproxy trim them); remove them to share this file with ncdump"
+            ),
         );
     }
     if key == "HTTP.PROXY_SERVER" {
         warn(
             file,
             "HTTP.PROXY_SERVER is deprecated; use HTTP.PROXY.SERVER".into(),
+        );
+    }
+    if key == "HTTP.CREDENTIALS.USERNAME" {
+        warn(
+            file,
+            "netCDF-C 4.9 reads HTTP.CREDENTIALS.USER and ignores HTTP.CREDENTIALS.USERNAME \
+             (authproxy reads both); write HTTP.CREDENTIALS.USER to share this file with ncdump"
+                .into(),
+        );
+    }
+    if key.starts_with("CURL.") {
+        warn(
+            file,
+            format!(
+                "{key}: CURL.* keys are obsolete (netCDF-C 4.9 no longer reads them); use the \
+                 HTTP.* key of the same name"
+            ),
+        );
+    }
+    let value = value_raw.trim_matches(is_blank);
+    if let Some(glued) = glued_key(value) {
+        // Not even a key name from a value that may be a secret.
+        let secret = matches!(
+            canonical_key(&key),
+            "HTTP.CREDENTIALS.PASSWORD"
+                | "HTTP.CREDENTIALS.USERPASSWORD"
+                | "HTTP.SSL.KEYPASSWORD"
+                | "HTTP.PROXY.SERVER"
+        );
+        let what = match glued {
+            Some(k) if !secret => format!("{k}="),
+            _ => "HTTP.<KEY>=".to_string(),
+        };
+        warn(
+            file,
+            format!(
+                "{key}: the value contains `{what}`: two settings glued on one line? Both \
+                 authproxy and netCDF-C 4.9 read it as one value; put each setting on its own line"
+            ),
         );
     }
     let canon = canonical_key(&key);
@@ -737,7 +900,7 @@ fn parse_line(text: &str, origin: Origin, file: &mut RcFile) {
     file.lines.push(RcLine {
         scope,
         key,
-        value: value_raw.trim_matches(is_blank).to_string(),
+        value: value.to_string(),
         origin,
     });
 }
@@ -1232,7 +1395,12 @@ mod tests {
     fn seed_host_and_host_port_examples() {
         let f =
             p("[remotetest.unidata.ucar.edu]HTTP.VERBOSE=1\n[fake.ucar.edu:9090]HTTP.VERBOSE=0\n");
-        assert!(f.warnings.is_empty(), "{:?}", f.warnings);
+        // authproxy reads the documented [host:port] form; netCDF-C 4.9 skips it, and says so.
+        assert_eq!(f.warnings.len(), 1, "{:?}", f.warnings);
+        assert_eq!(f.warnings[0].origin.line, 2);
+        assert!(f.warnings[0]
+            .message
+            .starts_with("netCDF-C 4.9 logs \"Malformed [url]\""));
         assert_eq!(f.lines[0].scope, host("remotetest.unidata.ucar.edu", None));
         assert_eq!(f.lines[0].key, "HTTP.VERBOSE");
         assert_eq!(f.lines[0].value, "1");
@@ -1379,9 +1547,11 @@ mod tests {
                 url("https", "h", None, "/p"),
             ]
         );
-        assert_eq!(f.warnings.len(), 1, "{:?}", f.warnings);
-        assert_eq!(f.warnings[0].origin.line, 8);
-        assert!(!f.warnings[0].message.contains("pw"));
+        let lines: Vec<usize> = f.warnings.iter().map(|w| w.origin.line).collect();
+        assert_eq!(lines, vec![3, 8], "{:?}", f.warnings);
+        assert!(f.warnings[0].message.contains("[host:port]"));
+        assert!(f.warnings[1].message.contains("user info"));
+        assert!(!f.warnings[1].message.contains("pw"));
         assert_eq!(scopes[2].to_string(), "[host.example.org:8443]");
         assert_eq!(scopes[3].to_string(), "[https://host.example.org/Data]");
         assert_eq!(scopes[0].to_string(), "(unscoped)");
@@ -1427,7 +1597,7 @@ mod tests {
 
     #[test]
     fn crlf_comments_blank_lines_and_bom() {
-        let f = p("\u{feff}# comment\r\n\r\n   \t\r\n  # indented comment\r\nHTTP.SSL.CAINFO=/ca.pem\r\n[h]HTTP.NETRC=/n\r\nlast=x");
+        let f = p("# comment\r\n\r\n   \t\r\n  # indented comment\r\nHTTP.SSL.CAINFO=/ca.pem\r\n[h]HTTP.NETRC=/n\r\nlast=x");
         assert!(f.warnings.is_empty(), "{:?}", f.warnings);
         assert_eq!(f.lines.len(), 3);
         assert_eq!(f.lines[0].value, "/ca.pem");
@@ -1440,27 +1610,165 @@ mod tests {
     }
 
     #[test]
-    fn blanks_around_equals_warn_but_parse() {
+    fn blanks_around_key_and_equals_are_trimmed_without_a_warning() {
+        // netCDF-C 4.9.0 trims these as authproxy does (measured): no warning.
         for text in [
             "HTTP.SSL.CAINFO = /ca.pem",
             "HTTP.SSL.CAINFO =/ca.pem",
             "HTTP.SSL.CAINFO= /ca.pem",
-            "  HTTP.SSL.CAINFO=/ca.pem",
             "[h] HTTP.SSL.CAINFO=/ca.pem",
-            "\tHTTP.SSL.CAINFO\t=\t/ca.pem\t",
+            "[ h ]HTTP.SSL.CAINFO=/ca.pem",
+            "HTTP.SSL.CAINFO\t=\t/ca.pem\t",
         ] {
             let f = p(text);
             assert_eq!(f.lines.len(), 1, "{text}");
             assert_eq!(f.lines[0].key, "HTTP.SSL.CAINFO");
             assert_eq!(f.lines[0].value, "/ca.pem");
-            assert_eq!(f.warnings.len(), 1, "{text}");
-            assert!(f.warnings[0].message.contains("netCDF-C 4.9 would misread"));
-            assert!(!f.warnings[0].message.contains("/ca.pem"));
+            assert!(f.warnings.is_empty(), "{text}: {:?}", f.warnings);
         }
-        // Trailing blanks and blanks inside the value do not warn.
         let f = p("HTTP.USERAGENT=my agent  ");
         assert!(f.warnings.is_empty());
         assert_eq!(f.lines[0].value, "my agent");
+    }
+
+    #[test]
+    fn leading_blanks_warn_naming_netcdf_4_9_2() {
+        for text in [
+            "  HTTP.SSL.CAINFO=/ca.pem",
+            "\tHTTP.SSL.CAINFO\t=\t/ca.pem\t",
+            "   [h]HTTP.SSL.CAINFO=/ca.pem",
+        ] {
+            let f = p(text);
+            assert_eq!(f.lines.len(), 1, "{text}");
+            assert_eq!(f.lines[0].value, "/ca.pem");
+            assert_eq!(f.warnings.len(), 1, "{text}");
+            let m = &f.warnings[0].message;
+            assert!(m.contains("netCDF-C 4.9.2 and later"), "{m}");
+            assert!(m.contains("4.9.0 and authproxy trim"), "{m}");
+            assert!(!m.contains("/ca.pem"));
+        }
+    }
+
+    // --- netCDF-C 4.9 compatibility notes ------------------------------------------------
+
+    fn compat(f: &RcFile) -> Vec<(usize, &str)> {
+        f.warnings
+            .iter()
+            .filter(|w| w.message.contains("netCDF-C 4.9"))
+            .map(|w| (w.origin.line, w.message.as_str()))
+            .collect()
+    }
+
+    #[test]
+    fn pathless_url_prefix_warns_that_4_9_drops_the_rest() {
+        let f = p("HTTP.COOKIEJAR=/tmp/jar\n\
+                   [https://urs.earthdata.nasa.gov]HTTP.CREDENTIALS.USER=me\n\
+                   [https://urs.earthdata.nasa.gov]HTTP.CREDENTIALS.PASSWORD=Secret1\n\
+                   [https://data.example.org/opendap/ds]HTTP.CREDENTIALS.USER=me\n\
+                   [https://data.example.org/]HTTP.CREDENTIALS.USER=me\n");
+        let notes = compat(&f);
+        let lines: Vec<usize> = notes.iter().map(|n| n.0).collect();
+        assert_eq!(lines, vec![2, 3], "{notes:?}");
+        assert!(notes[0].1.contains("every line after it"));
+        assert!(!notes.iter().any(|n| n.1.contains("Secret1")));
+        // authproxy reads them all.
+        assert_eq!(f.lines.len(), 5);
+    }
+
+    #[test]
+    fn username_key_warns_that_4_9_reads_user() {
+        let f = p("[http://h.org/d]HTTP.CREDENTIALS.USERNAME=alice\n\
+                   [http://h.org/d]HTTP.CREDENTIALS.PASSWORD=pw\n\
+                   [http://h.org/e]HTTP.CREDENTIALS.USER=bob\n");
+        let notes = compat(&f);
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert_eq!(notes[0].0, 1);
+        assert!(notes[0].1.contains("reads HTTP.CREDENTIALS.USER"));
+        assert!(!notes[0].1.contains("alice"));
+        let (rules, _, _) = resolve(&[f]);
+        let s = &select(&rules, "http", "h.org", 80, "/d").unwrap().settings;
+        assert_eq!(s.username.as_ref().unwrap().value, "alice");
+    }
+
+    #[test]
+    fn bom_is_skipped_with_a_warning_that_names_it() {
+        let f = p("\u{feff}HTTP.NETRC=/home/me/.netrc\r\nHTTP.COOKIEJAR=/home/me/.cookies\r\n");
+        assert_eq!(f.lines.len(), 2);
+        assert_eq!(f.lines[0].key, "HTTP.NETRC");
+        assert_eq!(f.warnings.len(), 1, "{:?}", f.warnings);
+        assert_eq!(f.warnings[0].origin.line, 1);
+        assert!(f.warnings[0].message.contains("byte-order mark (BOM"));
+        // A BOM before a comment: the comment is still a comment.
+        let f = p("\u{feff}# my rc\nHTTP.NETRC=/n\n");
+        assert_eq!(f.lines.len(), 1);
+        assert_eq!(f.warnings.len(), 1);
+    }
+
+    #[test]
+    fn glued_settings_warn_without_the_value() {
+        // As NASAPrecipitation.jl writes it.
+        let f = p("HTTP.COOKIEJAR=/home/u/.urs_cookiesHTTP.NETRC=/home/u/.netrc\n");
+        assert_eq!(f.lines.len(), 1);
+        assert_eq!(f.warnings.len(), 1, "{:?}", f.warnings);
+        let m = &f.warnings[0].message;
+        assert!(
+            m.starts_with("HTTP.COOKIEJAR: the value contains `HTTP.NETRC=`"),
+            "{m}"
+        );
+        assert!(!m.contains("/home/u"), "{m}");
+        // In a secret, not even the key name found inside it is echoed.
+        let f = p("HTTP.CREDENTIALS.PASSWORD=xHTTP.NETRC=y\nHTTP.CREDENTIALS.USER=u\n");
+        assert_eq!(f.warnings.len(), 1);
+        assert!(f.warnings[0].message.contains("`HTTP.<KEY>=`"));
+        assert!(!f.warnings[0].message.contains("NETRC"));
+        // Not glued: a URL or a password with "http." and no "=" after a key.
+        let f =
+            p("HTTP.PROXY.SERVER=http://proxy.example:8080\nHTTP.CREDENTIALS.PASSWORD=a=http.b\n");
+        assert!(f.warnings.is_empty(), "{:?}", f.warnings);
+    }
+
+    #[test]
+    fn curl_keys_warn_as_obsolete() {
+        let f = p("CURL.VERBOSE=1\nCURL.SSL.VALIDATE=1\nHTTP.VERBOSE=1\n");
+        let lines: Vec<usize> = f
+            .warnings
+            .iter()
+            .filter(|w| w.message.contains("CURL.* keys are obsolete"))
+            .map(|w| w.origin.line)
+            .collect();
+        assert_eq!(lines, vec![1, 2]);
+        assert_eq!(f.warnings.len(), 2);
+    }
+
+    #[test]
+    fn libdap_keys_are_listed_once_per_file_not_accepted() {
+        // A .dodsrc as libdap's getdap writes it, with one netCDF-C key.
+        let f = p("# OPeNDAP client configuration file. See the OPeNDAP\n\
+                   USE_CACHE=0\n\
+                   MAX_CACHE_SIZE=20\n\
+                   MAX_CACHED_OBJ=5\n\
+                   IGNORE_EXPIRES=0\n\
+                   CACHE_ROOT=/home/u/.dods_cache/\n\
+                   DEFAULT_EXPIRES=86400\n\
+                   ALWAYS_VALIDATE=0\n\
+                   DEFLATE=0\n\
+                   VALIDATE_SSL=1\n\
+                   PROXY_SERVER=http,http://u:secret@proxy:3128\n\
+                   NO_PROXY_FOR=http,localhost\n\
+                   AIS_DATABASE=\n\
+                   COOKIE_JAR=.dods_cookies\n\
+                   HTTP.NETRC=/home/u/.netrc\n");
+        assert_eq!(f.lines.len(), 1);
+        assert_eq!(f.lines[0].key, "HTTP.NETRC");
+        assert_eq!(f.warnings.len(), 1, "{:?}", f.warnings);
+        let w = &f.warnings[0];
+        assert_eq!(w.origin.line, 2);
+        assert!(w.message.starts_with("libdap keys"), "{}", w.message);
+        assert!(w.message.contains("USE_CACHE (line 2)"));
+        assert!(w.message.contains("COOKIE_JAR (line 14)"));
+        assert!(!w.message.contains("secret") && !w.message.contains("proxy:3128"));
+        let (rules, _, _) = resolve(&[f]);
+        assert!(rules[0].settings.unsupported.is_empty());
     }
 
     #[test]
