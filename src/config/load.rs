@@ -190,6 +190,7 @@ pub fn load(env: &Environment) -> Result<Snapshot, LoadErrors> {
         }
         _ => {
             b.watch.extend(rcfile::candidate_paths(&env.rc));
+            b.warnings.extend(rcfile::discovery_notes(&env.rc));
             rcfile::discover(&env.rc)
         }
     };
@@ -216,7 +217,8 @@ pub fn load(env: &Environment) -> Result<Snapshot, LoadErrors> {
                 .push(format!("{}: cannot read rc file: {e}", path.display())),
         }
     }
-    let (rc_rules, rc_warnings, rc_errors) = rcfile::resolve(&rc_files);
+    let home = env.home.as_deref().or(env.rc.home.as_deref());
+    let (rc_rules, rc_warnings, rc_errors) = rcfile::resolve_in(&rc_files, home);
     b.warnings.extend(rc_warnings.iter().map(|w| w.to_string()));
     b.errors.extend(rc_errors.iter().map(|e| e.to_string()));
     let mut netrc_from_rc = None;

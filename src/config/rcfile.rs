@@ -9,8 +9,9 @@ without reading the process environment (everything comes in through [`RcEnv`]):
 * [`candidate_paths`] / [`discover`] decide which files are read, highest precedence first;
 * [`parse_bytes`] / [`parse_file`] turn one file into [`RcLine`]s and [`RcWarning`]s and never
   fail on content (the parser is fuzzed: no input panics);
-* [`resolve`] merges all files into one [`RcRule`] per distinct scope, each already holding
-  everything it inherits, and [`select`] picks the single rule for a request.
+* [`resolve_in`] (or [`resolve`], without a home directory) merges all files into one
+  [`RcRule`] per distinct scope, each already holding everything it inherits, and [`select`]
+  picks the single rule for a request.
 
 Decisions worth knowing (each is documented where it is implemented):
 
@@ -21,15 +22,29 @@ Decisions worth knowing (each is documented where it is implemented):
   load order (4.9 lets `.dodsrc` override `.daprc`); it follows the documented wording.
 * **Lines.** `KEY=VALUE`, `[host]KEY=VALUE`, `[host:port]KEY=VALUE` and
   `[scheme://host[:port][/path]]KEY=VALUE`. Split at the first `=`, blanks around key and value
-  are trimmed (with a warning: netCDF-C 4.9's trimming mangles such lines). A line that is not
-  valid UTF-8 is **skipped with a warning** (not read lossily: a lossily decoded password would
-  be silently wrong). Comment lines and blank lines are skipped before the UTF-8 check.
+  are trimmed (as netCDF-C 4.9.0 does). A line that is not valid UTF-8 is **skipped with a
+  warning** (not read lossily: a lossily decoded password would be silently wrong). Comment
+  lines and blank lines are skipped before the UTF-8 check. A BOM is skipped with a warning.
+  libdap's own keys (`USE_CACHE`, `PROXY_SERVER`, …) are named once per file and dropped.
+* **Path scopes and DAP.** `[http://h/d/ds]` matches `/d/ds`, what is below it, and the DAP
+  requests for the dataset (`/d/ds.dds`, `.das`, `.dods`, `.dmr`, `.dap`, … with any `?…`
+  constraint): see [`DAP_SUFFIXES`].
+* **netCDF-C 4.9 compatibility notes.** Where netCDF-C 4.9 reads a file differently from
+  authproxy (which follows the documented semantics of seed 002), a warning starting
+  "netCDF-C 4.9" says how: `[host:port]` prefixes (4.9 skips them), a path-less
+  `[scheme://host:port]` prefix (4.9 drops it and the rest of the file),
+  `HTTP.CREDENTIALS.USERNAME` (4.9 reads `USER`), `DAPRCFILE` (4.9 ignores it), `.daprc` and
+  `.dodsrc` disagreeing (4.9.0 uses `.dodsrc`), `USERPASSWORD` disagreeing with
+  `USERNAME`/`PASSWORD` (4.9.0 uses `USERPASSWORD`), leading blanks (4.9.2 and later), `~/`
+  in paths.
 * **Values are never echoed.** Warnings and errors name the file, line and key, never a value
   nor a `[prefix]` (a URL prefix may carry `user:password@`). [`RcLine`]'s `Debug` hides the
   value.
-* **Relative paths** in values (certificates, cookie jar, netrc, CA files) are kept as written.
-  netCDF-C hands them to libcurl unchanged, i.e. relative to the process's working directory;
-  resolving them is the caller's decision.
+* **Paths** in values (certificates, cookie jar, netrc, CA files): a leading `~`, `$HOME` or
+  `${HOME}` is the daemon's home directory (injected into [`resolve_in`]), with a warning
+  (netCDF-C hands the value to libcurl unchanged, which opens `./~/…`). A path that is still
+  relative is taken relative to the **rc file's directory**, not the daemon's working directory
+  (which is `/` under systemd).
 */
 
 use std::cmp::Reverse;
@@ -133,6 +148,20 @@ pub fn candidate_paths(env: &RcEnv) -> Vec<PathBuf> {
     dirs.iter()
         .flat_map(|d| RC_FILE_NAMES.iter().map(move |n| d.join(n)))
         .collect()
+}
+
+/// Where netCDF-C 4.9 would pick other files than [`candidate_paths`] does, for `check`: it
+/// ignores `DAPRCFILE` (it reads only `NCRCENV_RC`). Messages name the file, never a value.
+pub fn discovery_notes(env: &RcEnv) -> Vec<String> {
+    match (&env.daprcfile, &env.ncrcenv_rc) {
+        (Some(only), None) if !env.ignore => vec![format!(
+            "{}: DAPRCFILE names it as the only rc file authproxy reads; netCDF-C 4.9 ignores \
+             DAPRCFILE (it reads NCRCENV_RC) and reads .ncrc, .daprc and .dodsrc from $HOME and \
+             the working directory instead",
+            absolutize(only, env.cwd.as_deref()).display()
+        )],
+        _ => Vec::new(),
+    }
 }
 
 /// The rc files that exist, highest precedence first (a subset of [`candidate_paths`]).
@@ -945,7 +974,8 @@ pub struct RcSettings {
     pub username: Option<Sourced<String>>,
     pub password: Option<Sourced<Secret<String>>>,
     /// `HTTP.COOKIEJAR` (or its aliases `HTTP.COOKIE_JAR`, `HTTP.COOKIEFILE`,
-    /// `HTTP.COOKIE_FILE`). Paths are kept as written (relative = to the process's cwd).
+    /// `HTTP.COOKIE_FILE`). Paths have `~`/`$HOME` expanded and are relative to the rc file's
+    /// directory (see [`resolve_in`]).
     pub cookiejar: Option<Sourced<PathBuf>>,
     pub netrc: Option<Sourced<PathBuf>>,
     pub ssl_certificate: Option<Sourced<PathBuf>>,
@@ -1042,8 +1072,75 @@ fn decode(part: &str) -> Option<String> {
         .map(|c| c.into_owned())
 }
 
+/// A path value as authproxy opens it. A leading `~`, `$HOME` or `${HOME}` (alone or before a
+/// `/`) is `home`, the daemon's home directory, with a warning (netCDF-C hands the value to
+/// libcurl as written, which opens `./~/…`); a path that is still relative is taken relative to
+/// the directory of the rc file it was read from (the daemon's working directory is `/` under
+/// systemd). The warning names the key, never the value.
+fn rc_path(line: &RcLine, home: Option<&Path>, warnings: &mut Vec<RcWarning>) -> PathBuf {
+    let v = line.value.as_str();
+    let forms: [(&str, &str); 3] = [
+        (
+            "~",
+            "netCDF-C 4.9 opens `./~/…` relative to its working directory instead",
+        ),
+        (
+            "${HOME}",
+            "netCDF-C 4.9 does not expand `${HOME}` and opens the path as written",
+        ),
+        (
+            "$HOME",
+            "netCDF-C 4.9 does not expand `$HOME` and opens the path as written",
+        ),
+    ];
+    let mut out = PathBuf::from(v);
+    for (form, netcdf) in forms {
+        let Some(rest) = v.strip_prefix(form) else {
+            continue;
+        };
+        if !(rest.is_empty() || rest.starts_with('/')) {
+            continue;
+        }
+        let rest = rest.trim_start_matches('/');
+        let message = match home {
+            Some(h) => {
+                out = if rest.is_empty() {
+                    h.to_path_buf()
+                } else {
+                    h.join(rest)
+                };
+                format!(
+                    "{}: `{form}` is the daemon's home directory here; {netcdf}",
+                    line.key
+                )
+            }
+            None => format!(
+                "{}: `{form}` cannot be expanded (the daemon has no HOME); read relative to the \
+                 rc file's directory",
+                line.key
+            ),
+        };
+        warnings.push(RcWarning {
+            origin: line.origin.clone(),
+            message,
+        });
+        break;
+    }
+    if out.is_relative() {
+        if let Some(dir) = line.origin.path.parent() {
+            out = dir.join(out);
+        }
+    }
+    out
+}
+
 /// Builds one scope's own layer from its winning lines (keyed by canonical key).
-fn build_layer(slots: &BTreeMap<String, &RcLine>, errors: &mut Vec<RcError>) -> Layer {
+fn build_layer(
+    slots: &BTreeMap<String, &RcLine>,
+    home: Option<&Path>,
+    warnings: &mut Vec<RcWarning>,
+    errors: &mut Vec<RcError>,
+) -> Layer {
     let mut l = Layer::default();
     let mut validate: Option<Sourced<bool>> = None;
     for (slot, line) in slots {
@@ -1054,8 +1151,8 @@ fn build_layer(slots: &BTreeMap<String, &RcLine>, errors: &mut Vec<RcError>) -> 
             origin: o(),
             key: key(),
         };
-        let path = |dst: &mut Option<Sourced<PathBuf>>| {
-            *dst = Some(Sourced::new(PathBuf::from(v), o()));
+        let mut path = |dst: &mut Option<Sourced<PathBuf>>| {
+            *dst = Some(Sourced::new(rc_path(line, home, warnings), o()));
         };
         let s = &mut l.settings;
         match slot.as_str() {
@@ -1168,6 +1265,71 @@ const MAX_SCOPES_WITH_INTERSECTIONS: usize = 4096;
 /// * **Errors** (bad boolean, bad number, bad `USERPASSWORD`) are reported for the lines that
 ///   take effect, each once; the setting is then left unset.
 pub fn resolve(files: &[RcFile]) -> (Vec<RcRule>, Vec<RcWarning>, Vec<RcError>) {
+    resolve_in(files, None)
+}
+
+/// The rc files' netCDF-C 4.9 compatibility notes that need more than one line: the same key
+/// for the same scope in a `.daprc` and a `.dodsrc` of one directory, with different values
+/// (authproxy, as documented, uses `.daprc`; 4.9.0 loads `.dodsrc` last and uses it).
+fn daprc_dodsrc_notes(files: &[RcFile], warnings: &mut Vec<RcWarning>) {
+    let name = |f: &RcFile| {
+        f.path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .map(str::to_owned)
+    };
+    // The line that takes effect per (scope, canonical key) in one file: the last one.
+    let last = |f: &'_ RcFile| {
+        let mut m: BTreeMap<(RcScope, String), usize> = BTreeMap::new();
+        for (i, l) in f.lines.iter().enumerate() {
+            let canon = canonical_key(&l.key);
+            if l.value.is_empty() && NEED_VALUE.contains(&canon) {
+                continue;
+            }
+            m.insert((l.scope.clone(), canon.to_string()), i);
+        }
+        m
+    };
+    for daprc in files
+        .iter()
+        .filter(|f| name(f).as_deref() == Some(".daprc"))
+    {
+        let Some(dir) = daprc.path.parent() else {
+            continue;
+        };
+        let Some(dodsrc) = files.iter().find(|f| {
+            name(f).as_deref() == Some(".dodsrc")
+                && f.path.parent().is_some_and(|d| same_dir(d, dir))
+        }) else {
+            continue;
+        };
+        let theirs = last(dodsrc);
+        for (slot, i) in last(daprc) {
+            let Some(j) = theirs.get(&slot) else {
+                continue;
+            };
+            let (a, b) = (&daprc.lines[i], &dodsrc.lines[*j]);
+            if a.value != b.value {
+                warnings.push(RcWarning {
+                    origin: a.origin.clone(),
+                    message: format!(
+                        "{}: {} sets it for the same [prefix] to another value; authproxy uses \
+                         this line (.daprc over .dodsrc, as documented) but netCDF-C 4.9.0 loads \
+                         .dodsrc last and uses that one",
+                        a.key, b.origin
+                    ),
+                });
+            }
+        }
+    }
+}
+
+/// [`resolve`], with `home` (the daemon's home directory) for a leading `~`, `$HOME` or
+/// `${HOME}` in path values; see [`rc_path`].
+pub fn resolve_in(
+    files: &[RcFile],
+    home: Option<&Path>,
+) -> (Vec<RcRule>, Vec<RcWarning>, Vec<RcError>) {
     let mut warnings: Vec<RcWarning> = files.iter().flat_map(|f| f.warnings.clone()).collect();
     let mut errors = Vec::new();
 
@@ -1202,7 +1364,10 @@ pub fn resolve(files: &[RcFile]) -> (Vec<RcRule>, Vec<RcWarning>, Vec<RcError>) 
 
     let layers: BTreeMap<RcScope, Layer> = by_scope
         .iter()
-        .map(|(scope, slots)| (scope.clone(), build_layer(slots, &mut errors)))
+        .map(|(scope, slots)| {
+            let layer = build_layer(slots, home, &mut warnings, &mut errors);
+            (scope.clone(), layer)
+        })
         .collect();
 
     // Group scopes by host; close each group under intersection.
@@ -1275,6 +1440,8 @@ pub fn resolve(files: &[RcFile]) -> (Vec<RcRule>, Vec<RcWarning>, Vec<RcError>) 
         (Reverse(a.scope.specificity()), &a.scope).cmp(&(Reverse(b.scope.specificity()), &b.scope))
     });
 
+    daprc_dodsrc_notes(files, &mut warnings);
+
     let order: BTreeMap<&Path, usize> = files
         .iter()
         .enumerate()
@@ -1299,13 +1466,28 @@ fn finish(scope: RcScope, eff: Layer, warnings: &mut Vec<RcWarning>) -> RcRule {
     } = eff;
     match (user, pass, userpass) {
         (Some(u), Some(p), up) => {
-            if let Some((up, _)) = up {
-                warnings.push(RcWarning {
-                    origin: up.origin,
-                    message: "HTTP.CREDENTIALS.USERPASSWORD is not used where \
-                              HTTP.CREDENTIALS.USERNAME and HTTP.CREDENTIALS.PASSWORD also apply"
-                        .into(),
-                });
+            // Seed 002: the literal pair wins. netCDF-C 4.9.0 uses USERPASSWORD instead: say so
+            // where the two disagree.
+            if let Some((upu, upp)) = up {
+                let differs = if upu.value != u.value {
+                    Some("a different user")
+                } else if upp.value.expose() != p.value.expose() {
+                    Some("the same user with a different password")
+                } else {
+                    None
+                };
+                if let Some(differs) = differs {
+                    warnings.push(RcWarning {
+                        origin: upu.origin,
+                        message: format!(
+                            "HTTP.CREDENTIALS.USERPASSWORD names {differs} than \
+                             HTTP.CREDENTIALS.USERNAME/PASSWORD ({}, {}); authproxy sends \
+                             USERNAME/PASSWORD (as documented) but netCDF-C 4.9.0 sends \
+                             USERPASSWORD",
+                            u.origin, p.origin
+                        ),
+                    });
+                }
             }
             settings.username = Some(u);
             settings.password = Some(p);
@@ -1434,27 +1616,29 @@ mod tests {
                    HTTP.SSL.CAPATH=~/.globus\n\
                    HTTP.SSL.VALIDATE=1\n");
         assert!(f.warnings.is_empty());
-        let (rules, warnings, errors) = resolve(&[f]);
-        assert!(warnings.is_empty() && errors.is_empty());
+        let (rules, warnings, errors) = resolve_in(&[f], Some(Path::new("/home/esg")));
+        assert!(errors.is_empty());
         assert_eq!(rules.len(), 1);
         let s = &select(&rules, "https", "esgf.example.org", 443, "/")
             .unwrap()
             .settings;
-        // Kept as written: no tilde or relative-path expansion.
-        assert_eq!(
-            s.cookiejar.as_ref().unwrap().value,
-            Path::new("~/.dods_cookies")
-        );
-        assert_eq!(s.netrc.as_ref().unwrap().value, Path::new("~/.netrc"));
-        assert_eq!(
-            s.ssl_certificate.as_ref().unwrap().value,
-            Path::new("~/esgkeystore")
-        );
-        assert_eq!(
-            s.ssl_key.as_ref().unwrap().value,
-            Path::new("~/esgkeystore")
-        );
-        assert_eq!(s.ssl_capath.as_ref().unwrap().value, Path::new("~/.globus"));
+        // `~/` is the daemon's home, as the user meant (netCDF-C would open `./~/…`).
+        let v = |p: &Option<Sourced<PathBuf>>| p.as_ref().unwrap().value.clone();
+        assert_eq!(v(&s.cookiejar), Path::new("/home/esg/.dods_cookies"));
+        assert_eq!(v(&s.netrc), Path::new("/home/esg/.netrc"));
+        assert_eq!(v(&s.ssl_certificate), Path::new("/home/esg/esgkeystore"));
+        assert_eq!(v(&s.ssl_key), Path::new("/home/esg/esgkeystore"));
+        assert_eq!(v(&s.ssl_capath), Path::new("/home/esg/.globus"));
+        let lines: Vec<usize> = warnings.iter().map(|w| w.origin.line).collect();
+        assert_eq!(lines, vec![1, 2, 3, 4, 5], "{warnings:?}");
+        for w in &warnings {
+            assert!(
+                w.message.contains("`~` is the daemon's home directory"),
+                "{w}"
+            );
+            assert!(w.message.contains("netCDF-C 4.9 opens `./~/…`"), "{w}");
+        }
+        assert!(warnings[1].message.starts_with("HTTP.NETRC: "));
         assert!(s.ssl_verifypeer.as_ref().unwrap().value);
         assert!(s.ssl_verifyhost.as_ref().unwrap().value);
         assert_eq!(s.ssl_verifyhost.as_ref().unwrap().origin.line, 6);
@@ -1462,6 +1646,116 @@ mod tests {
             s.cookiejar.as_ref().unwrap().origin.to_string(),
             "/rc/.daprc:1"
         );
+    }
+
+    #[test]
+    fn home_forms_and_relative_paths_in_path_values() {
+        let home = Some(Path::new("/home/u"));
+        let f = parse_bytes(
+            Path::new("/etc/esg/.dodsrc"),
+            b"HTTP.NETRC=$HOME/.netrc\n\
+              HTTP.COOKIEJAR=${HOME}/.urs_cookies\n\
+              HTTP.SSL.CAPATH=~\n\
+              HTTP.SSL.CAINFO=certs/ca.pem\n\
+              HTTP.SSL.CERTIFICATE=/abs/cert.pem\n\
+              HTTP.SSL.KEY=~other/key.pem\n\
+              [h]HTTP.NETRC=$HOMEDIR/x\n",
+        );
+        let (rules, warnings, errors) = resolve_in(&[f.clone()], home);
+        assert!(errors.is_empty());
+        let any = rules.iter().find(|r| r.scope == RcScope::Any).unwrap();
+        let s = &any.settings;
+        let v = |p: &Option<Sourced<PathBuf>>| p.as_ref().unwrap().value.clone();
+        assert_eq!(v(&s.netrc), Path::new("/home/u/.netrc"));
+        assert_eq!(v(&s.cookiejar), Path::new("/home/u/.urs_cookies"));
+        assert_eq!(v(&s.ssl_capath), Path::new("/home/u"));
+        // Relative: against the rc file's directory, not the working directory.
+        assert_eq!(v(&s.ssl_cainfo), Path::new("/etc/esg/certs/ca.pem"));
+        assert_eq!(v(&s.ssl_certificate), Path::new("/abs/cert.pem"));
+        // `~user` and `$HOMEDIR` are not the home forms: plain relative paths.
+        assert_eq!(v(&s.ssl_key), Path::new("/etc/esg/~other/key.pem"));
+        let h = select(&rules, "http", "h", 80, "/").unwrap();
+        assert_eq!(v(&h.settings.netrc), Path::new("/etc/esg/$HOMEDIR/x"));
+        let notes: Vec<(usize, &str)> = warnings
+            .iter()
+            .map(|w| (w.origin.line, w.message.as_str()))
+            .collect();
+        assert_eq!(notes.len(), 3, "{notes:?}");
+        assert_eq!(notes[0].0, 1);
+        assert!(notes[0].1.contains("does not expand `$HOME`"));
+        assert_eq!(notes[1].0, 2);
+        assert!(notes[1].1.contains("does not expand `${HOME}`"));
+        assert_eq!(notes[2].0, 3);
+        assert!(notes[2].1.contains("./~/"));
+        // No home known: not expanded, said so, read against the rc file's directory.
+        let (rules, warnings, _) = resolve_in(&[f], None);
+        let any = rules.iter().find(|r| r.scope == RcScope::Any).unwrap();
+        assert_eq!(v(&any.settings.netrc), Path::new("/etc/esg/$HOME/.netrc"));
+        assert!(warnings[0].message.contains("cannot be expanded"));
+    }
+
+    #[test]
+    fn daprc_beside_dodsrc_warns_only_where_they_disagree() {
+        let (rules, warnings, _) = res(&[
+            (
+                "/home/u/.daprc",
+                "[http://h/d]HTTP.CREDENTIALS.USER=alice\n\
+                 [http://h/d]HTTP.CREDENTIALS.PASSWORD=pw\n\
+                 HTTP.TIMEOUT=30\n\
+                 HTTP.NETRC=/n\n",
+            ),
+            (
+                "/home/u/.dodsrc",
+                "[http://h/d]HTTP.CREDENTIALS.USER=bob\n\
+                 [http://h/d]HTTP.CREDENTIALS.PASSWORD=pw\n\
+                 [http://h/e]HTTP.CREDENTIALS.USER=carol\n\
+                 HTTP.TIMEOUT=10\n\
+                 HTTP.TIMEOUT=30\n\
+                 HTTP.NETRC=/n\n",
+            ),
+            // Another directory: 4.9 loads it in the same order authproxy ranks it.
+            ("/work/.dodsrc", "[http://h/d]HTTP.CREDENTIALS.USER=dave\n"),
+        ]);
+        let s = &select(&rules, "http", "h", 80, "/d").unwrap().settings;
+        assert_eq!(s.username.as_ref().unwrap().value, "alice");
+        let notes: Vec<&RcWarning> = warnings
+            .iter()
+            .filter(|w| w.message.contains("netCDF-C 4.9.0 loads .dodsrc last"))
+            .collect();
+        // Only the user differs for the same key and scope (TIMEOUT ends up equal).
+        assert_eq!(notes.len(), 1, "{warnings:?}");
+        assert_eq!(notes[0].origin.to_string(), "/home/u/.daprc:1");
+        assert!(notes[0].message.contains("/home/u/.dodsrc:1"));
+        assert!(!notes[0].message.contains("alice") && !notes[0].message.contains("bob"));
+    }
+
+    #[test]
+    fn userpassword_beside_username_password_warns_only_when_they_differ() {
+        let note = |w: &RcWarning| w.message.contains("netCDF-C 4.9.0 sends USERPASSWORD");
+        let (_, warnings, _) = resolve(&[p("[http://h/d]HTTP.CREDENTIALS.USERPASSWORD=me:pw\n\
+             [http://h/d]HTTP.CREDENTIALS.USER=me\n\
+             [http://h/d]HTTP.CREDENTIALS.PASSWORD=pw\n")]);
+        assert!(!warnings.iter().any(note), "{warnings:?}");
+        let (rules, warnings, _) =
+            resolve(&[p("[http://h/d]HTTP.CREDENTIALS.USERPASSWORD=old:pw\n\
+             [http://h/d]HTTP.CREDENTIALS.USER=new\n\
+             [http://h/d]HTTP.CREDENTIALS.PASSWORD=pw\n")]);
+        let hits: Vec<_> = warnings.iter().filter(|w| note(w)).collect();
+        assert_eq!(hits.len(), 1, "{warnings:?}");
+        assert_eq!(hits[0].origin.line, 1);
+        assert!(hits[0].message.contains("a different user"));
+        assert!(!hits[0].message.contains("old") && !hits[0].message.contains("new"));
+        // authproxy keeps seed 002's rule.
+        let s = &select(&rules, "http", "h", 80, "/d").unwrap().settings;
+        assert_eq!(s.username.as_ref().unwrap().value, "new");
+        let (_, warnings, _) = resolve(&[p("HTTP.CREDENTIALS.USERPASSWORD=me:p%3A1\n\
+             HTTP.CREDENTIALS.USER=me\n\
+             HTTP.CREDENTIALS.PASSWORD=p:2\n")]);
+        let hits: Vec<_> = warnings.iter().filter(|w| note(w)).collect();
+        assert_eq!(hits.len(), 1);
+        assert!(hits[0]
+            .message
+            .contains("the same user with a different password"));
     }
 
     #[test]
@@ -2267,6 +2561,39 @@ mod tests {
             assert_eq!(&*netrc.origin.path, path.as_path());
             std::fs::remove_file(path).unwrap();
         }
+    }
+
+    #[test]
+    fn daprcfile_gets_a_netcdf_4_9_note_ncrcenv_rc_does_not() {
+        let base = RcEnv {
+            home: Some(PathBuf::from("/home/u")),
+            cwd: Some(PathBuf::from("/work")),
+            ..RcEnv::default()
+        };
+        assert!(discovery_notes(&base).is_empty());
+        let dap = RcEnv {
+            daprcfile: Some(PathBuf::from("my.rc")),
+            ..base.clone()
+        };
+        let notes = discovery_notes(&dap);
+        assert_eq!(notes.len(), 1);
+        assert!(
+            notes[0].starts_with("/work/my.rc: DAPRCFILE"),
+            "{}",
+            notes[0]
+        );
+        assert!(notes[0].contains("netCDF-C 4.9 ignores DAPRCFILE"));
+        // Where NCRCENV_RC decides (both read it) or nothing is read, nothing to say.
+        let both = RcEnv {
+            ncrcenv_rc: Some(PathBuf::from("/etc/rc")),
+            ..dap.clone()
+        };
+        assert!(discovery_notes(&both).is_empty());
+        let ignored = RcEnv {
+            ignore: true,
+            ..dap
+        };
+        assert!(discovery_notes(&ignored).is_empty());
     }
 
     #[test]
