@@ -456,12 +456,34 @@ impl Builder {
                 .or(s.ssl_capath.as_ref())
                 .map(|v| v.origin.clone())
                 .unwrap();
-            let ca = self.ca(
-                &origin,
-                s.ssl_cainfo.as_ref().map(|v| v.value.as_path()),
-                s.ssl_capath.as_ref().map(|v| v.value.as_path()),
-            );
-            rule.tls.ca = self.usable(&mut rule.tls.unusable, ca);
+            let mut file = s.ssl_cainfo.as_ref().map(|v| v.value.as_path());
+            let mut dir = s.ssl_capath.as_ref().map(|v| v.value.as_path());
+            // The ESGF user guide points HTTP.SSL.CAPATH at a bundle file: read it as one.
+            if let Some(capath) = s.ssl_capath.as_ref().filter(|v| v.value.is_file()) {
+                dir = None;
+                let what = if file.is_none() {
+                    file = Some(capath.value.as_path());
+                    "read as a CA file (as HTTP.SSL.CAINFO would be)"
+                } else {
+                    "ignored: HTTP.SSL.CAINFO names the CA file"
+                };
+                self.warn_once(format!(
+                    "{}: HTTP.SSL.CAPATH names a file, not a directory of certificates; {what}",
+                    capath.origin
+                ));
+            }
+            let ca = self.ca(&origin, file, dir);
+            // A CA matters only to verification: while it is off, a CA that does not load
+            // is a warning, not a reason to refuse this scope's https requests.
+            match ca {
+                Err(msg) if s.ssl_verifypeer.as_ref().is_some_and(|v| !v.value) => {
+                    self.warn_once(format!(
+                        "{msg} (not used: TLS verification is off for {})",
+                        rr.scope
+                    ));
+                }
+                ca => rule.tls.ca = self.usable(&mut rule.tls.unusable, ca),
+            }
         }
         rule.tls.verify_peer = s.ssl_verifypeer.as_ref().map(|v| v.value);
         rule.tls.verify_host = s.ssl_verifyhost.as_ref().map(|v| v.value);
@@ -488,6 +510,13 @@ impl Builder {
             .map(|t| t.value)
             .filter(|d| !d.is_zero());
         Some(rule)
+    }
+
+    /// A warning, once however many rules inherit the line it is about.
+    fn warn_once(&mut self, message: String) {
+        if !self.warnings.contains(&message) {
+            self.warnings.push(message);
+        }
     }
 
     /// Keeps a loaded TLS item, or records why the rule's TLS settings are unusable:

@@ -1325,7 +1325,7 @@ fn daprc_dodsrc_notes(files: &[RcFile], warnings: &mut Vec<RcWarning>) {
 }
 
 /// [`resolve`], with `home` (the daemon's home directory) for a leading `~`, `$HOME` or
-/// `${HOME}` in path values; see [`rc_path`].
+/// `${HOME}` in path values (relative paths are relative to the rc file's directory).
 pub fn resolve_in(
     files: &[RcFile],
     home: Option<&Path>,
