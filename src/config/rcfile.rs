@@ -1661,7 +1661,7 @@ mod tests {
               HTTP.SSL.KEY=~other/key.pem\n\
               [h]HTTP.NETRC=$HOMEDIR/x\n",
         );
-        let (rules, warnings, errors) = resolve_in(&[f.clone()], home);
+        let (rules, warnings, errors) = resolve_in(std::slice::from_ref(&f), home);
         assert!(errors.is_empty());
         let any = rules.iter().find(|r| r.scope == RcScope::Any).unwrap();
         let s = &any.settings;

@@ -7,3 +7,4 @@ mod config;
 mod core;
 mod credentials;
 mod process;
+mod rc_compat;
