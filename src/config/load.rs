@@ -489,7 +489,7 @@ impl Builder {
         rule.tls.verify_host = s.ssl_verifyhost.as_ref().map(|v| v.value);
         for v in [&s.ssl_verifypeer, &s.ssl_verifyhost].into_iter().flatten() {
             if !v.value {
-                self.warnings.push(format!(
+                self.warn_once(format!(
                     "{}: TLS verification is off for {}; anyone on the path can impersonate the server",
                     v.origin, rr.scope
                 ));

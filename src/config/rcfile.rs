@@ -683,9 +683,6 @@ pub const LIBDAP_KEYS: &[&str] = &[
     "NO_PROXY_FOR",
     "AIS_DATABASE",
     "COOKIE_JAR",
-    "HTTP_PROXY",
-    "HTTPS_PROXY",
-    "NO_PROXY",
 ];
 
 /// Where a value holds what looks like another setting, `HTTP.<KEY>=` (two lines glued

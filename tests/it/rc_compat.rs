@@ -253,6 +253,9 @@ async fn capath_naming_a_file_is_a_ca_file_and_an_unusable_ca_is_a_warning_witho
         report.contains("not used: TLS verification is off"),
         "{report}"
     );
+    // VALIDATE=0 turns off both checks: one warning, not one per check.
+    let off = format!("TLS verification is off for [http://localhost:{t}/off];");
+    assert_eq!(report.matches(&off).count(), 1, "{report}");
 
     let snap = snapshot(&env);
     assert!(snap.unusable.is_empty(), "{:?}", snap.unusable);
