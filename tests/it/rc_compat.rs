@@ -298,8 +298,25 @@ type DapSeen = Arc<Mutex<Vec<(String, Option<String>)>>>;
 
 /// A DAP2 server on 127.0.0.1:0 for the dataset `/protected/ds`: `.dds` and `.das` answer
 /// with minimal DAP2 text when Basic `user:password` is sent, else 401. Records every
-/// request's target and Authorization.
-async fn dap2_origin(user: &str, password: &str) -> (SocketAddr, DapSeen) {
+/// request's target and Authorization. Over TLS with a `server_ca` certificate for
+/// `localhost` when given one.
+async fn dap2_origin(user: &str, password: &str, server_ca: Option<&Ca>) -> (SocketAddr, DapSeen) {
+    let acceptor = server_ca.map(|ca| {
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let server = ca.server();
+        let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![CertificateDer::from(server.cert_der)],
+            PrivateKeyDer::Pkcs8(server.key_der.into()),
+        )
+        .unwrap();
+        tokio_rustls::TlsAcceptor::from(Arc::new(cfg))
+    });
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let seen: DapSeen = Arc::default();
@@ -309,6 +326,7 @@ async fn dap2_origin(user: &str, password: &str) -> (SocketAddr, DapSeen) {
         while let Ok((sock, _)) = listener.accept().await {
             let seen = seen2.clone();
             let want = want.clone();
+            let acceptor = acceptor.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req: Request<Incoming>| {
                     let auth = req
@@ -345,18 +363,78 @@ async fn dap2_origin(user: &str, password: &str) -> (SocketAddr, DapSeen) {
                     };
                     async move { Ok::<_, Infallible>(resp) }
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(sock), svc)
-                    .await;
+                let http = hyper::server::conn::http1::Builder::new();
+                match acceptor {
+                    None => {
+                        let _ = http.serve_connection(TokioIo::new(sock), svc).await;
+                    }
+                    Some(acceptor) => {
+                        let accepted =
+                            tokio::time::timeout(Duration::from_secs(10), acceptor.accept(sock));
+                        if let Ok(Ok(tls)) = accepted.await {
+                            let _ = http.serve_connection(TokioIo::new(tls), svc).await;
+                        }
+                    }
+                }
             });
         }
     });
     (addr, seen)
 }
 
+/// Runs `ncdump -h url` with `http_proxy` set to `proxy`, reading no rc file and no netrc of
+/// its own (an empty HOME and NCRCENV_IGNORE), bounded to 60 s. Fails, never skips, when
+/// ncdump is not installed.
+async fn ncdump_h(proxy: &Proxy, url: &str) -> (std::process::Output, tempfile::TempDir) {
+    let client_home = tempfile::tempdir().unwrap();
+    let mut cmd = tokio::process::Command::new("ncdump");
+    cmd.arg("-h")
+        .arg(url)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", client_home.path())
+        .env("NCRCENV_IGNORE", "1")
+        .env("http_proxy", proxy.url())
+        .current_dir(client_home.path())
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
+        .await
+        .expect("ncdump finished within 60 s")
+        .expect("ncdump runs (scripts/install-deps installs netcdf-bin)");
+    (out, client_home)
+}
+
+/// ncdump exited 0, printed the header, and every `.dds`/`.das` request the origin saw
+/// (there must be some) carried `want`.
+fn assert_ncdump_read_the_header(out: &std::process::Output, seen: &DapSeen, want: &str) {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let requests = seen.lock().unwrap().clone();
+    assert!(
+        out.status.success(),
+        "ncdump failed: {}\nstdout:\n{stdout}\nstderr:\n{stderr}\norigin saw: {requests:?}",
+        out.status
+    );
+    for suffix in [".dds", ".das"] {
+        let target = format!("/protected/ds{suffix}");
+        let hits: Vec<_> = requests
+            .iter()
+            .filter(|(t, _)| t.split('?').next() == Some(target.as_str()))
+            .collect();
+        assert!(!hits.is_empty(), "no {target} request: {requests:?}");
+        assert!(
+            hits.iter().all(|(_, a)| a.as_deref() == Some(want)),
+            "{target} without the credentials: {requests:?}"
+        );
+    }
+    // ncdump printed the header it read through authproxy.
+    assert!(stdout.contains("x = 4 ;"), "{stdout}");
+    assert!(stdout.contains("x:units = \"m\" ;"), "{stdout}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ncdump_through_authproxy_gets_the_dataset_scope_credentials() {
-    let (origin, seen) = dap2_origin("alice", "Op3n-Sesame").await;
+    let (origin, seen) = dap2_origin("alice", "Op3n-Sesame", None).await;
     let port = origin.port();
     // authproxy's HOME holds the rc file, written as a netCDF user writes it.
     let home = tempfile::tempdir().unwrap();
@@ -369,47 +447,37 @@ async fn ncdump_through_authproxy_gets_the_dataset_scope_credentials() {
         ),
     );
     let proxy = Proxy::start(snapshot(&Environment::isolated(home.path(), None))).await;
-    // ncdump reads no rc file and no netrc: an empty HOME and NCRCENV_IGNORE.
-    let client_home = tempfile::tempdir().unwrap();
     let url = format!("http://127.0.0.1:{port}/protected/ds");
-    let mut cmd = tokio::process::Command::new("ncdump");
-    cmd.arg("-h")
-        .arg(&url)
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HOME", client_home.path())
-        .env("NCRCENV_IGNORE", "1")
-        .env("http_proxy", proxy.url())
-        .current_dir(client_home.path())
-        .kill_on_drop(true);
-    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
-        .await
-        .expect("ncdump finished within 60 s")
-        .expect("ncdump runs (scripts/install-deps installs netcdf-bin)");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let requests = seen.lock().unwrap().clone();
-    assert!(
-        out.status.success(),
-        "ncdump failed: {}\nstdout:\n{stdout}\nstderr:\n{stderr}\norigin saw: {requests:?}",
-        out.status
+    let (out, _client_home) = ncdump_h(&proxy, &url).await;
+    assert_ncdump_read_the_header(&out, &seen, &basic("alice", "Op3n-Sesame"));
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ncdump_through_authproxy_gets_a_password_from_a_tilde_netrc_path() {
+    let ca = Ca::new("authproxy test CA");
+    let (origin, seen) = dap2_origin("carol", "netrc-pw", Some(&ca)).await;
+    let t = origin.port();
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    // The netrc is where only `~/` in HTTP.NETRC finds it; the YAML config asks for https
+    // (netrc passwords go only over verified TLS) and the rc file names the CA.
+    let netrc = write(
+        h,
+        ".config/edl/netrc",
+        "machine localhost login carol password netrc-pw\n",
     );
-    let want = basic("alice", "Op3n-Sesame");
-    for suffix in [".dds", ".das"] {
-        let target = format!("/protected/ds{suffix}");
-        let hits: Vec<_> = requests
-            .iter()
-            .filter(|(t, _)| t.split('?').next() == Some(target.as_str()))
-            .collect();
-        assert!(!hits.is_empty(), "no {target} request: {requests:?}");
-        assert!(
-            hits.iter()
-                .all(|(_, a)| a.as_deref() == Some(want.as_str())),
-            "{target} without the credentials: {requests:?}"
-        );
-    }
-    // ncdump printed the header it read through authproxy.
-    assert!(stdout.contains("x = 4 ;"), "{stdout}");
-    assert!(stdout.contains("x:units = \"m\" ;"), "{stdout}");
+    private(&netrc);
+    write(h, "ca.pem", &ca.pem);
+    write(
+        h,
+        ".dodsrc",
+        "HTTP.NETRC=~/.config/edl/netrc\nHTTP.SSL.CAINFO=~/ca.pem\n",
+    );
+    let config = upgrade_yaml(h, t);
+    let proxy = Proxy::start(snapshot(&Environment::isolated(h, Some(&config)))).await;
+    let url = format!("http://localhost:{t}/protected/ds");
+    let (out, _client_home) = ncdump_h(&proxy, &url).await;
+    assert_ncdump_read_the_header(&out, &seen, &basic("carol", "netrc-pw"));
     proxy.stop().await;
 }
