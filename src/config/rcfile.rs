@@ -305,9 +305,7 @@ impl RcScope {
     /// request's effective port (the scheme's default applied: see [`default_port`]). Host and
     /// scheme compare case-insensitively (brackets around an IPv6 literal are ignored), a path
     /// prefix matches itself and what is below it (`/data` matches `/data` and `/data/x`, not
-    /// `/database`), and so does the dataset path with a DAP suffix (`/data/ds` matches
-    /// `/data/ds.dds` and `/data/ds.dods?x[0:1]`: see [`DAP_SUFFIXES`]). A query or fragment on
-    /// `path` is ignored.
+    /// `/database`). A query or fragment on `path` is ignored.
     pub fn matches(&self, scheme: &str, host: &str, port: u16, path: &str) -> bool {
         let p = self.parts();
         if let Some(s) = p.scheme {
@@ -975,8 +973,46 @@ fn parse_line(text: &str, origin: Origin, file: &mut RcFile, notes: &mut FileNot
 }
 
 /// Reads and parses one rc file. Only I/O fails.
+///
+/// As for a `.netrc`, a file other users may change (group- or world-writable), or may read
+/// while it holds a password, gets a warning that says `chmod 600`.
 pub fn parse_file(path: &Path) -> std::io::Result<RcFile> {
-    Ok(parse_bytes(path, &std::fs::read(path)?))
+    let bytes = std::fs::read(path)?;
+    #[allow(unused_mut)]
+    let mut file = parse_bytes(path, &bytes);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path)?.permissions().mode();
+        let secret = file.lines.iter().any(|l| {
+            matches!(
+                canonical_key(&l.key),
+                "HTTP.CREDENTIALS.PASSWORD"
+                    | "HTTP.CREDENTIALS.USERPASSWORD"
+                    | "HTTP.SSL.KEYPASSWORD"
+            ) || (canonical_key(&l.key) == "HTTP.PROXY.SERVER" && l.value.contains('@'))
+        });
+        let problem = if mode & 0o022 != 0 {
+            Some("writable by other users (they could send your credentials elsewhere)")
+        } else if secret && mode & 0o044 != 0 {
+            Some("holds a password and is readable by other users")
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            file.warnings.insert(
+                0,
+                RcWarning {
+                    origin: Origin {
+                        path: Arc::from(path),
+                        line: 0,
+                    },
+                    message: format!("{problem}; chmod 600 {}", path.display()),
+                },
+            );
+        }
+    }
+    Ok(file)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -2677,6 +2713,52 @@ mod tests {
             ..dap
         };
         assert!(discovery_notes(&ignored).is_empty());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn rc_files_others_may_change_or_read_with_a_password_warn_like_a_netrc() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let chmod = |p: &Path, m: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+        };
+        let creds = dir.path().join(".dodsrc");
+        std::fs::write(
+            &creds,
+            "[https://h.org/d]HTTP.CREDENTIALS.USERPASSWORD=u:s3cret\n",
+        )
+        .unwrap();
+        let paths = dir.path().join(".daprc");
+        std::fs::write(&paths, "HTTP.NETRC=/home/u/.netrc\n").unwrap();
+        let perm = |p: &Path| {
+            parse_file(p)
+                .unwrap()
+                .warnings
+                .into_iter()
+                .filter(|w| w.message.contains("chmod 600"))
+                .map(|w| w.to_string())
+                .collect::<Vec<_>>()
+        };
+        chmod(&creds, 0o600);
+        assert!(perm(&creds).is_empty());
+        chmod(&creds, 0o644);
+        let w = perm(&creds);
+        assert_eq!(w.len(), 1);
+        assert!(
+            w[0].contains("holds a password and is readable"),
+            "{}",
+            w[0]
+        );
+        assert!(!w[0].contains("s3cret"));
+        // Readable is fine without a secret; writable by others is not.
+        chmod(&paths, 0o644);
+        assert!(perm(&paths).is_empty());
+        chmod(&paths, 0o666);
+        let w = perm(&paths);
+        assert_eq!(w.len(), 1);
+        assert!(w[0].contains("writable by other users"), "{}", w[0]);
+        assert!(w[0].ends_with(&format!("chmod 600 {}", paths.display())));
     }
 
     #[test]
