@@ -25,7 +25,8 @@ Decisions worth knowing (each is documented where it is implemented):
   are trimmed (as netCDF-C 4.9.0 does). A line that is not valid UTF-8 is **skipped with a
   warning** (not read lossily: a lossily decoded password would be silently wrong). Comment
   lines and blank lines are skipped before the UTF-8 check. A BOM is skipped with a warning.
-  libdap's own keys (`USE_CACHE`, `PROXY_SERVER`, …) are named once per file and dropped.
+  libdap's own keys (`USE_CACHE`, `PROXY_SERVER`, …) are named once per file and dropped;
+  obsolete `CURL.*` keys are dropped with a warning each.
 * **Path scopes and DAP.** `[http://h/d/ds]` matches `/d/ds`, what is below it, and the DAP
   requests for the dataset (`/d/ds.dds`, `.das`, `.dods`, `.dmr`, `.dap`, … with any `?…`
   constraint): see [`DAP_SUFFIXES`].
@@ -927,10 +928,12 @@ fn parse_line(text: &str, origin: Origin, file: &mut RcFile, notes: &mut FileNot
         warn(
             file,
             format!(
-                "{key}: CURL.* keys are obsolete (netCDF-C 4.9 no longer reads them); use the \
-                 HTTP.* key of the same name"
+                "{key}: CURL.* keys are obsolete; netCDF-C 4.9 and authproxy ignore them (use \
+                 the HTTP.* key of the same name)"
             ),
         );
+        // Said once, here: not also listed as accepted.
+        return;
     }
     let value = value_raw.trim_matches(is_blank);
     if let Some(glued) = glued_key(value) {
@@ -2149,6 +2152,9 @@ mod tests {
             .collect();
         assert_eq!(lines, vec![1, 2]);
         assert_eq!(f.warnings.len(), 2);
+        // Not kept: the warning is the one place they are reported.
+        assert_eq!(f.lines.len(), 1);
+        assert_eq!(f.lines[0].key, "HTTP.VERBOSE");
     }
 
     #[test]
