@@ -199,6 +199,7 @@ pub fn load(env: &Environment) -> Result<Snapshot, LoadErrors> {
         }
         _ => {
             b.watch.extend(rcfile::candidate_paths(&env.rc));
+            b.warnings.extend(rcfile::discovery_notes(&env.rc));
             let found = rcfile::discover(&env.rc);
             b.warnings.extend(found.warnings);
             owner_checked = found.owner_checked;
@@ -236,7 +237,8 @@ pub fn load(env: &Environment) -> Result<Snapshot, LoadErrors> {
     b.unscoped = yaml
         .as_ref()
         .map_or(UnscopedCredentials::Ignore, |y| y.rc_unscoped_credentials);
-    let (rc_rules, rc_warnings, rc_errors) = rcfile::resolve(&rc_files);
+    let home = env.home.as_deref().or(env.rc.home.as_deref());
+    let (rc_rules, rc_warnings, rc_errors) = rcfile::resolve_in(&rc_files, home);
     b.warnings.extend(rc_warnings.iter().map(|w| w.to_string()));
     b.errors.extend(rc_errors.iter().map(|e| e.to_string()));
     // Only an unscoped HTTP.NETRC chooses the global .netrc. A scoped one applies to its
@@ -573,18 +575,40 @@ impl Builder {
                 .or(s.ssl_capath.as_ref())
                 .map(|v| v.origin.clone())
                 .unwrap();
-            let ca = self.ca(
-                &origin,
-                s.ssl_cainfo.as_ref().map(|v| v.value.as_path()),
-                s.ssl_capath.as_ref().map(|v| v.value.as_path()),
-            );
-            rule.tls.ca = self.usable(&mut rule.tls.unusable, ca);
+            let mut file = s.ssl_cainfo.as_ref().map(|v| v.value.as_path());
+            let mut dir = s.ssl_capath.as_ref().map(|v| v.value.as_path());
+            // The ESGF user guide points HTTP.SSL.CAPATH at a bundle file: read it as one.
+            if let Some(capath) = s.ssl_capath.as_ref().filter(|v| v.value.is_file()) {
+                dir = None;
+                let what = if file.is_none() {
+                    file = Some(capath.value.as_path());
+                    "read as a CA file (as HTTP.SSL.CAINFO would be)"
+                } else {
+                    "ignored: HTTP.SSL.CAINFO names the CA file"
+                };
+                self.warn_once(format!(
+                    "{}: HTTP.SSL.CAPATH names a file, not a directory of certificates; {what}",
+                    capath.origin
+                ));
+            }
+            let ca = self.ca(&origin, file, dir);
+            // A CA matters only to verification: while it is off, a CA that does not load
+            // is a warning, not a reason to refuse this scope's https requests.
+            match ca {
+                Err(msg) if s.ssl_verifypeer.as_ref().is_some_and(|v| !v.value) => {
+                    self.warn_once(format!(
+                        "{msg} (not used: TLS verification is off for {})",
+                        rr.scope
+                    ));
+                }
+                ca => rule.tls.ca = self.usable(&mut rule.tls.unusable, ca),
+            }
         }
         rule.tls.verify_peer = s.ssl_verifypeer.as_ref().map(|v| v.value);
         rule.tls.verify_host = s.ssl_verifyhost.as_ref().map(|v| v.value);
         for v in [&s.ssl_verifypeer, &s.ssl_verifyhost].into_iter().flatten() {
             if !v.value {
-                self.warnings.push(format!(
+                self.warn_once(format!(
                     "{}: TLS verification is off for {}; anyone on the path can impersonate the server",
                     v.origin, rr.scope
                 ));
@@ -607,6 +631,7 @@ impl Builder {
         Some(rule)
     }
 
+    /// A warning, once however many rules inherit the line it is about.
     fn warn_once(&mut self, warning: String) {
         if !self.warnings.contains(&warning) {
             self.warnings.push(warning);

@@ -9,8 +9,9 @@ without reading the process environment (everything comes in through [`RcEnv`]):
 * [`candidate_paths`] / [`discover`] decide which files are read, highest precedence first;
 * [`parse_bytes`] / [`parse_file`] turn one file into [`RcLine`]s and [`RcWarning`]s and never
   fail on content (the parser is fuzzed: no input panics);
-* [`resolve`] merges all files into one [`RcRule`] per distinct scope, each already holding
-  everything it inherits, and [`select`] picks the single rule for a request.
+* [`resolve_in`] (or [`resolve`], without a home directory) merges all files into one
+  [`RcRule`] per distinct scope, each already holding everything it inherits, and [`select`]
+  picks the single rule for a request.
 
 Decisions worth knowing (each is documented where it is implemented):
 
@@ -21,15 +22,32 @@ Decisions worth knowing (each is documented where it is implemented):
   load order (4.9 lets `.dodsrc` override `.daprc`); it follows the documented wording.
 * **Lines.** `KEY=VALUE`, `[host]KEY=VALUE`, `[host:port]KEY=VALUE` and
   `[scheme://host[:port][/path]]KEY=VALUE`. Split at the first `=`, blanks around key and value
-  are trimmed (with a warning: netCDF-C 4.9's trimming mangles such lines). A line that is not
-  valid UTF-8 is **skipped with a warning** (not read lossily: a lossily decoded password would
-  be silently wrong). Comment lines and blank lines are skipped before the UTF-8 check.
+  are trimmed (as netCDF-C 4.9.0 does). A line that is not valid UTF-8 is **skipped with a
+  warning** (not read lossily: a lossily decoded password would be silently wrong). Comment
+  lines and blank lines are skipped before the UTF-8 check. A BOM is skipped with a warning.
+  libdap's own keys (`USE_CACHE`, `PROXY_SERVER`, …) are named once per file and dropped;
+  obsolete `CURL.*` keys are dropped with a warning each.
+* **Path scopes and DAP.** `[http://h/d/ds]` matches `/d/ds`, what is below it, and the DAP
+  requests for the dataset (`/d/ds.dds`, `.das`, `.dods`, `.dmr`, `.dap`, … with any `?…`
+  constraint): see [`DAP_SUFFIXES`].
+* **netCDF-C 4.9 compatibility notes.** Where netCDF-C 4.9 reads a file differently from
+  authproxy (which follows the documented semantics of seed 002), a warning starting
+  "netCDF-C 4.9" says how: `[host]` and `[host:port]` prefixes (4.9 skips them), a path-less
+  `[scheme://host:port]` or `[scheme://host:port/]` prefix (4.9 drops it and the rest of the
+  file),
+  `HTTP.CREDENTIALS.USERNAME` (4.9 reads `USER`), `DAPRCFILE` (4.9 ignores it), `.daprc` and
+  `.dodsrc` of one directory disagreeing (4.9.0 uses `.dodsrc`), `USERPASSWORD` disagreeing
+  with `USERNAME`/`PASSWORD` (4.9.0, not reading `USERNAME`, uses `USERPASSWORD`; with `USER`
+  it agrees with authproxy), leading blanks (4.9.2 and later), `~/` in paths, a BOM. All but
+  the leading blanks and `~/` were measured with ncdump 4.9.0 against a loopback DAP2 server.
 * **Values are never echoed.** Warnings and errors name the file, line and key, never a value
   nor a `[prefix]` (a URL prefix may carry `user:password@`). [`RcLine`]'s `Debug` hides the
   value.
-* **Relative paths** in values (certificates, cookie jar, netrc, CA files) are kept as written.
-  netCDF-C hands them to libcurl unchanged, i.e. relative to the process's working directory;
-  resolving them is the caller's decision.
+* **Paths** in values (certificates, cookie jar, netrc, CA files): a leading `~`, `$HOME` or
+  `${HOME}` is the daemon's home directory (injected into [`resolve_in`]), with a warning
+  (netCDF-C hands the value to libcurl unchanged, which opens `./~/…`). A path that is still
+  relative is taken relative to the **rc file's directory**, not the daemon's working directory
+  (which is `/` under systemd).
 */
 
 use std::cmp::Reverse;
@@ -138,6 +156,20 @@ pub fn candidate_paths(env: &RcEnv) -> Vec<PathBuf> {
     dirs.iter()
         .flat_map(|d| RC_FILE_NAMES.iter().map(move |n| d.join(n)))
         .collect()
+}
+
+/// Where netCDF-C 4.9 would pick other files than [`candidate_paths`] does, for `check`: it
+/// ignores `DAPRCFILE` (it reads only `NCRCENV_RC`). Messages name the file, never a value.
+pub fn discovery_notes(env: &RcEnv) -> Vec<String> {
+    match (&env.daprcfile, &env.ncrcenv_rc) {
+        (Some(only), None) if !env.ignore => vec![format!(
+            "{}: DAPRCFILE names it as the only rc file authproxy reads; netCDF-C 4.9 ignores \
+             DAPRCFILE (it reads NCRCENV_RC) and reads .ncrc, .daprc and .dodsrc from $HOME and \
+             the working directory instead",
+            absolutize(only, env.cwd.as_deref()).display()
+        )],
+        _ => Vec::new(),
+    }
 }
 
 /// The rc files [`discover`] found, and those it skipped.
@@ -275,15 +307,33 @@ struct Parts<'a> {
     path: Option<&'a str>,
 }
 
-/// `path` is `prefix` or below it, at a segment boundary. `prefix` has no trailing `/`.
+/// The suffixes a DAP client appends to a dataset URL (DAP2 `.dds`, `.das`, `.dods`, `.ascii`,
+/// `.info`, `.html`; DAP4 `.dmr`, `.dap`, `.dmr.xml`, `.dap.nc4`). netCDF-C asks for
+/// `/protected/ds.dds` and `/protected/ds.das` when opened on `/protected/ds`.
+pub const DAP_SUFFIXES: [&str; 10] = [
+    ".dds", ".das", ".dods", ".dmr", ".dap", ".dmr.xml", ".dap.nc4", ".ascii", ".info", ".html",
+];
+
+/// `path` is `prefix` or below it, at a segment boundary, or `prefix` with one of the
+/// [`DAP_SUFFIXES`] appended (the DAP requests for the dataset `prefix` names). `prefix` has no
+/// trailing `/`; `path` carries no query (a DAP constraint `?…` is stripped before).
 fn path_under(prefix: &str, path: &str) -> bool {
     if prefix.is_empty() {
         return true;
     }
     match path.strip_prefix(prefix) {
-        Some(rest) => rest.is_empty() || rest.starts_with('/'),
+        Some(rest) => rest.is_empty() || rest.starts_with('/') || DAP_SUFFIXES.contains(&rest),
         None => false,
     }
+}
+
+/// `path` without a trailing DAP suffix, when it has one (the dataset path it asks about).
+fn dap_dataset(path: &str) -> Option<&str> {
+    DAP_SUFFIXES
+        .iter()
+        .filter_map(|s| path.strip_suffix(s))
+        .filter(|base| !base.is_empty() && !base.ends_with('/'))
+        .min_by_key(|base| base.len())
 }
 
 fn strip_brackets(host: &str) -> &str {
@@ -463,6 +513,8 @@ impl RcScope {
                     .filter(|&(i, c)| c == '/' && i > 0)
                     .map(|(i, _)| &path[..i]),
             );
+            // `/d/ds.dds` is under the dataset scope `/d/ds` too (see [`path_under`]).
+            prefixes.extend(dap_dataset(path));
             if !path.is_empty() {
                 prefixes.push(path);
             }
@@ -596,8 +648,18 @@ fn parse_host_port(s: &str) -> Result<(String, Option<u16>), &'static str> {
     Ok((host.to_ascii_lowercase(), port))
 }
 
-/// Parses the inside of `[...]`. The `bool` is true when user info (`user:pass@`) was dropped.
-fn parse_scope(s: &str) -> Result<(RcScope, bool), &'static str> {
+/// What [`parse_scope`] noticed besides the scope.
+#[derive(Default)]
+struct ScopeNotes {
+    /// User info (`user:pass@`) was dropped.
+    userinfo: bool,
+    /// A `scheme://host[:port]` prefix without a path (nothing, or just `/`, after the
+    /// authority).
+    pathless: bool,
+}
+
+/// Parses the inside of `[...]`.
+fn parse_scope(s: &str) -> Result<(RcScope, ScopeNotes), &'static str> {
     let s = s.trim_matches(is_blank);
     if s.is_empty() {
         return Err("empty [prefix]");
@@ -632,13 +694,16 @@ fn parse_scope(s: &str) -> Result<(RcScope, bool), &'static str> {
                 port,
                 path: path.trim_end_matches('/').to_string(),
             },
-            had_userinfo,
+            ScopeNotes {
+                userinfo: had_userinfo,
+                pathless: path.trim_end_matches('/').is_empty(),
+            },
         ))
     } else if s.contains('/') {
         Err("a path in a [prefix] needs a scheme ([scheme://host/path])")
     } else {
         let (host, port) = parse_host_port(s)?;
-        Ok((RcScope::Host { host, port }, false))
+        Ok((RcScope::Host { host, port }, ScopeNotes::default()))
     }
 }
 
@@ -745,6 +810,53 @@ const UNSUPPORTED_KEYS: &[&str] = &[
     "HTTP.KEEPALIVE",
 ];
 
+/// Keys of libdap's `.dodsrc` (read by libdap clients such as the OPeNDAP C++ tools, not by
+/// netCDF-C). Recognised so that `check` lists them once per file instead of calling each one
+/// accepted; they are not kept as lines.
+pub const LIBDAP_KEYS: &[&str] = &[
+    "USE_CACHE",
+    "MAX_CACHE_SIZE",
+    "MAX_CACHED_OBJ",
+    "IGNORE_EXPIRES",
+    "CACHE_ROOT",
+    "DEFAULT_EXPIRES",
+    "ALWAYS_VALIDATE",
+    "DEFLATE",
+    "VALIDATE_SSL",
+    "PROXY_SERVER",
+    "PROXY_FOR",
+    "NO_PROXY_FOR",
+    "AIS_DATABASE",
+    "COOKIE_JAR",
+];
+
+/// Where a value holds what looks like another setting, `HTTP.<KEY>=` (two lines glued
+/// together): the key's name when it is one netCDF-C knows, else `None` inside `Some`.
+fn glued_key(value: &str) -> Option<Option<&'static str>> {
+    let upper = value.to_ascii_uppercase();
+    let mut from = 0;
+    while let Some(i) = upper[from..].find("HTTP.") {
+        let start = from + i;
+        let rest = &upper[start..];
+        let end = rest
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '.' || c == '_'))
+            .unwrap_or(rest.len());
+        if end > "HTTP.".len() && rest[end..].starts_with('=') {
+            let key = &rest[..end];
+            let known = TYPED_KEYS
+                .iter()
+                .chain(UNSUPPORTED_KEYS)
+                .chain(&["HTTP.COOKIE_JAR", "HTTP.COOKIEFILE", "HTTP.COOKIE_FILE"])
+                .chain(&["HTTP.CREDENTIALS.USER", "HTTP.PROXY_SERVER"])
+                .find(|k| **k == key)
+                .copied();
+            return Some(known);
+        }
+        from = start + 1;
+    }
+    None
+}
+
 /// The setting a key writes: aliases collapse to one name. Input must be uppercased.
 fn canonical_key(key: &str) -> &str {
     match key {
@@ -757,9 +869,16 @@ fn canonical_key(key: &str) -> &str {
 
 /// Parses one rc file's bytes. Never fails: malformed lines become warnings.
 ///
-/// Lines end at `\n` (a `\r` before it is dropped); a UTF-8 byte-order mark is ignored. Blank
-/// lines and lines whose first non-blank is `#` are skipped. A line that is not valid UTF-8 is
-/// skipped with a warning. Keys are uppercased (ASCII).
+/// Lines end at `\n` (a `\r` before it is dropped); a UTF-8 byte-order mark is skipped with a
+/// warning. Blank lines and lines whose first non-blank is `#` are skipped. A line that is not
+/// valid UTF-8 is skipped with a warning. Keys are uppercased (ASCII). libdap's keys
+/// ([`LIBDAP_KEYS`]) are dropped and named in one warning per file.
+///
+/// Where netCDF-C 4.9 reads a line differently from authproxy, a warning that starts
+/// "netCDF-C 4.9" says how, for people who share the file with ncdump: `[host]` and
+/// `[host:port]` prefixes and path-less `[scheme://host:port]` prefixes (one warning per file
+/// each, listing the lines), `HTTP.CREDENTIALS.USERNAME`, leading blanks (4.9.2 and later), a
+/// BOM.
 pub fn parse_bytes(path: &Path, bytes: &[u8]) -> RcFile {
     let shared: Arc<Path> = Arc::from(path);
     let mut file = RcFile {
@@ -767,7 +886,22 @@ pub fn parse_bytes(path: &Path, bytes: &[u8]) -> RcFile {
         lines: Vec::new(),
         warnings: Vec::new(),
     };
-    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    let mut notes = FileNotes::default();
+    let bytes = match bytes.strip_prefix(b"\xEF\xBB\xBF") {
+        Some(rest) => {
+            file.warnings.push(RcWarning {
+                origin: Origin {
+                    path: Arc::clone(&shared),
+                    line: 1,
+                },
+                message: "the file starts with a UTF-8 byte-order mark (BOM, bytes EF BB BF); \
+                          skipped (netCDF-C 4.9 reads it as part of the first line)"
+                    .into(),
+            });
+            rest
+        }
+        None => bytes,
+    };
     for (idx, raw) in bytes.split(|b| *b == b'\n').enumerate() {
         let origin = Origin {
             path: Arc::clone(&shared),
@@ -778,17 +912,79 @@ pub fn parse_bytes(path: &Path, bytes: &[u8]) -> RcFile {
             continue;
         }
         match std::str::from_utf8(raw) {
-            Ok(text) => parse_line(text, origin, &mut file),
+            Ok(text) => parse_line(text, origin, &mut file, &mut notes),
             Err(_) => file.warnings.push(RcWarning {
                 origin,
                 message: "line is not valid UTF-8; skipped".into(),
             }),
         }
     }
+    let at = |line: usize| Origin {
+        path: Arc::clone(&shared),
+        line,
+    };
+    let lines = |ls: &[usize]| {
+        ls.iter()
+            .map(|l| l.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if let Some(&first) = notes.host_prefix.first() {
+        file.warnings.push(RcWarning {
+            origin: at(first),
+            message: format!(
+                "netCDF-C 4.9 logs \"Malformed [url]\" for a [host] or [host:port] prefix and \
+                 skips the line (authproxy reads it); write [http://host:port/path] to share this \
+                 file with ncdump. Lines: {}",
+                lines(&notes.host_prefix)
+            ),
+        });
+    }
+    if let Some(&first) = notes.pathless.first() {
+        file.warnings.push(RcWarning {
+            origin: at(first),
+            message: format!(
+                "netCDF-C 4.9 drops a line with a [scheme://host:port] prefix without a path and \
+                 every line after it (here from line {first} to the end of the file), where \
+                 authproxy reads them all; give the prefix the dataset's path to share this file \
+                 with ncdump. Path-less prefixes at lines: {}",
+                lines(&notes.pathless)
+            ),
+        });
+    }
+    let libdap = &notes.libdap;
+    if let Some((_, first)) = libdap.first() {
+        let list: Vec<String> = libdap
+            .iter()
+            .map(|(key, line)| format!("{key} (line {line})"))
+            .collect();
+        file.warnings.push(RcWarning {
+            origin: Origin {
+                path: Arc::clone(&shared),
+                line: *first,
+            },
+            message: format!(
+                "libdap keys, read by libdap clients and not by netCDF-C or authproxy; ignored: {}",
+                list.join(", ")
+            ),
+        });
+    }
+    file.warnings.sort_by_key(|w| w.origin.line);
     file
 }
 
-fn parse_line(text: &str, origin: Origin, file: &mut RcFile) {
+/// What [`parse_line`] collects for the warnings [`parse_bytes`] gives once per file.
+#[derive(Default)]
+struct FileNotes {
+    /// libdap keys as written, with their lines.
+    libdap: Vec<(String, usize)>,
+    /// Lines with a `[host]` or `[host:port]` prefix.
+    host_prefix: Vec<usize>,
+    /// Lines with a path-less `[scheme://host:port]` prefix.
+    pathless: Vec<usize>,
+}
+
+fn parse_line(text: &str, origin: Origin, file: &mut RcFile, notes: &mut FileNotes) {
     let warn = |file: &mut RcFile, message: String| {
         file.warnings.push(RcWarning {
             origin: origin.clone(),
@@ -796,15 +992,19 @@ fn parse_line(text: &str, origin: Origin, file: &mut RcFile) {
         })
     };
     let body = text.trim_matches(is_blank);
-    let mut blanks = text.starts_with(is_blank);
+    // netCDF-C 4.9.0 trims blanks around the key and the value as authproxy does; 4.9.2 and
+    // later mangle a line that starts with blanks.
+    let leading_blanks = text.starts_with(is_blank);
+    let mut pathless = false;
     let (scope, rest) = if body.starts_with('[') {
         let Some(close) = closing_bracket(body) else {
             warn(file, "`[` without a matching `]`; line skipped".into());
             return;
         };
         match parse_scope(&body[1..close]) {
-            Ok((scope, userinfo)) => {
-                if userinfo {
+            Ok((scope, found)) => {
+                pathless = found.pathless;
+                if found.userinfo {
                     warn(
                         file,
                         "user info in a [prefix] is ignored (put credentials in \
@@ -812,7 +1012,6 @@ fn parse_line(text: &str, origin: Origin, file: &mut RcFile) {
                             .into(),
                     );
                 }
-                blanks |= body[..close].contains(is_blank);
                 (scope, &body[close + 1..])
             }
             Err(why) => {
@@ -834,18 +1033,74 @@ fn parse_line(text: &str, origin: Origin, file: &mut RcFile) {
         warn(file, "no key before `=`; line skipped".into());
         return;
     }
-    blanks |= key_raw.contains(is_blank) || value_raw.starts_with(is_blank);
     let key = key.to_ascii_uppercase();
-    if blanks {
+    if LIBDAP_KEYS.contains(&key.as_str()) {
+        notes
+            .libdap
+            .push((key_raw.trim_matches(is_blank).to_string(), origin.line));
+        return;
+    }
+    // Measured with ncdump 4.9.0: `[host]` is refused just like `[host:port]`.
+    if let RcScope::Host { .. } = scope {
+        notes.host_prefix.push(origin.line);
+    }
+    if pathless {
+        notes.pathless.push(origin.line);
+    }
+    if leading_blanks {
         warn(
             file,
-            format!("{key}: blanks around the key or `=`; netCDF-C 4.9 would misread this line"),
+            format!(
+                "{key}: the line starts with blanks; netCDF-C 4.9.2 and later misread such a \
+                 line (4.9.0 and authproxy trim them); remove them to share this file with ncdump"
+            ),
         );
     }
     if key == "HTTP.PROXY_SERVER" {
         warn(
             file,
             "HTTP.PROXY_SERVER is deprecated; use HTTP.PROXY.SERVER".into(),
+        );
+    }
+    if key == "HTTP.CREDENTIALS.USERNAME" {
+        warn(
+            file,
+            "netCDF-C 4.9 reads HTTP.CREDENTIALS.USER and ignores HTTP.CREDENTIALS.USERNAME \
+             (authproxy reads both); write HTTP.CREDENTIALS.USER to share this file with ncdump"
+                .into(),
+        );
+    }
+    if key.starts_with("CURL.") {
+        warn(
+            file,
+            format!(
+                "{key}: CURL.* keys are obsolete; netCDF-C 4.9 and authproxy ignore them (use \
+                 the HTTP.* key of the same name)"
+            ),
+        );
+        // Said once, here: not also listed as accepted.
+        return;
+    }
+    let value = value_raw.trim_matches(is_blank);
+    if let Some(glued) = glued_key(value) {
+        // Not even a key name from a value that may be a secret.
+        let secret = matches!(
+            canonical_key(&key),
+            "HTTP.CREDENTIALS.PASSWORD"
+                | "HTTP.CREDENTIALS.USERPASSWORD"
+                | "HTTP.SSL.KEYPASSWORD"
+                | "HTTP.PROXY.SERVER"
+        );
+        let what = match glued {
+            Some(k) if !secret => format!("{k}="),
+            _ => "HTTP.<KEY>=".to_string(),
+        };
+        warn(
+            file,
+            format!(
+                "{key}: the value contains `{what}`: two settings glued on one line? Both \
+                 authproxy and netCDF-C 4.9 read it as one value; put each setting on its own line"
+            ),
         );
     }
     let canon = canonical_key(&key);
@@ -861,14 +1116,15 @@ fn parse_line(text: &str, origin: Origin, file: &mut RcFile) {
     file.lines.push(RcLine {
         scope,
         key,
-        value: value_raw.trim_matches(is_blank).to_string(),
+        value: value.to_string(),
         origin,
     });
 }
 
 /// Reads and parses one rc file. Only I/O fails: a FIFO, device or directory, or a file
 /// over [`CONFIG_MAX_BYTES`], is refused without blocking (see [`crate::small_file`]).
-/// A file that group or others may write gets a warning (line 0), but is still used.
+/// As for a `.netrc`, a file other users may change (group- or world-writable), or may read
+/// while it holds a password, gets a warning that says `chmod 600`; it is still used.
 pub fn parse_file(path: &Path) -> std::io::Result<RcFile> {
     let (bytes, meta) = small_file::read(path, CONFIG_MAX_BYTES)?;
     Ok(parse_read(path, &bytes, &meta))
@@ -891,15 +1147,26 @@ pub fn parse_owned_file(path: &Path, uid: Option<u32>) -> std::io::Result<RcFile
 fn parse_read(path: &Path, bytes: &[u8], meta: &std::fs::Metadata) -> RcFile {
     use std::os::unix::fs::MetadataExt;
     let mut file = parse_bytes(path, bytes);
-    if meta.mode() & 0o022 != 0 {
+    let mode = meta.mode();
+    let secret = file.lines.iter().any(|l| {
+        matches!(
+            canonical_key(&l.key),
+            "HTTP.CREDENTIALS.PASSWORD" | "HTTP.CREDENTIALS.USERPASSWORD" | "HTTP.SSL.KEYPASSWORD"
+        ) || (canonical_key(&l.key) == "HTTP.PROXY.SERVER" && l.value.contains('@'))
+    });
+    let problem = if mode & 0o022 != 0 {
+        Some("writable by other users (they could send your credentials elsewhere)")
+    } else if secret && mode & 0o044 != 0 {
+        Some("holds a password and is readable by other users")
+    } else {
+        None
+    };
+    if let Some(problem) = problem {
         file.warnings.insert(
             0,
             RcWarning {
                 origin: Origin::new(path, 0),
-                message: format!(
-                    "group or others may write this rc file; chmod go-w {}",
-                    path.display()
-                ),
+                message: format!("{problem}; chmod 600 {}", path.display()),
             },
         );
     }
@@ -944,7 +1211,8 @@ pub struct RcSettings {
     /// sent by default (see YAML `rc_unscoped_credentials`).
     pub credentials_unscoped: bool,
     /// `HTTP.COOKIEJAR` (or its aliases `HTTP.COOKIE_JAR`, `HTTP.COOKIEFILE`,
-    /// `HTTP.COOKIE_FILE`). Paths are kept as written (relative = to the process's cwd).
+    /// `HTTP.COOKIE_FILE`). Paths have `~`/`$HOME` expanded and are relative to the rc file's
+    /// directory (see [`resolve_in`]).
     pub cookiejar: Option<Sourced<PathBuf>>,
     pub netrc: Option<Sourced<PathBuf>>,
     pub ssl_certificate: Option<Sourced<PathBuf>>,
@@ -983,6 +1251,9 @@ pub struct RcRule {
 struct Layer {
     settings: RcSettings,
     user: Option<Sourced<String>>,
+    /// The user came from `HTTP.CREDENTIALS.USERNAME`, which netCDF-C 4.9 does not read (it
+    /// reads `HTTP.CREDENTIALS.USER`).
+    user_from_username: bool,
     pass: Option<Sourced<Secret<String>>>,
     userpass: Option<(Sourced<String>, Sourced<Secret<String>>)>,
     unsupported: BTreeMap<String, Sourced<String>>,
@@ -1009,6 +1280,9 @@ impl Layer {
         over(&mut d.timeout, &s.timeout);
         over(&mut d.connect_timeout, &s.connect_timeout);
         over(&mut d.proxy_server, &s.proxy_server);
+        if top.user.is_some() {
+            self.user_from_username = top.user_from_username;
+        }
         over(&mut self.user, &top.user);
         over(&mut self.pass, &top.pass);
         over(&mut self.userpass, &top.userpass);
@@ -1041,8 +1315,75 @@ fn decode(part: &str) -> Option<String> {
         .map(|c| c.into_owned())
 }
 
+/// A path value as authproxy opens it. A leading `~`, `$HOME` or `${HOME}` (alone or before a
+/// `/`) is `home`, the daemon's home directory, with a warning (netCDF-C hands the value to
+/// libcurl as written, which opens `./~/…`); a path that is still relative is taken relative to
+/// the directory of the rc file it was read from (the daemon's working directory is `/` under
+/// systemd). The warning names the key, never the value.
+fn rc_path(line: &RcLine, home: Option<&Path>, warnings: &mut Vec<RcWarning>) -> PathBuf {
+    let v = line.value.as_str();
+    let forms: [(&str, &str); 3] = [
+        (
+            "~",
+            "netCDF-C 4.9 opens `./~/…` relative to its working directory instead",
+        ),
+        (
+            "${HOME}",
+            "netCDF-C 4.9 does not expand `${HOME}` and opens the path as written",
+        ),
+        (
+            "$HOME",
+            "netCDF-C 4.9 does not expand `$HOME` and opens the path as written",
+        ),
+    ];
+    let mut out = PathBuf::from(v);
+    for (form, netcdf) in forms {
+        let Some(rest) = v.strip_prefix(form) else {
+            continue;
+        };
+        if !(rest.is_empty() || rest.starts_with('/')) {
+            continue;
+        }
+        let rest = rest.trim_start_matches('/');
+        let message = match home {
+            Some(h) => {
+                out = if rest.is_empty() {
+                    h.to_path_buf()
+                } else {
+                    h.join(rest)
+                };
+                format!(
+                    "{}: `{form}` is the daemon's home directory here; {netcdf}",
+                    line.key
+                )
+            }
+            None => format!(
+                "{}: `{form}` cannot be expanded (the daemon has no HOME); read relative to the \
+                 rc file's directory",
+                line.key
+            ),
+        };
+        warnings.push(RcWarning {
+            origin: line.origin.clone(),
+            message,
+        });
+        break;
+    }
+    if out.is_relative() {
+        if let Some(dir) = line.origin.path.parent() {
+            out = dir.join(out);
+        }
+    }
+    out
+}
+
 /// Builds one scope's own layer from its winning lines (keyed by canonical key).
-fn build_layer(slots: &BTreeMap<String, &RcLine>, errors: &mut Vec<RcError>) -> Layer {
+fn build_layer(
+    slots: &BTreeMap<String, &RcLine>,
+    home: Option<&Path>,
+    warnings: &mut Vec<RcWarning>,
+    errors: &mut Vec<RcError>,
+) -> Layer {
     let mut l = Layer::default();
     let mut validate: Option<Sourced<bool>> = None;
     for (slot, line) in slots {
@@ -1053,8 +1394,8 @@ fn build_layer(slots: &BTreeMap<String, &RcLine>, errors: &mut Vec<RcError>) -> 
             origin: o(),
             key: key(),
         };
-        let path = |dst: &mut Option<Sourced<PathBuf>>| {
-            *dst = Some(Sourced::new(PathBuf::from(v), o()));
+        let mut path = |dst: &mut Option<Sourced<PathBuf>>| {
+            *dst = Some(Sourced::new(rc_path(line, home, warnings), o()));
         };
         let s = &mut l.settings;
         match slot.as_str() {
@@ -1090,7 +1431,10 @@ fn build_layer(slots: &BTreeMap<String, &RcLine>, errors: &mut Vec<RcError>) -> 
                     key: key(),
                 }),
             },
-            "HTTP.CREDENTIALS.USERNAME" => l.user = Some(Sourced::new(v.to_string(), o())),
+            "HTTP.CREDENTIALS.USERNAME" => {
+                l.user = Some(Sourced::new(v.to_string(), o()));
+                l.user_from_username = line.key == "HTTP.CREDENTIALS.USERNAME";
+            }
             "HTTP.CREDENTIALS.PASSWORD" => {
                 l.pass = Some(Sourced::new(Secret::new(v.to_string()), o()))
             }
@@ -1167,6 +1511,71 @@ const MAX_SCOPES_WITH_INTERSECTIONS: usize = 4096;
 /// * **Errors** (bad boolean, bad number, bad `USERPASSWORD`) are reported for the lines that
 ///   take effect, each once; the setting is then left unset.
 pub fn resolve(files: &[RcFile]) -> (Vec<RcRule>, Vec<RcWarning>, Vec<RcError>) {
+    resolve_in(files, None)
+}
+
+/// The rc files' netCDF-C 4.9 compatibility notes that need more than one line: the same key
+/// for the same scope in a `.daprc` and a `.dodsrc` of one directory, with different values
+/// (authproxy, as documented, uses `.daprc`; 4.9.0 loads `.dodsrc` last and uses it).
+fn daprc_dodsrc_notes(files: &[RcFile], warnings: &mut Vec<RcWarning>) {
+    let name = |f: &RcFile| {
+        f.path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .map(str::to_owned)
+    };
+    // The line that takes effect per (scope, canonical key) in one file: the last one.
+    let last = |f: &'_ RcFile| {
+        let mut m: BTreeMap<(RcScope, String), usize> = BTreeMap::new();
+        for (i, l) in f.lines.iter().enumerate() {
+            let canon = canonical_key(&l.key);
+            if l.value.is_empty() && NEED_VALUE.contains(&canon) {
+                continue;
+            }
+            m.insert((l.scope.clone(), canon.to_string()), i);
+        }
+        m
+    };
+    for daprc in files
+        .iter()
+        .filter(|f| name(f).as_deref() == Some(".daprc"))
+    {
+        let Some(dir) = daprc.path.parent() else {
+            continue;
+        };
+        let Some(dodsrc) = files.iter().find(|f| {
+            name(f).as_deref() == Some(".dodsrc")
+                && f.path.parent().is_some_and(|d| same_dir(d, dir))
+        }) else {
+            continue;
+        };
+        let theirs = last(dodsrc);
+        for (slot, i) in last(daprc) {
+            let Some(j) = theirs.get(&slot) else {
+                continue;
+            };
+            let (a, b) = (&daprc.lines[i], &dodsrc.lines[*j]);
+            if a.value != b.value {
+                warnings.push(RcWarning {
+                    origin: a.origin.clone(),
+                    message: format!(
+                        "{}: {} sets it for the same [prefix] to another value; authproxy uses \
+                         this line (.daprc over .dodsrc, as documented) but netCDF-C 4.9.0 loads \
+                         .dodsrc last and uses that one",
+                        a.key, b.origin
+                    ),
+                });
+            }
+        }
+    }
+}
+
+/// [`resolve`], with `home` (the daemon's home directory) for a leading `~`, `$HOME` or
+/// `${HOME}` in path values (relative paths are relative to the rc file's directory).
+pub fn resolve_in(
+    files: &[RcFile],
+    home: Option<&Path>,
+) -> (Vec<RcRule>, Vec<RcWarning>, Vec<RcError>) {
     let mut warnings: Vec<RcWarning> = files.iter().flat_map(|f| f.warnings.clone()).collect();
     let mut errors = Vec::new();
 
@@ -1201,7 +1610,10 @@ pub fn resolve(files: &[RcFile]) -> (Vec<RcRule>, Vec<RcWarning>, Vec<RcError>) 
 
     let layers: BTreeMap<RcScope, Layer> = by_scope
         .iter()
-        .map(|(scope, slots)| (scope.clone(), build_layer(slots, &mut errors)))
+        .map(|(scope, slots)| {
+            let layer = build_layer(slots, home, &mut warnings, &mut errors);
+            (scope.clone(), layer)
+        })
         .collect();
 
     // Group scopes by host; close each group under intersection.
@@ -1282,6 +1694,8 @@ pub fn resolve(files: &[RcFile]) -> (Vec<RcRule>, Vec<RcWarning>, Vec<RcError>) 
         (Reverse(a.scope.specificity()), &a.scope).cmp(&(Reverse(b.scope.specificity()), &b.scope))
     });
 
+    daprc_dodsrc_notes(files, &mut warnings);
+
     let order: BTreeMap<&Path, usize> = files
         .iter()
         .enumerate()
@@ -1306,6 +1720,7 @@ fn finish(
     let Layer {
         mut settings,
         user,
+        user_from_username,
         pass,
         userpass,
         unsupported,
@@ -1332,13 +1747,29 @@ fn finish(
     };
     match (user, pass, userpass) {
         (Some(u), Some(p), up) => {
-            if let Some((up, _)) = up {
-                warnings.push(RcWarning {
-                    origin: up.origin,
-                    message: "HTTP.CREDENTIALS.USERPASSWORD is not used where \
-                              HTTP.CREDENTIALS.USERNAME and HTTP.CREDENTIALS.PASSWORD also apply"
-                        .into(),
-                });
+            // Seed 002: the literal pair wins. So it does in netCDF-C 4.9.0 when the user is
+            // written `USER`; written `USERNAME` (which 4.9 does not read), 4.9.0 sends
+            // USERPASSWORD (both measured with ncdump 4.9.0). Say so where the two disagree.
+            if let Some((upu, upp)) = up.filter(|_| user_from_username) {
+                let differs = if upu.value != u.value {
+                    Some("a different user")
+                } else if upp.value.expose() != p.value.expose() {
+                    Some("the same user with a different password")
+                } else {
+                    None
+                };
+                if let Some(differs) = differs {
+                    warnings.push(RcWarning {
+                        origin: upu.origin,
+                        message: format!(
+                            "HTTP.CREDENTIALS.USERPASSWORD names {differs} than \
+                             HTTP.CREDENTIALS.USERNAME/PASSWORD ({}, {}); authproxy sends \
+                             USERNAME/PASSWORD (as documented) but netCDF-C 4.9.0, which does \
+                             not read USERNAME, sends USERPASSWORD",
+                            u.origin, p.origin
+                        ),
+                    });
+                }
             }
             settings.username = Some(u);
             settings.password = Some(p);
@@ -1451,6 +1882,14 @@ mod tests {
         }
     }
 
+    /// The warnings that are not netCDF-C 4.9 compatibility notes.
+    fn own(warnings: &[RcWarning]) -> Vec<&RcWarning> {
+        warnings
+            .iter()
+            .filter(|w| !w.message.starts_with("netCDF-C 4.9"))
+            .collect()
+    }
+
     fn pw(s: &Option<Sourced<Secret<String>>>) -> Option<&str> {
         s.as_ref().map(|s| s.value.expose().as_str())
     }
@@ -1469,7 +1908,16 @@ mod tests {
     fn seed_host_and_host_port_examples() {
         let f =
             p("[remotetest.unidata.ucar.edu]HTTP.VERBOSE=1\n[fake.ucar.edu:9090]HTTP.VERBOSE=0\n");
-        assert!(f.warnings.is_empty(), "{:?}", f.warnings);
+        // authproxy reads the documented [host] and [host:port] forms; netCDF-C 4.9 (measured:
+        // 4.9.0) skips them, and one warning per file says so.
+        assert_eq!(f.warnings.len(), 1, "{:?}", f.warnings);
+        assert_eq!(f.warnings[0].origin.line, 1);
+        let m = &f.warnings[0].message;
+        assert!(
+            m.starts_with("netCDF-C 4.9 logs \"Malformed [url]\""),
+            "{m}"
+        );
+        assert!(m.ends_with("Lines: 1, 2"), "{m}");
         assert_eq!(f.lines[0].scope, host("remotetest.unidata.ucar.edu", None));
         assert_eq!(f.lines[0].key, "HTTP.VERBOSE");
         assert_eq!(f.lines[0].value, "1");
@@ -1503,27 +1951,29 @@ mod tests {
                    HTTP.SSL.CAPATH=~/.globus\n\
                    HTTP.SSL.VALIDATE=1\n");
         assert!(f.warnings.is_empty());
-        let (rules, warnings, errors) = resolve(&[f]);
-        assert!(warnings.is_empty() && errors.is_empty());
+        let (rules, warnings, errors) = resolve_in(&[f], Some(Path::new("/home/esg")));
+        assert!(errors.is_empty());
         assert_eq!(rules.len(), 1);
         let s = &select(&rules, "https", "esgf.example.org", 443, "/")
             .unwrap()
             .settings;
-        // Kept as written: no tilde or relative-path expansion.
-        assert_eq!(
-            s.cookiejar.as_ref().unwrap().value,
-            Path::new("~/.dods_cookies")
-        );
-        assert_eq!(s.netrc.as_ref().unwrap().value, Path::new("~/.netrc"));
-        assert_eq!(
-            s.ssl_certificate.as_ref().unwrap().value,
-            Path::new("~/esgkeystore")
-        );
-        assert_eq!(
-            s.ssl_key.as_ref().unwrap().value,
-            Path::new("~/esgkeystore")
-        );
-        assert_eq!(s.ssl_capath.as_ref().unwrap().value, Path::new("~/.globus"));
+        // `~/` is the daemon's home, as the user meant (netCDF-C would open `./~/…`).
+        let v = |p: &Option<Sourced<PathBuf>>| p.as_ref().unwrap().value.clone();
+        assert_eq!(v(&s.cookiejar), Path::new("/home/esg/.dods_cookies"));
+        assert_eq!(v(&s.netrc), Path::new("/home/esg/.netrc"));
+        assert_eq!(v(&s.ssl_certificate), Path::new("/home/esg/esgkeystore"));
+        assert_eq!(v(&s.ssl_key), Path::new("/home/esg/esgkeystore"));
+        assert_eq!(v(&s.ssl_capath), Path::new("/home/esg/.globus"));
+        let lines: Vec<usize> = warnings.iter().map(|w| w.origin.line).collect();
+        assert_eq!(lines, vec![1, 2, 3, 4, 5], "{warnings:?}");
+        for w in &warnings {
+            assert!(
+                w.message.contains("`~` is the daemon's home directory"),
+                "{w}"
+            );
+            assert!(w.message.contains("netCDF-C 4.9 opens `./~/…`"), "{w}");
+        }
+        assert!(warnings[1].message.starts_with("HTTP.NETRC: "));
         assert!(s.ssl_verifypeer.as_ref().unwrap().value);
         assert!(s.ssl_verifyhost.as_ref().unwrap().value);
         assert_eq!(s.ssl_verifyhost.as_ref().unwrap().origin.line, 6);
@@ -1531,6 +1981,129 @@ mod tests {
             s.cookiejar.as_ref().unwrap().origin.to_string(),
             "/rc/.daprc:1"
         );
+    }
+
+    #[test]
+    fn home_forms_and_relative_paths_in_path_values() {
+        let home = Some(Path::new("/home/u"));
+        let f = parse_bytes(
+            Path::new("/etc/esg/.dodsrc"),
+            b"HTTP.NETRC=$HOME/.netrc\n\
+              HTTP.COOKIEJAR=${HOME}/.urs_cookies\n\
+              HTTP.SSL.CAPATH=~\n\
+              HTTP.SSL.CAINFO=certs/ca.pem\n\
+              HTTP.SSL.CERTIFICATE=/abs/cert.pem\n\
+              HTTP.SSL.KEY=~other/key.pem\n\
+              [h]HTTP.NETRC=$HOMEDIR/x\n",
+        );
+        let (rules, warnings, errors) = resolve_in(std::slice::from_ref(&f), home);
+        assert!(errors.is_empty());
+        let any = rules.iter().find(|r| r.scope == RcScope::Any).unwrap();
+        let s = &any.settings;
+        let v = |p: &Option<Sourced<PathBuf>>| p.as_ref().unwrap().value.clone();
+        assert_eq!(v(&s.netrc), Path::new("/home/u/.netrc"));
+        assert_eq!(v(&s.cookiejar), Path::new("/home/u/.urs_cookies"));
+        assert_eq!(v(&s.ssl_capath), Path::new("/home/u"));
+        // Relative: against the rc file's directory, not the working directory.
+        assert_eq!(v(&s.ssl_cainfo), Path::new("/etc/esg/certs/ca.pem"));
+        assert_eq!(v(&s.ssl_certificate), Path::new("/abs/cert.pem"));
+        // `~user` and `$HOMEDIR` are not the home forms: plain relative paths.
+        assert_eq!(v(&s.ssl_key), Path::new("/etc/esg/~other/key.pem"));
+        let h = select(&rules, "http", "h", 80, "/").unwrap();
+        assert_eq!(v(&h.settings.netrc), Path::new("/etc/esg/$HOMEDIR/x"));
+        let notes: Vec<(usize, &str)> = warnings
+            .iter()
+            .filter(|w| !w.message.contains("Malformed [url]"))
+            .map(|w| (w.origin.line, w.message.as_str()))
+            .collect();
+        assert_eq!(notes.len(), 3, "{notes:?}");
+        assert_eq!(notes[0].0, 1);
+        assert!(notes[0].1.contains("does not expand `$HOME`"));
+        assert_eq!(notes[1].0, 2);
+        assert!(notes[1].1.contains("does not expand `${HOME}`"));
+        assert_eq!(notes[2].0, 3);
+        assert!(notes[2].1.contains("./~/"));
+        // No home known: not expanded, said so, read against the rc file's directory.
+        let (rules, warnings, _) = resolve_in(&[f], None);
+        let any = rules.iter().find(|r| r.scope == RcScope::Any).unwrap();
+        assert_eq!(v(&any.settings.netrc), Path::new("/etc/esg/$HOME/.netrc"));
+        assert!(warnings[0].message.contains("cannot be expanded"));
+    }
+
+    #[test]
+    fn daprc_beside_dodsrc_warns_only_where_they_disagree() {
+        let (rules, warnings, _) = res(&[
+            (
+                "/home/u/.daprc",
+                "[http://h/d]HTTP.CREDENTIALS.USER=alice\n\
+                 [http://h/d]HTTP.CREDENTIALS.PASSWORD=pw\n\
+                 HTTP.TIMEOUT=30\n\
+                 HTTP.NETRC=/n\n",
+            ),
+            (
+                "/home/u/.dodsrc",
+                "[http://h/d]HTTP.CREDENTIALS.USER=bob\n\
+                 [http://h/d]HTTP.CREDENTIALS.PASSWORD=pw\n\
+                 [http://h/e]HTTP.CREDENTIALS.USER=carol\n\
+                 HTTP.TIMEOUT=10\n\
+                 HTTP.TIMEOUT=30\n\
+                 HTTP.NETRC=/n\n",
+            ),
+            // Another directory: 4.9 loads it in the same order authproxy ranks it.
+            ("/work/.dodsrc", "[http://h/d]HTTP.CREDENTIALS.USER=dave\n"),
+        ]);
+        let s = &select(&rules, "http", "h", 80, "/d").unwrap().settings;
+        assert_eq!(s.username.as_ref().unwrap().value, "alice");
+        let notes: Vec<&RcWarning> = warnings
+            .iter()
+            .filter(|w| w.message.contains("netCDF-C 4.9.0 loads .dodsrc last"))
+            .collect();
+        // Only the user differs for the same key and scope (TIMEOUT ends up equal).
+        assert_eq!(notes.len(), 1, "{warnings:?}");
+        assert_eq!(notes[0].origin.to_string(), "/home/u/.daprc:1");
+        assert!(notes[0].message.contains("/home/u/.dodsrc:1"));
+        assert!(!notes[0].message.contains("alice") && !notes[0].message.contains("bob"));
+    }
+
+    #[test]
+    fn userpassword_beside_username_password_warns_only_when_they_differ() {
+        let note = |w: &RcWarning| w.message.contains("netCDF-C 4.9.0, which does not read");
+        // The same credentials: nothing to say.
+        let (_, warnings, _) = resolve(&[p("[http://h/d]HTTP.CREDENTIALS.USERPASSWORD=me:pw\n\
+             [http://h/d]HTTP.CREDENTIALS.USERNAME=me\n\
+             [http://h/d]HTTP.CREDENTIALS.PASSWORD=pw\n")]);
+        assert!(!warnings.iter().any(note), "{warnings:?}");
+        // Written USER, netCDF-C 4.9.0 also sends the pair (measured): nothing to say.
+        let (_, warnings, _) = resolve(&[p("[http://h/d]HTTP.CREDENTIALS.USERPASSWORD=old:pw\n\
+             [http://h/d]HTTP.CREDENTIALS.USER=new\n\
+             [http://h/d]HTTP.CREDENTIALS.PASSWORD=pw\n")]);
+        assert!(!warnings.iter().any(note), "{warnings:?}");
+        // Written USERNAME, which 4.9 does not read: 4.9.0 sends USERPASSWORD.
+        let (rules, warnings, _) =
+            resolve(&[p("[http://h/d]HTTP.CREDENTIALS.USERPASSWORD=old:pw\n\
+             [http://h/d]HTTP.CREDENTIALS.USERNAME=new\n\
+             [http://h/d]HTTP.CREDENTIALS.PASSWORD=pw\n")]);
+        let hits: Vec<_> = warnings.iter().filter(|w| note(w)).collect();
+        assert_eq!(hits.len(), 1, "{warnings:?}");
+        assert_eq!(hits[0].origin.line, 1);
+        assert!(hits[0].message.contains("a different user"));
+        assert!(!hits[0].message.contains("old") && !hits[0].message.contains("new"));
+        // authproxy keeps seed 002's rule.
+        let s = &select(&rules, "http", "h", 80, "/d").unwrap().settings;
+        assert_eq!(s.username.as_ref().unwrap().value, "new");
+        // Inherited from a wider scope, decoded before comparing.
+        let (_, warnings, _) = resolve(&[p("HTTP.CREDENTIALS.USERPASSWORD=me:p%3A1\n\
+             HTTP.CREDENTIALS.USERNAME=me\n\
+             [http://h/d]HTTP.CREDENTIALS.PASSWORD=p:2\n")]);
+        let hits: Vec<_> = warnings.iter().filter(|w| note(w)).collect();
+        assert_eq!(hits.len(), 1, "{warnings:?}");
+        assert!(hits[0]
+            .message
+            .contains("the same user with a different password"));
+        let (_, warnings, _) = resolve(&[p("HTTP.CREDENTIALS.USERPASSWORD=me:p%3A1\n\
+             HTTP.CREDENTIALS.USERNAME=me\n\
+             HTTP.CREDENTIALS.PASSWORD=p:1\n")]);
+        assert!(!warnings.iter().any(note), "{warnings:?}");
     }
 
     #[test]
@@ -1616,9 +2189,12 @@ mod tests {
                 url("https", "h", None, "/p"),
             ]
         );
-        assert_eq!(f.warnings.len(), 1, "{:?}", f.warnings);
-        assert_eq!(f.warnings[0].origin.line, 8);
-        assert!(!f.warnings[0].message.contains("pw"));
+        let lines: Vec<usize> = f.warnings.iter().map(|w| w.origin.line).collect();
+        assert_eq!(lines, vec![2, 5, 8], "{:?}", f.warnings);
+        assert!(f.warnings[0].message.ends_with("Lines: 2, 3, 7"));
+        assert!(f.warnings[1].message.contains("without a path"));
+        assert!(f.warnings[2].message.contains("user info"));
+        assert!(!f.warnings[2].message.contains("pw"));
         assert_eq!(scopes[2].to_string(), "[host.example.org:8443]");
         assert_eq!(scopes[3].to_string(), "[https://host.example.org/Data]");
         assert_eq!(scopes[0].to_string(), "(unscoped)");
@@ -1664,8 +2240,8 @@ mod tests {
 
     #[test]
     fn crlf_comments_blank_lines_and_bom() {
-        let f = p("\u{feff}# comment\r\n\r\n   \t\r\n  # indented comment\r\nHTTP.SSL.CAINFO=/ca.pem\r\n[h]HTTP.NETRC=/n\r\nlast=x");
-        assert!(f.warnings.is_empty(), "{:?}", f.warnings);
+        let f = p("# comment\r\n\r\n   \t\r\n  # indented comment\r\nHTTP.SSL.CAINFO=/ca.pem\r\n[h]HTTP.NETRC=/n\r\nlast=x");
+        assert!(own(&f.warnings).is_empty(), "{:?}", f.warnings);
         assert_eq!(f.lines.len(), 3);
         assert_eq!(f.lines[0].value, "/ca.pem");
         assert_eq!(f.lines[0].origin.line, 5);
@@ -1677,27 +2253,172 @@ mod tests {
     }
 
     #[test]
-    fn blanks_around_equals_warn_but_parse() {
+    fn blanks_around_key_and_equals_are_trimmed_without_a_warning() {
+        // netCDF-C 4.9.0 trims these as authproxy does (measured): no warning.
         for text in [
             "HTTP.SSL.CAINFO = /ca.pem",
             "HTTP.SSL.CAINFO =/ca.pem",
             "HTTP.SSL.CAINFO= /ca.pem",
-            "  HTTP.SSL.CAINFO=/ca.pem",
-            "[h] HTTP.SSL.CAINFO=/ca.pem",
-            "\tHTTP.SSL.CAINFO\t=\t/ca.pem\t",
+            "[http://h/d] HTTP.SSL.CAINFO=/ca.pem",
+            "[ http://h/d ]HTTP.SSL.CAINFO=/ca.pem",
+            "HTTP.SSL.CAINFO\t=\t/ca.pem\t",
         ] {
             let f = p(text);
             assert_eq!(f.lines.len(), 1, "{text}");
             assert_eq!(f.lines[0].key, "HTTP.SSL.CAINFO");
             assert_eq!(f.lines[0].value, "/ca.pem");
-            assert_eq!(f.warnings.len(), 1, "{text}");
-            assert!(f.warnings[0].message.contains("netCDF-C 4.9 would misread"));
-            assert!(!f.warnings[0].message.contains("/ca.pem"));
+            assert!(f.warnings.is_empty(), "{text}: {:?}", f.warnings);
         }
-        // Trailing blanks and blanks inside the value do not warn.
         let f = p("HTTP.USERAGENT=my agent  ");
         assert!(f.warnings.is_empty());
         assert_eq!(f.lines[0].value, "my agent");
+    }
+
+    #[test]
+    fn leading_blanks_warn_naming_netcdf_4_9_2() {
+        for text in [
+            "  HTTP.SSL.CAINFO=/ca.pem",
+            "\tHTTP.SSL.CAINFO\t=\t/ca.pem\t",
+            "   [http://h/d]HTTP.SSL.CAINFO=/ca.pem",
+        ] {
+            let f = p(text);
+            assert_eq!(f.lines.len(), 1, "{text}");
+            assert_eq!(f.lines[0].value, "/ca.pem");
+            assert_eq!(f.warnings.len(), 1, "{text}");
+            let m = &f.warnings[0].message;
+            assert!(m.contains("netCDF-C 4.9.2 and later"), "{m}");
+            assert!(m.contains("4.9.0 and authproxy trim"), "{m}");
+            assert!(!m.contains("/ca.pem"));
+        }
+    }
+
+    // --- netCDF-C 4.9 compatibility notes ------------------------------------------------
+
+    fn compat(f: &RcFile) -> Vec<(usize, &str)> {
+        f.warnings
+            .iter()
+            .filter(|w| w.message.contains("netCDF-C 4.9"))
+            .map(|w| (w.origin.line, w.message.as_str()))
+            .collect()
+    }
+
+    #[test]
+    fn pathless_url_prefix_warns_that_4_9_drops_the_rest() {
+        let f = p("HTTP.COOKIEJAR=/tmp/jar\n\
+                   [https://urs.earthdata.nasa.gov]HTTP.CREDENTIALS.USER=me\n\
+                   [https://urs.earthdata.nasa.gov]HTTP.CREDENTIALS.PASSWORD=Secret1\n\
+                   [https://data.example.org/opendap/ds]HTTP.CREDENTIALS.USER=me\n\
+                   [https://data.example.org/]HTTP.CREDENTIALS.USER=me\n");
+        // One note per file, at the first such line (4.9 reads nothing after it); `/` alone
+        // is no path either (measured with ncdump 4.9.0).
+        let notes = compat(&f);
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert_eq!(notes[0].0, 2);
+        assert!(notes[0].1.contains("every line after it (here from line 2"));
+        assert!(notes[0].1.ends_with("Path-less prefixes at lines: 2, 3, 5"));
+        assert!(!notes[0].1.contains("Secret1"));
+        // authproxy reads them all.
+        assert_eq!(f.lines.len(), 5);
+        assert!(compat(&p("[https://h.org/d]HTTP.CREDENTIALS.USER=me\n")).is_empty());
+    }
+
+    #[test]
+    fn username_key_warns_that_4_9_reads_user() {
+        let f = p("[http://h.org/d]HTTP.CREDENTIALS.USERNAME=alice\n\
+                   [http://h.org/d]HTTP.CREDENTIALS.PASSWORD=pw\n\
+                   [http://h.org/e]HTTP.CREDENTIALS.USER=bob\n");
+        let notes = compat(&f);
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert_eq!(notes[0].0, 1);
+        assert!(notes[0].1.contains("reads HTTP.CREDENTIALS.USER"));
+        assert!(!notes[0].1.contains("alice"));
+        let (rules, _, _) = resolve(&[f]);
+        let s = &select(&rules, "http", "h.org", 80, "/d").unwrap().settings;
+        assert_eq!(s.username.as_ref().unwrap().value, "alice");
+    }
+
+    #[test]
+    fn bom_is_skipped_with_a_warning_that_names_it() {
+        let f = p("\u{feff}HTTP.NETRC=/home/me/.netrc\r\nHTTP.COOKIEJAR=/home/me/.cookies\r\n");
+        assert_eq!(f.lines.len(), 2);
+        assert_eq!(f.lines[0].key, "HTTP.NETRC");
+        assert_eq!(f.warnings.len(), 1, "{:?}", f.warnings);
+        assert_eq!(f.warnings[0].origin.line, 1);
+        assert!(f.warnings[0].message.contains("byte-order mark (BOM"));
+        // A BOM before a comment: the comment is still a comment.
+        let f = p("\u{feff}# my rc\nHTTP.NETRC=/n\n");
+        assert_eq!(f.lines.len(), 1);
+        assert_eq!(f.warnings.len(), 1);
+    }
+
+    #[test]
+    fn glued_settings_warn_without_the_value() {
+        // As NASAPrecipitation.jl writes it.
+        let f = p("HTTP.COOKIEJAR=/home/u/.urs_cookiesHTTP.NETRC=/home/u/.netrc\n");
+        assert_eq!(f.lines.len(), 1);
+        assert_eq!(f.warnings.len(), 1, "{:?}", f.warnings);
+        let m = &f.warnings[0].message;
+        assert!(
+            m.starts_with("HTTP.COOKIEJAR: the value contains `HTTP.NETRC=`"),
+            "{m}"
+        );
+        assert!(!m.contains("/home/u"), "{m}");
+        // In a secret, not even the key name found inside it is echoed.
+        let f = p("HTTP.CREDENTIALS.PASSWORD=xHTTP.NETRC=y\nHTTP.CREDENTIALS.USER=u\n");
+        assert_eq!(f.warnings.len(), 1);
+        assert!(f.warnings[0].message.contains("`HTTP.<KEY>=`"));
+        assert!(!f.warnings[0].message.contains("NETRC"));
+        // Not glued: a URL or a password with "http." and no "=" after a key.
+        let f =
+            p("HTTP.PROXY.SERVER=http://proxy.example:8080\nHTTP.CREDENTIALS.PASSWORD=a=http.b\n");
+        assert!(f.warnings.is_empty(), "{:?}", f.warnings);
+    }
+
+    #[test]
+    fn curl_keys_warn_as_obsolete() {
+        let f = p("CURL.VERBOSE=1\nCURL.SSL.VALIDATE=1\nHTTP.VERBOSE=1\n");
+        let lines: Vec<usize> = f
+            .warnings
+            .iter()
+            .filter(|w| w.message.contains("CURL.* keys are obsolete"))
+            .map(|w| w.origin.line)
+            .collect();
+        assert_eq!(lines, vec![1, 2]);
+        assert_eq!(f.warnings.len(), 2);
+        // Not kept: the warning is the one place they are reported.
+        assert_eq!(f.lines.len(), 1);
+        assert_eq!(f.lines[0].key, "HTTP.VERBOSE");
+    }
+
+    #[test]
+    fn libdap_keys_are_listed_once_per_file_not_accepted() {
+        // A .dodsrc as libdap's getdap writes it, with one netCDF-C key.
+        let f = p("# OPeNDAP client configuration file. See the OPeNDAP\n\
+                   USE_CACHE=0\n\
+                   MAX_CACHE_SIZE=20\n\
+                   MAX_CACHED_OBJ=5\n\
+                   IGNORE_EXPIRES=0\n\
+                   CACHE_ROOT=/home/u/.dods_cache/\n\
+                   DEFAULT_EXPIRES=86400\n\
+                   ALWAYS_VALIDATE=0\n\
+                   DEFLATE=0\n\
+                   VALIDATE_SSL=1\n\
+                   PROXY_SERVER=http,http://u:secret@proxy:3128\n\
+                   NO_PROXY_FOR=http,localhost\n\
+                   AIS_DATABASE=\n\
+                   COOKIE_JAR=.dods_cookies\n\
+                   HTTP.NETRC=/home/u/.netrc\n");
+        assert_eq!(f.lines.len(), 1);
+        assert_eq!(f.lines[0].key, "HTTP.NETRC");
+        assert_eq!(f.warnings.len(), 1, "{:?}", f.warnings);
+        let w = &f.warnings[0];
+        assert_eq!(w.origin.line, 2);
+        assert!(w.message.starts_with("libdap keys"), "{}", w.message);
+        assert!(w.message.contains("USE_CACHE (line 2)"));
+        assert!(w.message.contains("COOKIE_JAR (line 14)"));
+        assert!(!w.message.contains("secret") && !w.message.contains("proxy:3128"));
+        let (rules, _, _) = resolve(&[f]);
+        assert!(rules[0].settings.unsupported.is_empty());
     }
 
     #[test]
@@ -1858,7 +2579,8 @@ mod tests {
         assert_eq!(s.username.as_ref().unwrap().value, "lit%40");
         assert_eq!(pw(&s.password), Some("pa%3Ass"));
         assert_eq!(s.password.as_ref().unwrap().origin.line, 3);
-        assert!(warnings.iter().any(|w| w.origin.line == 1));
+        // netCDF-C 4.9.0 reads the USER/PASSWORD pair the same way: nothing to warn about.
+        assert!(!warnings.iter().any(|w| w.origin.line == 1), "{warnings:?}");
         // netCDF-C lets a global literal pair beat a host USERPASSWORD; authproxy sends no
         // unscoped credential by default, so the host's own line wins, with a warning.
         let (rules, warnings, _) = resolve(&[p("HTTP.CREDENTIALS.USERNAME=g\n\
@@ -1904,9 +2626,12 @@ mod tests {
         // A lone USERNAME is no credential: nothing is sent, and a warning says so.
         assert!(s.username.is_none() && s.password.is_none());
         let (_, warnings, _) = resolve(&[p("[h]HTTP.CREDENTIALS.USERNAME=only\n")]);
-        assert!(warnings[0]
-            .message
-            .starts_with("HTTP.CREDENTIALS.USERNAME without HTTP.CREDENTIALS.PASSWORD"));
+        assert!(
+            warnings.iter().any(|w| w
+                .message
+                .starts_with("HTTP.CREDENTIALS.USERNAME without HTTP.CREDENTIALS.PASSWORD")),
+            "{warnings:?}"
+        );
     }
 
     // --- scopes -----------------------------------------------------------------------------
@@ -2009,6 +2734,65 @@ mod tests {
     }
 
     #[test]
+    fn dataset_url_scope_matches_the_dap_requests() {
+        // The rc line a netCDF user writes: the dataset URL they open with ncdump.
+        let (rules, warnings, errors) = resolve(&[p(
+            "[http://127.0.0.1:8080/protected/ds]HTTP.CREDENTIALS.USERPASSWORD=alice:pw\n",
+        )]);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert!(warnings.iter().all(|w| w.message.contains("netCDF-C")));
+        let user = |path: &str| {
+            select(&rules, "http", "127.0.0.1", 8080, path)
+                .and_then(|r| r.settings.username.as_ref())
+                .map(|u| u.value.clone())
+        };
+        for path in [
+            "/protected/ds",
+            "/protected/ds.dds",
+            "/protected/ds.das",
+            "/protected/ds.dods",
+            "/protected/ds.dods?temp[0:1:3]",
+            "/protected/ds.dds?temp",
+            "/protected/ds.dmr",
+            "/protected/ds.dap",
+            "/protected/ds.dmr.xml",
+            "/protected/ds.dap.nc4?dap4.ce=x",
+            "/protected/ds.ascii",
+            "/protected/ds.info",
+            "/protected/ds.html",
+            "/protected/ds/below",
+        ] {
+            assert_eq!(user(path).as_deref(), Some("alice"), "{path}");
+        }
+        for path in [
+            "/protected/dsx",
+            "/protected/ds.nc",
+            "/protected/ds.ddsx",
+            "/protected/ds.xml",
+            "/protected/ds.dds/x",
+            "/protected/d.dds",
+            "/protected",
+            "/protected.dds",
+        ] {
+            assert_eq!(user(path), None, "{path}");
+        }
+        // A scope for one DAP response inherits from the dataset scope and is inside it.
+        let ds = url("http", "h", None, "/p/ds");
+        let dds = url("http", "h", None, "/p/ds.dds");
+        assert!(ds.contains(&dds) && !dds.contains(&ds));
+        assert!(dds.ancestors().contains(&ds));
+        let (rules, _, _) = resolve(&[p("[http://h/p/ds]HTTP.CREDENTIALS.USERPASSWORD=u:p\n\
+             [http://h/p/ds.dds]HTTP.TIMEOUT=5\n")]);
+        let r = select(&rules, "http", "h", 80, "/p/ds.dds").unwrap();
+        assert_eq!(r.scope, dds);
+        assert_eq!(r.settings.username.as_ref().unwrap().value, "u");
+        assert!(r.settings.timeout.is_some());
+        let r = select(&rules, "http", "h", 80, "/p/ds.das").unwrap();
+        assert_eq!(r.scope, ds);
+        assert!(r.settings.timeout.is_none());
+    }
+
+    #[test]
     fn specificity_order() {
         let order = [
             RcScope::Any,
@@ -2089,7 +2873,7 @@ mod tests {
              [data.example.org]HTTP.SSL.CAINFO=/etc/ca.pem\n\
              [https://data.example.org/thredds]HTTP.CREDENTIALS.USERPASSWORD=u:p\n\
              [https://data.example.org/thredds/private]HTTP.TIMEOUT=20\n")]);
-        assert!(warnings.is_empty() && errors.is_empty());
+        assert!(own(&warnings).is_empty() && errors.is_empty());
         let scopes: Vec<String> = rules.iter().map(|r| r.scope.to_string()).collect();
         assert_eq!(
             scopes,
@@ -2173,6 +2957,7 @@ mod tests {
             r.settings.netrc.as_ref().unwrap().value,
             Path::new("/home-h")
         );
+        let warnings = own(&warnings);
         assert_eq!(warnings.len(), 1);
         assert_eq!(warnings[0].origin.to_string(), "/home/.daprc:1");
     }
@@ -2288,11 +3073,7 @@ mod tests {
     fn writable_rc_file_is_warned_about() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
-        write(
-            dir.path(),
-            ".daprc",
-            "[h]HTTP.CREDENTIALS.PASSWORD=pw-SECRET\n",
-        );
+        write(dir.path(), ".daprc", "HTTP.TIMEOUT=5\n");
         let path = dir.path().join(".daprc");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         assert!(parse_file(&path).unwrap().warnings.is_empty());
@@ -2303,7 +3084,7 @@ mod tests {
             assert_eq!(
                 f.warnings[0].to_string(),
                 format!(
-                    "{}:0: group or others may write this rc file; chmod go-w {}",
+                    "{}:0: writable by other users (they could send your credentials elsewhere); chmod 600 {}",
                     path.display(),
                     path.display()
                 )
@@ -2334,6 +3115,85 @@ mod tests {
         assert!(start.elapsed() < std::time::Duration::from_secs(5));
         std::fs::write(&big, vec![b'#'; CONFIG_MAX_BYTES as usize]).unwrap();
         assert!(parse_file(&big).is_ok());
+    }
+
+    #[test]
+    fn daprcfile_gets_a_netcdf_4_9_note_ncrcenv_rc_does_not() {
+        let base = RcEnv {
+            home: Some(PathBuf::from("/home/u")),
+            cwd: Some(PathBuf::from("/work")),
+            ..RcEnv::default()
+        };
+        assert!(discovery_notes(&base).is_empty());
+        let dap = RcEnv {
+            daprcfile: Some(PathBuf::from("my.rc")),
+            ..base.clone()
+        };
+        let notes = discovery_notes(&dap);
+        assert_eq!(notes.len(), 1);
+        assert!(
+            notes[0].starts_with("/work/my.rc: DAPRCFILE"),
+            "{}",
+            notes[0]
+        );
+        assert!(notes[0].contains("netCDF-C 4.9 ignores DAPRCFILE"));
+        // Where NCRCENV_RC decides (both read it) or nothing is read, nothing to say.
+        let both = RcEnv {
+            ncrcenv_rc: Some(PathBuf::from("/etc/rc")),
+            ..dap.clone()
+        };
+        assert!(discovery_notes(&both).is_empty());
+        let ignored = RcEnv {
+            ignore: true,
+            ..dap
+        };
+        assert!(discovery_notes(&ignored).is_empty());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn rc_files_others_may_change_or_read_with_a_password_warn_like_a_netrc() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let chmod = |p: &Path, m: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+        };
+        let creds = dir.path().join(".dodsrc");
+        std::fs::write(
+            &creds,
+            "[https://h.org/d]HTTP.CREDENTIALS.USERPASSWORD=u:s3cret\n",
+        )
+        .unwrap();
+        let paths = dir.path().join(".daprc");
+        std::fs::write(&paths, "HTTP.NETRC=/home/u/.netrc\n").unwrap();
+        let perm = |p: &Path| {
+            parse_file(p)
+                .unwrap()
+                .warnings
+                .into_iter()
+                .filter(|w| w.message.contains("chmod 600"))
+                .map(|w| w.to_string())
+                .collect::<Vec<_>>()
+        };
+        chmod(&creds, 0o600);
+        assert!(perm(&creds).is_empty());
+        chmod(&creds, 0o644);
+        let w = perm(&creds);
+        assert_eq!(w.len(), 1);
+        assert!(
+            w[0].contains("holds a password and is readable"),
+            "{}",
+            w[0]
+        );
+        assert!(!w[0].contains("s3cret"));
+        // Readable is fine without a secret; writable by others is not.
+        chmod(&paths, 0o644);
+        assert!(perm(&paths).is_empty());
+        chmod(&paths, 0o666);
+        let w = perm(&paths);
+        assert_eq!(w.len(), 1);
+        assert!(w[0].contains("writable by other users"), "{}", w[0]);
+        assert!(w[0].ends_with(&format!("chmod 600 {}", paths.display())));
     }
 
     #[test]
@@ -2463,6 +3323,7 @@ mod tests {
             "[https://h]",
             "[http://h/a]",
             "[https://h/a/b]",
+            "[http://h/a/b.dds]",
             "[http://h:8080/a]",
             "[https://h:443/a]",
             "[foo://h/a]",
@@ -2492,6 +3353,8 @@ mod tests {
             ("foo", "h", 0, "/a/b"),
             ("https", "h", 443, "/a"),
             ("http", "h", 8080, "/a/b"),
+            ("http", "h", 80, "/a/b.dds"),
+            ("http", "h", 8080, "/a.das?x"),
         ];
         for _ in 0..3000 {
             let mut bytes = Vec::new();

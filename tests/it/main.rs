@@ -9,4 +9,5 @@ mod credentials;
 mod leak;
 mod netrc_safety;
 mod process;
+mod rc_compat;
 mod safety;
