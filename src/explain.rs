@@ -13,7 +13,7 @@ use crate::auth::bearer;
 use crate::config::load::{self, ConfigPath, Environment};
 use crate::config::rcfile::RcScope;
 use crate::config::snapshot::Resolved;
-use crate::config::Snapshot;
+use crate::config::{Snapshot, Sourced};
 use crate::redact::LogUrl;
 use crate::rule::{Matcher, ProxyChoice, Rule, TlsSettings};
 use crate::target::{Scheme, Target};
@@ -110,9 +110,12 @@ fn describe(out: &mut String, s: &Snapshot) {
         let _ = writeln!(out, "netrc: none");
     }
     if !s.unsupported.is_empty() {
-        let _ = writeln!(out, "accepted but not acted on:");
-        for u in &s.unsupported {
-            let _ = writeln!(out, "  {u}");
+        let _ = writeln!(
+            out,
+            "rc keys netCDF-C reads that authproxy does not act on:"
+        );
+        for line in unsupported_by_file(&s.unsupported) {
+            let _ = writeln!(out, "  {line}");
         }
     }
     if !s.warnings.is_empty() {
@@ -121,6 +124,42 @@ fn describe(out: &mut String, s: &Snapshot) {
             let _ = writeln!(out, "  {w}");
         }
     }
+}
+
+/// One line per file: `path: KEY (lines 2, 10), other.key (line 11)`, keys as written,
+/// in line order.
+fn unsupported_by_file(keys: &[Sourced<String>]) -> Vec<String> {
+    let mut sorted: Vec<&Sourced<String>> = keys.iter().collect();
+    sorted.sort_by(|a, b| (&*a.origin.path, a.origin.line).cmp(&(&*b.origin.path, b.origin.line)));
+    type Lines<'a> = Vec<(&'a str, Vec<usize>)>;
+    let mut files: Vec<(&std::path::Path, Lines<'_>)> = Vec::new();
+    for k in sorted {
+        if files.last().is_none_or(|(p, _)| *p != &*k.origin.path) {
+            files.push((&k.origin.path, Vec::new()));
+        }
+        let (_, list) = files.last_mut().expect("pushed above");
+        match list
+            .iter_mut()
+            .find(|(key, _)| key.eq_ignore_ascii_case(&k.value))
+        {
+            Some((_, lines)) => lines.push(k.origin.line),
+            None => list.push((&k.value, vec![k.origin.line])),
+        }
+    }
+    files
+        .into_iter()
+        .map(|(path, list)| {
+            let keys: Vec<String> = list
+                .into_iter()
+                .map(|(key, lines)| {
+                    let word = if lines.len() == 1 { "line" } else { "lines" };
+                    let lines: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+                    format!("{key} ({word} {})", lines.join(", "))
+                })
+                .collect();
+            format!("{}: {}", path.display(), keys.join(", "))
+        })
+        .collect()
 }
 
 fn describe_rule(out: &mut String, rule: &Rule) {
@@ -230,12 +269,40 @@ pub fn explain(env: &Environment, url: &str) -> Result<String, String> {
         .unwrap_or_else(|| target.clone());
     let tls = upstream.scheme == Scheme::Https;
     if target.scheme == Scheme::Https {
+        // What happens to a client's https:// request: a tunnel, nothing added.
         let _ = writeln!(
             out,
-            "note: clients send https:// URLs through a CONNECT tunnel, which authproxy passes \
-             through untouched; only the upstream proxy applies then"
+            "tunnelled: a client sends https:// URLs as CONNECT {}, which authproxy passes \
+             through untouched: no credential, header or certificate is added",
+            target.authority()
         );
+        let _ = match resolved.proxy(&target.host) {
+            Some(p) => writeln!(out, "via: upstream proxy {p:?} (CONNECT)"),
+            None => writeln!(out, "via: direct"),
+        };
+        let _ = writeln!(
+            out,
+            "when authproxy fetches this URL itself (following a redirect from an http:// URL):"
+        );
+        let mut inner = String::new();
+        fetched(&mut inner, &resolved, &target, &upstream, tls);
+        for line in inner.lines() {
+            let _ = writeln!(out, "  {line}");
+        }
+    } else {
+        fetched(&mut out, &resolved, &target, &upstream, tls);
     }
+    Ok(out)
+}
+
+/// What authproxy sends when it makes the request for `target` itself.
+fn fetched(
+    out: &mut String,
+    resolved: &Resolved<'_>,
+    target: &Target,
+    upstream: &Target,
+    tls: bool,
+) {
     if upstream != target {
         let _ = writeln!(
             out,
@@ -264,14 +331,14 @@ pub fn explain(env: &Environment, url: &str) -> Result<String, String> {
                 let _ = writeln!(out, "tls: UNUSABLE, requests get 502: {reason}");
             }
             None => {
-                let _ = writeln!(out, "tls: {}", tls_summary(&resolved));
+                let _ = writeln!(out, "tls: {}", tls_summary(resolved));
             }
         }
     }
     let _ = writeln!(
         out,
         "authorization: {}",
-        auth_summary(&resolved, &upstream, tls)
+        auth_summary(resolved, upstream, tls)
     );
     for (name, _) in resolved.headers() {
         let _ = writeln!(out, "header: {name}: ***");
@@ -281,7 +348,6 @@ pub fn explain(env: &Environment, url: &str) -> Result<String, String> {
     }
     let (connect, read) = resolved.timeout_pair();
     let _ = writeln!(out, "timeouts: connect {connect:?}, first byte {read:?}");
-    Ok(out)
 }
 
 fn tls_summary(r: &Resolved<'_>) -> String {

@@ -23,7 +23,7 @@ use crate::config::yaml::{
     self, NetrcSetting, ProxyChoice as YamlProxy, RcFilesSetting, SecretEnv, Site,
     UnscopedCredentials, YamlConfig,
 };
-use crate::config::{Origin, Snapshot, Sourced};
+use crate::config::{Diagnostic, Origin, Snapshot, Sourced};
 use crate::rule::{
     BasicCredential, CaSet, Identity, Matcher, ProxyChoice, Rule, UpstreamProxy, Value,
 };
@@ -112,7 +112,7 @@ pub enum ConfigPath {
 
 /// Every problem that stopped a snapshot from building.
 #[derive(Debug, Default)]
-pub struct LoadErrors(pub Vec<String>);
+pub struct LoadErrors(pub Vec<Diagnostic>);
 
 impl fmt::Display for LoadErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -155,15 +155,13 @@ pub fn load(env: &Environment) -> Result<Snapshot, LoadErrors> {
             .upstream_proxy
             .as_ref()
             .map(|p| Arc::new(proxy_from_yaml(p)));
-        for w in &y.warnings {
-            b.warnings.push(w.to_string());
-        }
+        b.warnings.extend(y.warnings.iter().cloned());
         // Settings of later features: accepted so configs can be written now, but say
         // plainly that they do nothing yet.
         let later = |what: &str| {
-            format!(
-                "{}: {what} is not acted on by this version yet",
-                y.path.display()
+            Diagnostic::file(
+                &y.path,
+                format!("{what} is not acted on by this version yet"),
             )
         };
         if y.access != yaml::Access::default() {
@@ -223,15 +221,15 @@ pub fn load(env: &Environment) -> Result<Snapshot, LoadErrors> {
                     yaml.as_ref().map(|y| &y.rc_files),
                     Some(RcFilesSetting::List(_))
                 ) {
-                    b.errors.push(format!(
-                        "{}: rc file listed in rc_files does not exist",
-                        path.display()
+                    b.errors.push(Diagnostic::file(
+                        path,
+                        "rc file listed in rc_files does not exist",
                     ));
                 }
             }
             Err(e) => b
                 .errors
-                .push(format!("{}: cannot read rc file: {e}", path.display())),
+                .push(Diagnostic::file(path, format!("cannot read rc file: {e}"))),
         }
     }
     b.unscoped = yaml
@@ -239,8 +237,8 @@ pub fn load(env: &Environment) -> Result<Snapshot, LoadErrors> {
         .map_or(UnscopedCredentials::Ignore, |y| y.rc_unscoped_credentials);
     let home = env.home.as_deref().or(env.rc.home.as_deref());
     let (rc_rules, rc_warnings, rc_errors) = rcfile::resolve_in(&rc_files, home);
-    b.warnings.extend(rc_warnings.iter().map(|w| w.to_string()));
-    b.errors.extend(rc_errors.iter().map(|e| e.to_string()));
+    b.warnings.extend(rc_warnings);
+    b.errors.extend(rc_errors.iter().map(Diagnostic::from));
     // Only an unscoped HTTP.NETRC chooses the global .netrc. A scoped one applies to its
     // scope alone (a rule that merely inherits the unscoped one holds the same origin).
     let netrc_from_rc = rc_rules
@@ -251,17 +249,19 @@ pub fn load(env: &Environment) -> Result<Snapshot, LoadErrors> {
     // `netrc: false` turns every .netrc off, scoped ones included.
     let netrc_off = matches!(yaml.as_ref().map(|y| &y.netrc), Some(NetrcSetting::Off));
     for rr in &rc_rules {
-        for u in &rr.settings.unsupported {
-            let line = format!("{}: {} is accepted but not acted on", u.origin, u.value);
-            if !snap.unsupported.contains(&line) {
-                snap.unsupported.push(line);
+        // Keys netCDF-C reads that nothing here acts on (unknown keys have a warning).
+        let known = |key: &str| {
+            rcfile::UNSUPPORTED_KEYS
+                .iter()
+                .any(|k| k.eq_ignore_ascii_case(key))
+        };
+        for u in rr.settings.unsupported.iter().filter(|u| known(&u.value)) {
+            if !snap.unsupported.contains(u) {
+                snap.unsupported.push(u.clone());
             }
         }
         if let Some(jar) = &rr.settings.cookiejar {
-            let line = format!(
-                "{}: HTTP.COOKIEJAR is accepted but not acted on by this version yet",
-                jar.origin
-            );
+            let line = Sourced::new("HTTP.COOKIEJAR".to_owned(), jar.origin.clone());
             if !snap.unsupported.contains(&line) {
                 snap.unsupported.push(line);
             }
@@ -295,6 +295,11 @@ pub fn load(env: &Environment) -> Result<Snapshot, LoadErrors> {
             snap.rc.push(rule);
         }
     }
+    // Where the .netrc path was named, if it was: a missing file is then worth a word.
+    let netrc_named = match yaml.as_ref().map(|y| &y.netrc) {
+        Some(NetrcSetting::Path(_)) => yaml.as_ref().map(|y| Origin::new(&y.path, 0)),
+        _ => netrc_from_rc.as_ref().map(|n| n.origin.clone()),
+    };
     let netrc_from_rc = netrc_from_rc.map(|n| n.value);
 
     // .netrc
@@ -312,16 +317,20 @@ pub fn load(env: &Environment) -> Result<Snapshot, LoadErrors> {
         match Netrc::parse_file(&path) {
             Ok(n) => {
                 b.files.push(path.clone());
-                b.warnings.extend(n.warnings.iter().map(|w| w.to_string()));
+                b.warnings.extend(n.warnings.iter().cloned());
                 if !snap.netrc_default {
                     b.warnings.extend(default_entry_warnings(&n));
                 }
                 snap.netrc = Some(n);
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if let Some(w) = missing_netrc_warning(&path, netrc_named.as_ref(), env) {
+                    b.warnings.push(w);
+                }
+            }
             Err(e) => b
                 .errors
-                .push(format!("{}: cannot read .netrc: {e}", path.display())),
+                .push(Diagnostic::file(&path, format!("cannot read .netrc: {e}"))),
         }
     }
 
@@ -337,9 +346,9 @@ pub fn load(env: &Environment) -> Result<Snapshot, LoadErrors> {
     b.watch.dedup();
     snap.files = b.files;
     snap.watch = b.watch;
-    // A file read twice (a scoped HTTP.NETRC naming the global .netrc) warns once.
-    let mut seen = std::collections::HashSet::new();
-    b.warnings.retain(|w| seen.insert(w.clone()));
+    // In file:line order, each once (a file read twice, as when a scoped HTTP.NETRC
+    // names the global .netrc, warns once).
+    Diagnostic::sort_and_dedup(&mut b.warnings);
     snap.warnings = b.warnings;
     snap.unusable = b.unusable;
     snap.unscoped_credentials_ignored = b.unscoped_ignored;
@@ -348,10 +357,10 @@ pub fn load(env: &Environment) -> Result<Snapshot, LoadErrors> {
 
 #[derive(Default)]
 struct Builder {
-    errors: Vec<String>,
+    errors: Vec<Diagnostic>,
     /// TLS material that did not load; the rules that need it answer with the reason.
     unusable: Vec<TlsProblem>,
-    warnings: Vec<String>,
+    warnings: Vec<Diagnostic>,
     files: Vec<PathBuf>,
     watch: Vec<PathBuf>,
     identities: HashMap<(PathBuf, Option<PathBuf>, bool), Arc<Identity>>,
@@ -386,7 +395,7 @@ impl Builder {
                 Some(y)
             }
             Err(errors) => {
-                self.errors.extend(errors.iter().map(|e| e.to_string()));
+                self.errors.extend(errors);
                 None
             }
         }
@@ -401,26 +410,29 @@ impl Builder {
         match Netrc::parse_file(path) {
             Ok(n) => {
                 self.files.push(path.clone());
-                self.warnings
-                    .extend(n.warnings.iter().map(|w| w.to_string()));
+                self.warnings.extend(n.warnings.iter().cloned());
                 if !netrc_default {
                     self.warnings.extend(default_entry_warnings(&n));
                 }
                 return Arc::new(n);
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                self.warnings.push(format!(
-                    "{}: HTTP.NETRC names {}, which does not exist; \
-                     no .netrc credentials for this scope",
-                    setting.origin,
-                    path.display()
+                self.warnings.push(Diagnostic::new(
+                    setting.origin.clone(),
+                    format!(
+                        "HTTP.NETRC names {}, which does not exist; \
+                         no .netrc credentials for this scope",
+                        path.display()
+                    ),
                 ));
             }
             Err(e) => {
-                self.errors.push(format!(
-                    "{}: cannot read .netrc: {e} (named by HTTP.NETRC at {})",
-                    path.display(),
-                    setting.origin
+                self.errors.push(Diagnostic::file(
+                    path,
+                    format!(
+                        "cannot read .netrc: {e} (named by HTTP.NETRC at {})",
+                        setting.origin
+                    ),
                 ));
             }
         }
@@ -444,9 +456,10 @@ impl Builder {
         for (name, value) in &site.headers {
             match http::HeaderName::from_bytes(name.as_bytes()) {
                 Ok(n) => rule.headers.push((n, param(value))),
-                Err(_) => self
-                    .errors
-                    .push(format!("{}: invalid header name {name:?}", site.origin)),
+                Err(_) => self.errors.push(Diagnostic::new(
+                    site.origin.clone(),
+                    format!("invalid header name {name:?}"),
+                )),
             }
         }
         rule.query = site
@@ -517,14 +530,14 @@ impl Builder {
             if unscoped && self.unscoped == UnscopedCredentials::Ignore {
                 self.unscoped_ignored
                     .get_or_insert_with(|| password.origin.clone());
-                self.warn_once(format!(
-                    "{}: HTTP.CREDENTIALS.* without a [prefix] names no host, so authproxy \
+                self.warn_once(
+                    &password.origin,
+                    "HTTP.CREDENTIALS.* without a [prefix] names no host, so authproxy \
                      sends it to none; put the host in front, as in \
                      [data.example.org:443]HTTP.CREDENTIALS.USERPASSWORD=..., or set \
                      `rc_unscoped_credentials: challenge` in the YAML config to answer 401 \
                      Basic challenges over TLS or from loopback hosts with it",
-                    password.origin
-                ));
+                );
             } else {
                 rule.basic = Some(BasicCredential {
                     user: user.value.clone(),
@@ -547,25 +560,25 @@ impl Builder {
             );
             rule.tls.identity = self.usable(&mut rule.tls.unusable, id);
         } else if let Some(key) = &s.ssl_key {
-            self.errors.push(format!(
-                "{}: HTTP.SSL.KEY is set but HTTP.SSL.CERTIFICATE is not; set both",
-                key.origin
+            self.errors.push(Diagnostic::new(
+                key.origin.clone(),
+                "HTTP.SSL.KEY is set but HTTP.SSL.CERTIFICATE is not; set both",
             ));
         } else if let Some(pw) = &s.ssl_keypassword {
-            self.warn_once(format!(
-                "{}: HTTP.SSL.KEYPASSWORD is set but no HTTP.SSL.CERTIFICATE applies to {}; \
-                 it is not used",
-                pw.origin, rr.scope
-            ));
+            self.warn_once(
+                &pw.origin,
+                "HTTP.SSL.KEYPASSWORD is set but no HTTP.SSL.CERTIFICATE applies to the \
+                 hosts of this line; it is not used",
+            );
         }
         if rr.scope == RcScope::Any {
             if let Some(ca) = s.ssl_cainfo.as_ref().or(s.ssl_capath.as_ref()) {
-                self.warn_once(format!(
-                    "{}: this CA setting has no [prefix]: it replaces the system CA roots for \
+                self.warn_once(
+                    &ca.origin,
+                    "this CA setting has no [prefix]: it replaces the system CA roots for \
                      every https host, so public servers will fail verification; put the host \
                      in front, as in [data.example.org]HTTP.SSL.CAINFO=...",
-                    ca.origin
-                ));
+                );
             }
         }
         if s.ssl_cainfo.is_some() || s.ssl_capath.is_some() {
@@ -586,20 +599,27 @@ impl Builder {
                 } else {
                     "ignored: HTTP.SSL.CAINFO names the CA file"
                 };
-                self.warn_once(format!(
-                    "{}: HTTP.SSL.CAPATH names a file, not a directory of certificates; {what}",
-                    capath.origin
-                ));
+                self.warn_once(
+                    &capath.origin,
+                    &format!(
+                        "HTTP.SSL.CAPATH names a file, not a directory of certificates; {what}"
+                    ),
+                );
             }
             let ca = self.ca(&origin, file, dir);
             // A CA matters only to verification: while it is off, a CA that does not load
             // is a warning, not a reason to refuse this scope's https requests.
             match ca {
-                Err(msg) if s.ssl_verifypeer.as_ref().is_some_and(|v| !v.value) => {
-                    self.warn_once(format!(
-                        "{msg} (not used: TLS verification is off for {})",
-                        rr.scope
-                    ));
+                Err(problem) if s.ssl_verifypeer.as_ref().is_some_and(|v| !v.value) => {
+                    let prefix = format!("{origin}: ");
+                    let cause = problem
+                        .message
+                        .strip_prefix(&prefix)
+                        .unwrap_or(&problem.message);
+                    self.warn_once(
+                        &origin,
+                        &format!("{cause} (not used: TLS verification is off there)"),
+                    );
                 }
                 ca => rule.tls.ca = self.usable(&mut rule.tls.unusable, ca),
             }
@@ -608,18 +628,20 @@ impl Builder {
         rule.tls.verify_host = s.ssl_verifyhost.as_ref().map(|v| v.value);
         for v in [&s.ssl_verifypeer, &s.ssl_verifyhost].into_iter().flatten() {
             if !v.value {
-                self.warn_once(format!(
-                    "{}: TLS verification is off for {}; anyone on the path can impersonate the server",
-                    v.origin, rr.scope
-                ));
+                self.warn_once(
+                    &v.origin,
+                    "TLS verification is off for the hosts of this line; anyone on the path \
+                     can impersonate the server",
+                );
             }
         }
         if let Some(p) = &s.proxy_server {
             match proxy_from_url(p.value.expose(), &p.origin) {
                 Ok(proxy) => rule.proxy = ProxyChoice::Via(Arc::new(proxy)),
-                Err(msg) => self
-                    .errors
-                    .push(format!("{}: HTTP.PROXY.SERVER: {msg}", p.origin)),
+                Err(msg) => self.errors.push(Diagnostic::new(
+                    p.origin.clone(),
+                    format!("HTTP.PROXY.SERVER: {msg}"),
+                )),
             }
         }
         rule.read_timeout = s.timeout.as_ref().map(|t| t.value).filter(|d| !d.is_zero());
@@ -632,7 +654,8 @@ impl Builder {
     }
 
     /// A warning, once however many rules inherit the line it is about.
-    fn warn_once(&mut self, warning: String) {
+    fn warn_once(&mut self, origin: &Origin, message: &str) {
+        let warning = Diagnostic::new(origin.clone(), message);
         if !self.warnings.contains(&warning) {
             self.warnings.push(warning);
         }
@@ -765,18 +788,48 @@ fn no_proxy_entry(p: &str) -> String {
 
 /// The `.netrc` `default` entries that carry credentials, which are not sent unless
 /// `netrc_default: true` opts in: each gets a warning with its file:line.
-fn default_entry_warnings(n: &Netrc) -> impl Iterator<Item = String> + '_ {
+fn default_entry_warnings(n: &Netrc) -> impl Iterator<Item = Diagnostic> + '_ {
     n.entries
         .iter()
         .filter(|e| e.host.is_none() && e.has_credentials())
         .map(|e| {
-            format!(
-                "{}: the `default` entry is not sent to any host (it names none); \
+            Diagnostic::new(
+                e.origin.clone(),
+                "the `default` entry is not sent to any host (it names none); \
                  name each host with a `machine` entry, or set `netrc_default: true` \
                  in the YAML config to send it to every https host no entry names",
-                e.origin
             )
         })
+}
+
+/// The word for a `.netrc` that was named (by `HTTP.NETRC`, `$NETRC` or YAML `netrc:`)
+/// but does not exist: without it, netrc would be off without a sound. Says whether
+/// `~/.netrc` exists, which is then not read either.
+fn missing_netrc_warning(
+    path: &Path,
+    named_at: Option<&Origin>,
+    env: &Environment,
+) -> Option<Diagnostic> {
+    let home_netrc = env.home.as_ref().map(|h| h.join(".netrc"));
+    if home_netrc.as_deref() == Some(path) {
+        return None; // the default path: having none is normal
+    }
+    let by = match named_at {
+        Some(o) => format!("named at {o}"),
+        None => "named by $NETRC".to_owned(),
+    };
+    let home = match home_netrc.as_deref().map(Netrc::parse_file) {
+        Some(Ok(n)) => format!(
+            "; {} exists, with {} entries, and is not read instead",
+            n.path.display(),
+            n.entries.len()
+        ),
+        Some(Err(_)) | None => "; there is no ~/.netrc either".to_owned(),
+    };
+    Some(Diagnostic::file(
+        path,
+        format!("this .netrc ({by}) does not exist, so no .netrc credentials are used{home}"),
+    ))
 }
 
 fn param(v: &yaml::ParamValue) -> Value {
@@ -882,7 +935,7 @@ mod tests {
         let has = |line: usize, text: &str| {
             snap.warnings
                 .iter()
-                .any(|w| w.starts_with(&at(line)) && w.contains(text))
+                .any(|w| w.to_string().starts_with(&at(line)) && w.to_string().contains(text))
         };
         assert!(
             has(1, "has a `login` but no `password`"),
@@ -912,7 +965,7 @@ mod tests {
         assert!(!snap
             .warnings
             .iter()
-            .any(|w| w.contains("`netrc_default: true`")));
+            .any(|w| w.to_string().contains("`netrc_default: true`")));
     }
 
     /// A scoped `HTTP.NETRC` answers for its scope only (even when its file is
@@ -954,10 +1007,12 @@ mod tests {
         assert!(snap.watch.contains(&scoped) && snap.watch.contains(&missing));
         assert_eq!(snap.netrc.as_ref().unwrap().path, h.join(".netrc"));
         assert!(
-            snap.warnings.iter().any(|w| w.starts_with(&format!(
-                "{}:2: HTTP.NETRC names",
-                h.join(".daprc").display()
-            ))),
+            snap.warnings
+                .iter()
+                .any(|w| w.to_string().starts_with(&format!(
+                    "{}:2: HTTP.NETRC names",
+                    h.join(".daprc").display()
+                ))),
             "{:?}",
             snap.warnings
         );
@@ -992,7 +1047,7 @@ mod tests {
         let partial: Vec<_> = snap
             .warnings
             .iter()
-            .filter(|w| w.contains("no `password`"))
+            .filter(|w| w.to_string().contains("no `password`"))
             .collect();
         assert_eq!(partial.len(), 1, "{:?}", snap.warnings);
     }

@@ -10,7 +10,7 @@ odd ones: entries spread over many lines or squeezed onto one, quoted passwords 
 spaces, `macdef` blocks, comments and `default`.
 
 Unlike libcurl, this parser never gives up on a file: input is treated as bytes, anything
-it does not understand becomes a [`NetrcWarning`] with a file and line for `check`, and
+it does not understand becomes a [`Diagnostic`] with a file and line for `check`, and
 the rest of the file is still used. Passwords are held as [`Secret`]s, and no warning
 quotes any text from the file (a stray word, or even a `machine` value after a forgotten
 keyword, might be a password): the file and line have to do.
@@ -33,12 +33,12 @@ environment, home directory) passed in so that the choice can be tested.
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::fmt;
+
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::config::Origin;
+use crate::config::{Diagnostic, Origin};
 use crate::secret::Secret;
 use crate::small_file::{self, CONFIG_MAX_BYTES};
 
@@ -70,34 +70,38 @@ impl NetrcEntry {
     }
 }
 
-/// Something in the file that was ignored or looks like a mistake. Never contains a
-/// password. `origin.line` is 0 for warnings about the file as a whole.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct NetrcWarning {
-    pub origin: Origin,
-    pub message: String,
-}
-
-impl fmt::Display for NetrcWarning {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.origin, self.message)
-    }
-}
-
 /// A parsed `.netrc` file: all entries in file order, plus warnings sorted by line.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Netrc {
     pub path: PathBuf,
     pub entries: Vec<NetrcEntry>,
-    pub warnings: Vec<NetrcWarning>,
+    pub warnings: Vec<Diagnostic>,
 }
 
 impl Netrc {
     /// Parses `.netrc` contents. `path` is only used for origins. Never fails and never
     /// panics: whatever cannot be understood is skipped with a warning. Bytes that are not
     /// UTF-8 are replaced by U+FFFD in the value they occur in (with a warning).
+    ///
+    /// A UTF-8 byte-order mark at the start is skipped with a warning (editors on Windows
+    /// write one; libcurl would read it as part of the first word and lose that entry).
     pub fn parse_bytes(path: &Path, bytes: &[u8]) -> Netrc {
-        Parser::new(path, bytes).run()
+        match bytes.strip_prefix(b"\xEF\xBB\xBF") {
+            Some(rest) => {
+                let mut netrc = Parser::new(path, rest).run();
+                netrc.warnings.insert(
+                    0,
+                    Diagnostic::new(
+                        Origin::new(path, 1),
+                        "the file starts with a UTF-8 byte-order mark (BOM); skipped, but \
+                         curl and other tools may misread the first entry: save the file \
+                         without it",
+                    ),
+                );
+                netrc
+            }
+            None => Parser::new(path, bytes).run(),
+        }
     }
 
     /// Reads and parses the file at `path`. On unix, a file that group or others may
@@ -117,7 +121,7 @@ impl Netrc {
             if meta.permissions().mode() & 0o077 != 0 {
                 netrc.warnings.insert(
                     0,
-                    NetrcWarning {
+                    Diagnostic {
                         origin: Origin::new(path, 0),
                         message: format!("readable by other users; chmod 600 {}", path.display()),
                     },
@@ -327,7 +331,7 @@ struct Parser<'a> {
     lexer: Lexer<'a>,
     path: Arc<Path>,
     entries: Vec<NetrcEntry>,
-    warnings: Vec<NetrcWarning>,
+    warnings: Vec<Diagnostic>,
     current: Option<NetrcEntry>,
 }
 
@@ -351,7 +355,7 @@ impl<'a> Parser<'a> {
 
     fn warn(&mut self, line: usize, message: impl Into<String>) {
         let origin = self.origin(line);
-        self.warnings.push(NetrcWarning {
+        self.warnings.push(Diagnostic {
             origin,
             message: message.into(),
         });
@@ -596,6 +600,20 @@ mod tests {
 
     fn parse(s: &str) -> Netrc {
         Netrc::parse_bytes(Path::new(PATH), s.as_bytes())
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_skipped_with_a_warning() {
+        let n = parse("\u{feff}machine h.example login u password p\n");
+        let e = n.lookup("h.example").unwrap();
+        assert_eq!(e.login.as_deref(), Some("u"));
+        assert_eq!(n.warnings.len(), 1);
+        assert!(n.warnings[0]
+            .to_string()
+            .ends_with("save the file without it"));
+        assert!(n.warnings[0]
+            .to_string()
+            .contains(":1: the file starts with"));
     }
 
     /// (login, password) of the entry `lookup(host)` returns.

@@ -17,7 +17,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 
 use crate::config::netrc::{Netrc, NetrcEntry};
-use crate::config::Origin;
+use crate::config::{Diagnostic, Origin, Sourced};
 use crate::failure::Timeouts;
 use crate::rule::{CaSet, Identity, ProxyChoice, Rule, UpstreamProxy, Value};
 use crate::secret::Secret;
@@ -53,12 +53,12 @@ pub struct Snapshot {
     pub files: Vec<PathBuf>,
     /// Files that were looked for and may appear later (rc files, config, netrc).
     pub watch: Vec<PathBuf>,
-    pub warnings: Vec<String>,
+    pub warnings: Vec<Diagnostic>,
     /// TLS files that did not load (`check` reports them as errors; the rules that
     /// need them answer 502 with the reason).
     pub unusable: Vec<TlsProblem>,
-    /// rc keys accepted but not acted on, with their origin.
-    pub unsupported: Vec<String>,
+    /// rc keys netCDF-C reads that nothing here acts on, as written, with their origin.
+    pub unsupported: Vec<Sourced<String>>,
     /// Where an rc credential without a `[prefix]` was left unused (`explain` says why).
     pub unscoped_credentials_ignored: Option<Origin>,
 }

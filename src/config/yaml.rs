@@ -24,7 +24,7 @@ sites:
 ```
 
 Entry points: [`parse_file`], [`parse_str`]. The result is a validated [`YamlConfig`]; every
-problem found is returned as a [`YamlError`] naming `file:line`, and all of them are
+problem found is returned as a [`Diagnostic`] naming `file:line`, and all of them are
 reported, not only the first.
 
 # How errors get their line numbers
@@ -79,6 +79,7 @@ use serde::Deserialize;
 use serde_yaml::Value;
 
 use super::origin::Origin;
+use super::Diagnostic;
 use crate::secret::Secret;
 
 /// More sites than this is an error (each site costs a few parses of the document).
@@ -167,7 +168,7 @@ pub struct YamlConfig {
     pub timeouts: Timeouts,
     pub log: LogSettings,
     pub sites: Vec<Site>,
-    pub warnings: Vec<YamlWarning>,
+    pub warnings: Vec<Diagnostic>,
     /// Secret files read, for the reload watcher.
     pub files_read: Vec<PathBuf>,
 }
@@ -356,45 +357,6 @@ pub struct SiteTls {
     pub ca: Option<PathBuf>,
     pub ca_dir: Option<PathBuf>,
     pub verify: Option<bool>,
-}
-
-/// A problem in the file. Never contains a configured value.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct YamlError {
-    /// Line 0 when unknown.
-    pub origin: Origin,
-    pub message: String,
-}
-
-/// Something legal but unwise. Never contains a configured value.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct YamlWarning {
-    pub origin: Origin,
-    pub message: String,
-}
-
-fn fmt_located(f: &mut fmt::Formatter<'_>, origin: &Origin, message: &str) -> fmt::Result {
-    if origin.line == 0 {
-        write!(f, "{}: {}", origin.path.display(), message)
-    } else {
-        write!(f, "{origin}: {message}")
-    }
-}
-
-/// `path:line: message` (`path: message` when the line is unknown).
-impl fmt::Display for YamlError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt_located(f, &self.origin, &self.message)
-    }
-}
-
-impl std::error::Error for YamlError {}
-
-/// `path:line: message`.
-impl fmt::Display for YamlWarning {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt_located(f, &self.origin, &self.message)
-    }
 }
 
 /// What the process environment says about secret files, injected by the caller.
@@ -1624,8 +1586,8 @@ struct Cx<'a> {
     env: &'a SecretEnv,
     /// The config file's directory, made absolute if possible.
     dir: PathBuf,
-    errors: Vec<YamlError>,
-    warnings: Vec<YamlWarning>,
+    errors: Vec<Diagnostic>,
+    warnings: Vec<Diagnostic>,
     files_read: Vec<PathBuf>,
 }
 
@@ -1662,7 +1624,7 @@ impl<'a> Cx<'a> {
 
     fn error(&mut self, line: usize, message: impl Into<String>) {
         let origin = self.origin(line);
-        self.errors.push(YamlError {
+        self.errors.push(Diagnostic {
             origin,
             message: message.into(),
         });
@@ -1670,7 +1632,7 @@ impl<'a> Cx<'a> {
 
     fn warn(&mut self, line: usize, message: impl Into<String>) {
         let origin = self.origin(line);
-        self.warnings.push(YamlWarning {
+        self.warnings.push(Diagnostic {
             origin,
             message: message.into(),
         });
@@ -1817,7 +1779,7 @@ impl<'a> Cx<'a> {
 
     // --- top level -----------------------------------------------------------------
 
-    fn run(mut self, path: &Path) -> Result<YamlConfig, Vec<YamlError>> {
+    fn run(mut self, path: &Path) -> Result<YamlConfig, Vec<Diagnostic>> {
         let mut cfg = YamlConfig::defaults(path);
         let root: Value = match serde_yaml::from_str(self.text) {
             Ok(v) => v,
@@ -1844,7 +1806,7 @@ impl<'a> Cx<'a> {
         self.finish(cfg)
     }
 
-    fn finish(mut self, mut cfg: YamlConfig) -> Result<YamlConfig, Vec<YamlError>> {
+    fn finish(mut self, mut cfg: YamlConfig) -> Result<YamlConfig, Vec<Diagnostic>> {
         if self.errors.is_empty() {
             self.warnings
                 .sort_by_key(|w| (w.origin.line == 0, w.origin.line));
@@ -2353,16 +2315,16 @@ fn read_small_text(path: &Path) -> std::io::Result<String> {
 
 /// Parses and validates `text` as the configuration file `path` (used for messages and
 /// to resolve relative paths).
-pub fn parse_str(path: &Path, text: &str, env: &SecretEnv) -> Result<YamlConfig, Vec<YamlError>> {
+pub fn parse_str(path: &Path, text: &str, env: &SecretEnv) -> Result<YamlConfig, Vec<Diagnostic>> {
     Cx::new(path, text, env).run(path)
 }
 
 /// Reads `path` and parses it with [`parse_str`].
-pub fn parse_file(path: &Path, env: &SecretEnv) -> Result<YamlConfig, Vec<YamlError>> {
+pub fn parse_file(path: &Path, env: &SecretEnv) -> Result<YamlConfig, Vec<Diagnostic>> {
     let text = read_capped_text(path, MAX_CONFIG_FILE);
     match text {
         Ok(text) => parse_str(path, &text, env),
-        Err(e) => Err(vec![YamlError {
+        Err(e) => Err(vec![Diagnostic {
             origin: Origin::new(path, 0),
             message: format!("cannot read the configuration file: {e}"),
         }]),
@@ -2380,7 +2342,7 @@ mod tests {
         SecretEnv::default()
     }
 
-    fn parse(text: &str) -> Result<YamlConfig, Vec<YamlError>> {
+    fn parse(text: &str) -> Result<YamlConfig, Vec<Diagnostic>> {
         parse_str(Path::new("/etc/authproxy/config.yaml"), text, &no_env())
     }
 
@@ -3049,12 +3011,12 @@ upstream_proxy: { url: \"http://proxy:3128\", username: u, password: S3CRET-VALU
 
     #[test]
     fn error_display_format() {
-        let e = YamlError {
+        let e = Diagnostic {
             origin: Origin::new("/x/c.yaml", 4),
             message: "bad".into(),
         };
         assert_eq!(e.to_string(), "/x/c.yaml:4: bad");
-        let e = YamlError {
+        let e = Diagnostic {
             origin: Origin::new("/x/c.yaml", 0),
             message: "bad".into(),
         };

@@ -111,7 +111,8 @@ async fn netrc_default_entry_is_sent_nowhere_unless_opted_in() {
     assert!(
         snap.warnings
             .iter()
-            .any(|w| w.contains(".netrc:1:") && w.contains("netrc_default: true")),
+            .any(|w| w.to_string().contains(".netrc:1:")
+                && w.to_string().contains("netrc_default: true")),
         "{:?}",
         snap.warnings
     );
@@ -142,7 +143,10 @@ async fn netrc_default_entry_is_sent_nowhere_unless_opted_in() {
     let (redirect, _) =
         support::redirect_origin(302, format!("https://localhost:{t}/landing")).await;
     let snap = snapshot(h, Some(&config));
-    assert!(!snap.warnings.iter().any(|w| w.contains("netrc_default")));
+    assert!(!snap
+        .warnings
+        .iter()
+        .any(|w| w.to_string().contains("netrc_default")));
     let proxy = Proxy::start(snap).await;
     let want = basic("anon", "default-SECRET");
     get(&proxy, &format!("http://localhost:{t}/direct")).await;
@@ -182,7 +186,7 @@ async fn partial_netrc_entry_gives_nothing_and_is_not_completed() {
         assert!(
             snap.warnings
                 .iter()
-                .any(|w| w.starts_with(&at) && w.contains(text)),
+                .any(|w| w.to_string().starts_with(&at) && w.to_string().contains(text)),
             "{at} {text}: {:?}",
             snap.warnings
         );
@@ -370,9 +374,10 @@ async fn rc_file_in_working_directory_of_another_user_is_not_read() {
     ))
     .unwrap();
     assert!(
-        snap.warnings
-            .iter()
-            .any(|w| w.starts_with(&format!("{}: ", rc.display())) && w.contains("skipped")),
+        snap.warnings.iter().any(
+            |w| w.to_string().starts_with(&format!("{}: ", rc.display()))
+                && w.to_string().contains("skipped")
+        ),
         "{:?}",
         snap.warnings
     );

@@ -146,10 +146,10 @@ async fn tilde_netrc_path_is_found_in_the_daemons_home() {
     let snap = snapshot(&env);
     assert!(snap.files.contains(&netrc), "{:?}", snap.files);
     assert!(
-        snap.warnings.iter().any(
-            |w| w.contains("HTTP.NETRC: `~` is the daemon's home directory")
-                && w.contains("netCDF-C 4.9 opens `./~/…`")
-        ),
+        snap.warnings.iter().any(|w| w
+            .to_string()
+            .contains("HTTP.NETRC: `~` is the daemon's home directory")
+            && w.to_string().contains("netCDF-C 4.9 opens `./~/…`")),
         "{:?}",
         snap.warnings
     );
@@ -254,8 +254,8 @@ async fn capath_naming_a_file_is_a_ca_file_and_an_unusable_ca_is_a_warning_witho
         "{report}"
     );
     // VALIDATE=0 turns off both checks: one warning, not one per check.
-    let off = format!("TLS verification is off for [http://localhost:{t}/off];");
-    assert_eq!(report.matches(&off).count(), 1, "{report}");
+    let off = ".dodsrc:4: TLS verification is off for the hosts of this line;";
+    assert_eq!(report.matches(off).count(), 1, "{report}");
 
     let snap = snapshot(&env);
     assert!(snap.unusable.is_empty(), "{:?}", snap.unusable);
