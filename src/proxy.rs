@@ -22,8 +22,9 @@ use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::auth;
-use crate::config::{Snapshot, SnapshotHandle};
+use crate::config::SnapshotHandle;
 use crate::failure::{Failure, ERROR_HEADER};
+use crate::policy::HopPolicy;
 use crate::redact;
 use crate::resolve;
 use crate::rule::UpstreamProxy;
@@ -47,11 +48,9 @@ impl Forwarder {
 /// State of one request, from its header to its log line.
 pub struct RequestCtx {
     started: Instant,
-    snapshot: Option<Arc<Snapshot>>,
-    /// The URL the rules are matched against: the client's, or a followed redirect's.
-    hop: Option<Target>,
-    /// Where the request goes: `hop`, upgraded to https when a rule says so.
-    upstream: Option<Target>,
+    /// The current hop's rules and target, resolved once per hop (`None` until the
+    /// request target parsed).
+    policy: Option<HopPolicy>,
     via: Option<Arc<UpstreamProxy>>,
     addrs: Vec<SocketAddr>,
     next_addr: usize,
@@ -69,11 +68,18 @@ pub struct RequestCtx {
 }
 
 impl RequestCtx {
-    fn parts(&self) -> Result<(&Arc<Snapshot>, &Target, &Target)> {
-        match (&self.snapshot, &self.hop, &self.upstream) {
-            (Some(s), Some(h), Some(u)) => Ok((s, h, u)),
-            _ => Error::e_explain(InternalError, "request context incomplete"),
+    fn policy(&self) -> Result<&HopPolicy> {
+        match &self.policy {
+            Some(p) => Ok(p),
+            None => Error::e_explain(InternalError, "request context incomplete"),
         }
+    }
+
+    /// The configured secret query names, for log lines.
+    fn secret_names(&self) -> &[String] {
+        self.policy
+            .as_ref()
+            .map_or(&[][..], |p| &p.snapshot().secret_query_names)
     }
 }
 
@@ -84,9 +90,7 @@ impl ProxyHttp for Forwarder {
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
             started: Instant::now(),
-            snapshot: None,
-            hop: None,
-            upstream: None,
+            policy: None,
             via: None,
             addrs: Vec::new(),
             next_addr: 0,
@@ -102,14 +106,7 @@ impl ProxyHttp for Forwarder {
         ctx.started = Instant::now();
         match Target::from_absolute(session.req_header().raw_path()) {
             Ok(target) => {
-                let snapshot = self.snapshots.load_full();
-                let upstream = snapshot
-                    .resolve(&target)
-                    .upstream_target(&target)
-                    .unwrap_or_else(|| target.clone());
-                ctx.snapshot = Some(snapshot);
-                ctx.hop = Some(target);
-                ctx.upstream = Some(upstream);
+                ctx.policy = Some(HopPolicy::new(self.snapshots.load_full(), target));
                 Ok(false)
             }
             Err(e) => {
@@ -130,9 +127,18 @@ impl ProxyHttp for Forwarder {
         _session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        let (snapshot, hop, target) = ctx.parts()?;
-        let snapshot = snapshot.clone();
-        let resolved = snapshot.resolve(hop);
+        ctx.policy()?;
+        // Disjoint borrows: the hop's policy is read while the address list changes.
+        let RequestCtx {
+            policy,
+            addrs,
+            next_addr,
+            via: ctx_via,
+            ..
+        } = ctx;
+        let policy = policy.as_ref().expect("checked above");
+        let resolved = policy.rules();
+        let target = &policy.upstream;
         if target.scheme == Scheme::Https {
             if let Some(reason) = resolved.tls_unusable() {
                 let f = Failure::tls_unusable(&target.authority(), reason);
@@ -141,24 +147,23 @@ impl ProxyHttp for Forwarder {
         }
         let via = resolved.proxy(&target.host).cloned();
         let timeouts = resolved.timeouts();
-        if ctx.addrs.is_empty() {
+        if addrs.is_empty() {
             let (host, port) = match &via {
-                Some(p) => (p.host.clone(), p.port),
-                None => (target.host.clone(), target.port),
+                Some(p) => (p.host.as_str(), p.port),
+                None => (target.host.as_str(), target.port),
             };
-            match resolve::resolve(&host, port).await {
-                Ok(addrs) => ctx.addrs = addrs,
+            match resolve::resolve(host, port).await {
+                Ok(found) => *addrs = found,
                 Err(e) => {
                     let f = match &via {
                         Some(p) => Failure::proxy_unreachable(&p.authority(), &e),
-                        None => Failure::dns(&host, &e),
+                        None => Failure::dns(host, &e),
                     };
                     return Err(f.into_error());
                 }
             }
         }
-        let addr = ctx.addrs[ctx.next_addr.min(ctx.addrs.len() - 1)];
-        let target = ctx.upstream.as_ref().expect("checked by parts()");
+        let addr = addrs[(*next_addr).min(addrs.len() - 1)];
         let mut peer = upstream::peer(target, addr, &resolved, via.as_ref(), timeouts);
         if via.is_some() && target.scheme == Scheme::Https {
             peer.options.custom_l4 = Some(Arc::new(upstream::ConnectVia::new(
@@ -168,7 +173,7 @@ impl ProxyHttp for Forwarder {
                 timeouts.connect,
             )));
         }
-        ctx.via = via;
+        *ctx_via = via;
         Ok(Box::new(peer))
     }
 
@@ -193,8 +198,9 @@ impl ProxyHttp for Forwarder {
         req: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let (snapshot, hop, target) = ctx.parts()?;
-        let resolved = snapshot.resolve(hop);
+        let policy = ctx.policy()?;
+        let resolved = policy.rules();
+        let target = &policy.upstream;
         // pingora strips the standard hop-by-hop headers; these two are proxy-specific.
         req.remove_header("proxy-connection");
         req.remove_header(&header::PROXY_AUTHORIZATION);
@@ -226,7 +232,8 @@ impl ProxyHttp for Forwarder {
         response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let (snapshot, hop, target) = ctx.parts()?;
+        let policy = ctx.policy()?;
+        let (hop, target) = (&policy.hop, &policy.upstream);
         if response.status.as_u16() == 407 && target.scheme == Scheme::Http {
             // The upstream proxy refused our credentials; a 407 passed on would ask
             // the client for credentials to authproxy itself.
@@ -236,7 +243,7 @@ impl ProxyHttp for Forwarder {
             }
         }
         let replayable = !session.as_ref().retry_buffer_truncated();
-        if response.status.as_u16() == 401
+        let answer_challenge = response.status.as_u16() == 401
             && !ctx.challenged
             && replayable
             && ctx.auth.is_none()
@@ -246,8 +253,8 @@ impl ProxyHttp for Forwarder {
                     .headers
                     .contains_key(header::AUTHORIZATION))
             && is_basic_challenge(response)
-            && snapshot.resolve(hop).challenge_basic(target).is_some()
-        {
+            && policy.rules().challenge_basic(target).is_some();
+        if answer_challenge {
             // Answer the host's own challenge with the credential kept for it: the same
             // request, once more, with Basic.
             ctx.challenged = true;
@@ -256,25 +263,18 @@ impl ProxyHttp for Forwarder {
             e.set_retry(true);
             return Err(e);
         }
-        let max = snapshot.max_hops;
+        let max = policy.snapshot().max_hops;
         let method = &session.req_header().method;
         if let Some(next) = same_host_https_redirect(hop, response, method) {
             if ctx.redirects < max && replayable {
-                let snapshot = snapshot.clone();
-                if !auth::client_credentials_may_follow(hop, &next) {
-                    ctx.strip_client_credentials = true;
-                }
+                let strip = !auth::client_credentials_may_follow(hop, &next);
+                let next = policy.next(next);
+                ctx.strip_client_credentials |= strip;
                 ctx.redirects += 1;
                 // Each hop logs and earns its own authorization.
                 ctx.auth = None;
                 ctx.challenged = false;
-                ctx.upstream = Some(
-                    snapshot
-                        .resolve(&next)
-                        .upstream_target(&next)
-                        .unwrap_or_else(|| next.clone()),
-                );
-                ctx.hop = Some(next);
+                ctx.policy = Some(next);
                 ctx.addrs.clear();
                 ctx.next_addr = 0;
                 let mut e = Error::explain(FOLLOW, "same-host redirect to https");
@@ -334,12 +334,12 @@ impl ProxyHttp for Forwarder {
 
     fn request_summary(&self, session: &Session, ctx: &RequestCtx) -> String {
         let req = session.req_header();
-        let names = ctx
-            .snapshot
-            .as_deref()
-            .map_or(&[][..], |s| &s.secret_query_names);
-        match &ctx.hop {
-            Some(t) => format!("{} {}", req.method, redact::LogUrl(t, names)),
+        match &ctx.policy {
+            Some(p) => format!(
+                "{} {}",
+                req.method,
+                redact::LogUrl(&p.hop, ctx.secret_names())
+            ),
             None => format!("{} <unparsed target>", req.method),
         }
     }
@@ -350,16 +350,17 @@ impl ProxyHttp for Forwarder {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        let (timeouts, has_identity) = match (&ctx.snapshot, &ctx.hop) {
-            (Some(s), Some(h)) => {
-                let resolved = s.resolve(h);
-                (resolved.timeouts(), resolved.identity().is_some())
+        let (timeouts, has_identity) = match &ctx.policy {
+            Some(p) => {
+                let rules = p.rules();
+                (rules.timeouts(), rules.identity().is_some())
             }
-            _ => Default::default(),
+            None => Default::default(),
         };
+        let upstream = ctx.policy.as_ref().map(|p| &p.upstream);
         let failure = Failure::carried(e)
             .cloned()
-            .or_else(|| Failure::from_pingora(e, ctx.upstream.as_ref(), &timeouts, has_identity));
+            .or_else(|| Failure::from_pingora(e, upstream, &timeouts, has_identity));
         let Some(failure) = failure else {
             return FailToProxy {
                 error_code: 0,
@@ -388,11 +389,10 @@ impl ProxyHttp for Forwarder {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let method = session.req_header().method.as_str();
         let ms = ctx.started.elapsed().as_micros() as f64 / 1e3;
-        let names = ctx
-            .snapshot
-            .as_deref()
-            .map_or(&[][..], |s| &s.secret_query_names);
-        let url = ctx.hop.as_ref().map(|t| redact::LogUrl(t, names));
+        let url = ctx
+            .policy
+            .as_ref()
+            .map(|p| redact::LogUrl(&p.hop, ctx.secret_names()));
         let url =
             tracing::field::display(url.as_ref().map_or(&"-" as &dyn std::fmt::Display, |u| {
                 u as &dyn std::fmt::Display

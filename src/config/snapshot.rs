@@ -116,18 +116,48 @@ impl Snapshot {
 
     /// The rules that apply to `target` (as the client asked for it).
     pub fn resolve(&self, target: &Target) -> Resolved<'_> {
-        let site = self.sites.iter().find(|r| r.matcher.matches(target));
-        let rc = self.rc.iter().find(|r| r.matcher.matches(target));
+        self.resolved(&self.select(target))
+    }
+
+    /// Which rules apply to `target`, as positions in this snapshot: the matching is done
+    /// once per request hop, and [`Snapshot::resolved`] answers from it without matching
+    /// again.
+    pub fn select(&self, target: &Target) -> Selection {
+        let site = self.sites.iter().position(|r| r.matcher.matches(target));
+        let rc = self.rc.iter().position(|r| r.matcher.matches(target));
         // A scoped rc `HTTP.NETRC` answers for its scope alone; elsewhere the global one.
-        let netrc_file = rc.and_then(|r| r.netrc.as_deref()).or(self.netrc.as_ref());
-        let netrc = netrc_file
-            .and_then(|n| n.lookup(&target.host))
-            .filter(|e| self.netrc_gives_credential(e));
-        Resolved {
-            snapshot: self,
+        let scoped = rc.and_then(|i| self.rc[i].netrc.as_deref());
+        let netrc_file = scoped.or(self.netrc.as_ref());
+        let netrc = netrc_file.and_then(|n| {
+            let found = n.lookup(&target.host)?;
+            n.entries
+                .iter()
+                .position(|e| std::ptr::eq(e, found))
+                .filter(|&i| self.netrc_gives_credential(&n.entries[i]))
+        });
+        Selection {
             site,
             rc,
             netrc,
+            netrc_scoped: scoped.is_some(),
+        }
+    }
+
+    /// The rules of a [`Selection`] made on this snapshot.
+    pub fn resolved(&self, sel: &Selection) -> Resolved<'_> {
+        let rc = sel.rc.map(|i| &self.rc[i]);
+        let netrc_file = if sel.netrc_scoped {
+            rc.and_then(|r| r.netrc.as_deref())
+        } else {
+            self.netrc.as_ref()
+        };
+        Resolved {
+            snapshot: self,
+            site: sel.site.map(|i| &self.sites[i]),
+            rc,
+            netrc: sel
+                .netrc
+                .and_then(|i| netrc_file.and_then(|n| n.entries.get(i))),
         }
     }
 
@@ -157,6 +187,16 @@ impl Snapshot {
             }
         })
     }
+}
+
+/// The rules that apply to one URL, as positions in the snapshot they were picked from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Selection {
+    site: Option<usize>,
+    rc: Option<usize>,
+    /// The `.netrc` entry, in the rc rule's scoped file or else the global one.
+    netrc: Option<usize>,
+    netrc_scoped: bool,
 }
 
 /// A Basic credential and where it came from.
