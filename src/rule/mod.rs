@@ -16,7 +16,7 @@ use pingora::utils::tls::{CertKey, WrappedX509};
 use crate::config::netrc::Netrc;
 use crate::config::rcfile::RcScope;
 use crate::config::yaml::SiteMatch;
-use crate::config::Origin;
+use crate::origin::Origin;
 use crate::secret::Secret;
 use crate::target::Target;
 
