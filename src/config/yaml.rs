@@ -93,8 +93,7 @@ const MAX_CONFIG_FILE: u64 = 4 << 20;
 const DEFAULT_MAX_HOPS: u8 = 10;
 const MAX_MAX_HOPS: u64 = 50;
 
-/// Port used for an `upstream_proxy` URL without one (libcurl's default proxy port).
-pub const DEFAULT_PROXY_PORT: u16 = 1080;
+pub use crate::rule::proxy::DEFAULT_PROXY_PORT;
 
 const TOP_KEYS: &[&str] = &[
     "listen",
@@ -1038,39 +1037,25 @@ struct RawProxyObject {
 
 type ProxyUrlParts = (String, u16, Option<(String, String)>);
 
-/// Parses an `http://[user[:password]@]host[:port][/]` proxy URL. Errors never repeat it.
+/// Parses an `http://[user[:password]@]host[:port][/]` proxy URL (see
+/// [`crate::rule::proxy::parse_proxy_url`]). Errors never repeat it.
 fn parse_proxy_url(s: &str) -> Result<ProxyUrlParts, String> {
-    let url = url::Url::parse(s.trim()).map_err(|e| format!("not a valid URL ({e})"))?;
-    match url.scheme() {
-        "http" => {}
-        "https" => return Err("https:// upstream proxies are not supported; use http://".into()),
-        _ => return Err("must be an http:// URL".into()),
-    }
-    let host = match url.host() {
-        Some(url::Host::Domain(d)) if !d.is_empty() => d.to_ascii_lowercase(),
-        Some(url::Host::Ipv4(a)) => a.to_string(),
-        Some(url::Host::Ipv6(a)) => a.to_string(),
-        _ => return Err("the URL needs a host".into()),
-    };
-    if !matches!(url.path(), "" | "/") || url.query().is_some() || url.fragment().is_some() {
+    use crate::rule::proxy::{parse_proxy_url, ProxyUrlError};
+    let url = parse_proxy_url(s, false).map_err(|e| match e {
+        ProxyUrlError::Invalid(e) => format!("not a valid URL ({e})"),
+        ProxyUrlError::Https => {
+            "https:// upstream proxies are not supported; use http://".to_string()
+        }
+        ProxyUrlError::NotHttp => "must be an http:// URL".to_string(),
+        ProxyUrlError::NoHost => "the URL needs a host".to_string(),
+        ProxyUrlError::CredentialsNotUtf8 => {
+            "the URL credentials are not UTF-8 after %-decoding".to_string()
+        }
+    })?;
+    if url.has_path {
         return Err("the URL must not have a path, query or fragment".into());
     }
-    let port = url.port().unwrap_or(DEFAULT_PROXY_PORT);
-    let decode = |s: &str| {
-        percent_encoding::percent_decode_str(s)
-            .decode_utf8()
-            .map(|c| c.into_owned())
-            .map_err(|_| "the URL credentials are not UTF-8 after %-decoding".to_string())
-    };
-    let creds = if !url.username().is_empty() || url.password().is_some() {
-        Some((
-            decode(url.username())?,
-            decode(url.password().unwrap_or(""))?,
-        ))
-    } else {
-        None
-    };
-    Ok((host, port, creds))
+    Ok((url.host, url.port, url.credentials))
 }
 
 impl<'de> Deserialize<'de> for RawProxy {

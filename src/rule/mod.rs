@@ -13,6 +13,8 @@ use std::time::Duration;
 
 use pingora::utils::tls::{CertKey, WrappedX509};
 
+pub mod proxy;
+
 use crate::config::netrc::Netrc;
 use crate::config::rcfile::RcScope;
 use crate::config::yaml::SiteMatch;
