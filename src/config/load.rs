@@ -24,9 +24,7 @@ use crate::config::yaml::{
     UnscopedCredentials, YamlConfig,
 };
 use crate::config::{Origin, Snapshot, Sourced};
-use crate::rule::{
-    BasicCredential, CaSet, Identity, Matcher, ProxyChoice, Rule, UpstreamProxy, Value,
-};
+use crate::rule::{BasicCredential, CaSet, Identity, ProxyChoice, Rule, UpstreamProxy, Value};
 use crate::secret::Secret;
 use crate::tls;
 
@@ -247,7 +245,7 @@ pub fn load(env: &Environment) -> Result<Snapshot, LoadErrors> {
         .iter()
         .find(|r| r.scope == rcfile::RcScope::Any)
         .and_then(|r| r.settings.netrc.clone());
-    let mut scoped_netrcs: HashMap<PathBuf, Arc<Netrc>> = HashMap::new();
+    let mut scoped_netrcs: HashMap<PathBuf, usize> = HashMap::new();
     // `netrc: false` turns every .netrc off, scoped ones included.
     let netrc_off = matches!(yaml.as_ref().map(|y| &y.netrc), Some(NetrcSetting::Off));
     for rr in &rc_rules {
@@ -274,23 +272,20 @@ pub fn load(env: &Environment) -> Result<Snapshot, LoadErrors> {
         let rule = b.rc_rule(rr).or_else(|| {
             // A scope that sets nothing else still needs a rule to carry its .netrc.
             scoped_netrc.map(|n| {
-                let mut rule = Rule::new(
-                    rr.scope.to_string(),
-                    n.origin.clone(),
-                    Matcher::Rc(rr.scope.clone()),
-                );
+                let mut rule =
+                    Rule::new(rr.scope.to_string(), n.origin.clone(), rr.scope.pattern());
                 rule.tls.verify_host = rr.settings.ssl_verifyhost.as_ref().map(|v| v.value);
                 rule
             })
         });
         if let Some(mut rule) = rule {
             if let Some(n) = scoped_netrc {
-                rule.netrc = Some(
-                    scoped_netrcs
-                        .entry(n.value.clone())
-                        .or_insert_with(|| b.scoped_netrc(n, snap.netrc_default))
-                        .clone(),
-                );
+                let index = *scoped_netrcs.entry(n.value.clone()).or_insert_with(|| {
+                    snap.scoped_netrcs
+                        .push(b.scoped_netrc(n, snap.netrc_default));
+                    snap.scoped_netrcs.len() - 1
+                });
+                rule.netrc = Some(index);
             }
             snap.rc.push(rule);
         }
@@ -433,7 +428,7 @@ impl Builder {
         } else {
             format!("sites[{index}] {}", site.id)
         };
-        let mut rule = Rule::new(id, site.origin.clone(), Matcher::Site(site.pattern.clone()));
+        let mut rule = Rule::new(id, site.origin.clone(), site.pattern.clone());
         rule.basic = site.basic.as_ref().map(|(user, pw)| BasicCredential {
             user: user.clone(),
             password: pw.clone(),
@@ -511,7 +506,7 @@ impl Builder {
         .flatten()
         .next()?
         .clone();
-        let mut rule = Rule::new(rr.scope.to_string(), origin, Matcher::Rc(rr.scope.clone()));
+        let mut rule = Rule::new(rr.scope.to_string(), origin, rr.scope.pattern());
         if let (Some(user), Some(password)) = (&s.username, &s.password) {
             let unscoped = s.credentials_unscoped;
             if unscoped && self.unscoped == UnscopedCredentials::Ignore {
