@@ -265,7 +265,7 @@ fn untrusted_meta(meta: &std::fs::Metadata, path: &Path, uid: Option<u32>) -> Op
 /// The `[prefix]` of a line: which requests the line applies to.
 ///
 /// Hosts are stored lowercased, schemes lowercased, paths without trailing `/` (the root is
-/// `""`). A missing port means "any port".
+/// `""`). A missing port means the request scheme's default port (see [`RcScope::pattern`]).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum RcScope {
     /// No prefix: every request.
