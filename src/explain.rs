@@ -11,11 +11,10 @@ use std::fmt::Write;
 
 use crate::auth::bearer;
 use crate::config::load::{self, ConfigPath, Environment};
-use crate::config::rcfile::RcScope;
 use crate::config::snapshot::Resolved;
 use crate::config::{Snapshot, Sourced};
 use crate::redact::LogUrl;
-use crate::rule::{Matcher, ProxyChoice, Rule, TlsSettings};
+use crate::rule::{ProxyChoice, Rule, TlsSettings};
 use crate::target::{Scheme, Target};
 
 /// The `check` report and whether the configuration loads.
@@ -212,12 +211,7 @@ fn describe_rule(out: &mut String, rule: &Rule) {
 /// Whether a rule's requests may go upstream as plain http: it matches http URLs and does
 /// not upgrade them.
 fn may_go_over_http(rule: &Rule) -> bool {
-    let http = match &rule.matcher {
-        Matcher::Site(m) => m.scheme.as_deref().is_none_or(|s| s == "http"),
-        Matcher::Rc(RcScope::Url { scheme, .. }) => scheme == "http",
-        Matcher::Rc(_) => true,
-    };
-    http && !rule.tls.upgrade
+    rule.pattern.may_match_http() && !rule.tls.upgrade
 }
 
 fn tls_text(t: &TlsSettings) -> String {

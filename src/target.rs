@@ -25,6 +25,17 @@ impl Scheme {
         }
     }
 
+    /// `http` or `https`, in any case; `None` for any other scheme.
+    pub fn parse(s: &str) -> Option<Scheme> {
+        if s.eq_ignore_ascii_case("http") {
+            Some(Scheme::Http)
+        } else if s.eq_ignore_ascii_case("https") {
+            Some(Scheme::Https)
+        } else {
+            None
+        }
+    }
+
     pub fn default_port(self) -> u16 {
         match self {
             Scheme::Http => 80,
@@ -64,9 +75,7 @@ impl Target {
         }
         let uri = http::Uri::try_from(raw).map_err(|_| TargetError::Malformed)?;
         let scheme = match uri.scheme_str() {
-            Some(s) if s.eq_ignore_ascii_case("http") => Scheme::Http,
-            Some(s) if s.eq_ignore_ascii_case("https") => Scheme::Https,
-            Some(_) => return Err(TargetError::UnsupportedScheme),
+            Some(s) => Scheme::parse(s).ok_or(TargetError::UnsupportedScheme)?,
             None => return Err(TargetError::Malformed),
         };
         let host = uri.host().ok_or(TargetError::Malformed)?;

@@ -24,9 +24,7 @@ use crate::config::yaml::{
     UnscopedCredentials, YamlConfig,
 };
 use crate::config::{Diagnostic, Origin, Snapshot, Sourced};
-use crate::rule::{
-    BasicCredential, CaSet, Identity, Matcher, ProxyChoice, Rule, UpstreamProxy, Value,
-};
+use crate::rule::{BasicCredential, CaSet, Identity, ProxyChoice, Rule, UpstreamProxy, Value};
 use crate::secret::Secret;
 use crate::tls;
 
@@ -245,7 +243,7 @@ pub fn load(env: &Environment) -> Result<Snapshot, LoadErrors> {
         .iter()
         .find(|r| r.scope == rcfile::RcScope::Any)
         .and_then(|r| r.settings.netrc.clone());
-    let mut scoped_netrcs: HashMap<PathBuf, Arc<Netrc>> = HashMap::new();
+    let mut scoped_netrcs: HashMap<PathBuf, usize> = HashMap::new();
     // `netrc: false` turns every .netrc off, scoped ones included.
     let netrc_off = matches!(yaml.as_ref().map(|y| &y.netrc), Some(NetrcSetting::Off));
     for rr in &rc_rules {
@@ -274,23 +272,20 @@ pub fn load(env: &Environment) -> Result<Snapshot, LoadErrors> {
         let rule = b.rc_rule(rr).or_else(|| {
             // A scope that sets nothing else still needs a rule to carry its .netrc.
             scoped_netrc.map(|n| {
-                let mut rule = Rule::new(
-                    rr.scope.to_string(),
-                    n.origin.clone(),
-                    Matcher::Rc(rr.scope.clone()),
-                );
+                let mut rule =
+                    Rule::new(rr.scope.to_string(), n.origin.clone(), rr.scope.pattern());
                 rule.tls.verify_host = rr.settings.ssl_verifyhost.as_ref().map(|v| v.value);
                 rule
             })
         });
         if let Some(mut rule) = rule {
             if let Some(n) = scoped_netrc {
-                rule.netrc = Some(
-                    scoped_netrcs
-                        .entry(n.value.clone())
-                        .or_insert_with(|| b.scoped_netrc(n, snap.netrc_default))
-                        .clone(),
-                );
+                let index = *scoped_netrcs.entry(n.value.clone()).or_insert_with(|| {
+                    snap.scoped_netrcs
+                        .push(b.scoped_netrc(n, snap.netrc_default));
+                    snap.scoped_netrcs.len() - 1
+                });
+                rule.netrc = Some(index);
             }
             snap.rc.push(rule);
         }
@@ -445,7 +440,7 @@ impl Builder {
         } else {
             format!("sites[{index}] {}", site.id)
         };
-        let mut rule = Rule::new(id, site.origin.clone(), Matcher::Site(site.pattern.clone()));
+        let mut rule = Rule::new(id, site.origin.clone(), site.pattern.clone());
         rule.basic = site.basic.as_ref().map(|(user, pw)| BasicCredential {
             user: user.clone(),
             password: pw.clone(),
@@ -524,7 +519,7 @@ impl Builder {
         .flatten()
         .next()?
         .clone();
-        let mut rule = Rule::new(rr.scope.to_string(), origin, Matcher::Rc(rr.scope.clone()));
+        let mut rule = Rule::new(rr.scope.to_string(), origin, rr.scope.pattern());
         if let (Some(user), Some(password)) = (&s.username, &s.password) {
             let unscoped = s.credentials_unscoped;
             if unscoped && self.unscoped == UnscopedCredentials::Ignore {
@@ -852,41 +847,34 @@ fn proxy_from_yaml(p: &yaml::UpstreamProxy) -> UpstreamProxy {
     }
 }
 
-/// Parses an rc file's `HTTP.PROXY.SERVER`: `[http://][user:pass@]host[:port]`.
-/// Messages never repeat the value.
+/// Parses an rc file's `HTTP.PROXY.SERVER`: `[http://][user:pass@]host[:port]` (see
+/// [`crate::rule::proxy::parse_proxy_url`]; a path is ignored, and so is a password without
+/// a user name). Messages never repeat the value.
 pub fn proxy_from_url(value: &str, origin: &Origin) -> Result<UpstreamProxy, String> {
-    let with_scheme = if value.contains("://") {
-        value.to_owned()
-    } else {
-        format!("http://{value}")
-    };
-    let url = url::Url::parse(&with_scheme).map_err(|_| "not a valid proxy URL".to_owned())?;
-    if url.scheme() != "http" {
-        return Err("only http:// upstream proxies are supported".to_owned());
-    }
-    let host = url
-        .host_str()
-        .ok_or_else(|| "the proxy URL has no host".to_owned())?
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_owned();
-    let port = url.port().unwrap_or(1080);
-    let decode = |s: &str| {
-        percent_encoding::percent_decode_str(s)
-            .decode_utf8_lossy()
-            .into_owned()
-    };
-    let (user, authorization) = if url.username().is_empty() {
-        (None, None)
-    } else {
-        let user = decode(url.username());
-        let pw = decode(url.password().unwrap_or(""));
-        let header = crate::auth::basic::header(&user, &pw);
-        (Some(user), Some(header))
+    use crate::rule::proxy::{parse_proxy_url, ProxyUrlError};
+    let url = parse_proxy_url(value, true).map_err(|e| {
+        match e {
+            ProxyUrlError::Invalid(_) => "not a valid proxy URL",
+            ProxyUrlError::Https | ProxyUrlError::NotHttp => {
+                "only http:// upstream proxies are supported"
+            }
+            ProxyUrlError::NoHost => "the proxy URL has no host",
+            ProxyUrlError::CredentialsNotUtf8 => {
+                "the proxy URL credentials are not UTF-8 after %-decoding"
+            }
+        }
+        .to_owned()
+    })?;
+    let (user, authorization) = match url.credentials {
+        Some((user, pw)) if !user.is_empty() => {
+            let header = crate::auth::basic::header(&user, &pw);
+            (Some(user), Some(header))
+        }
+        _ => (None, None),
     };
     Ok(UpstreamProxy {
-        host,
-        port,
+        host: url.host,
+        port: url.port,
         user,
         authorization,
         origin: origin.clone(),
@@ -1171,5 +1159,33 @@ mod tests {
         }
         let t = Target::from_absolute(b"https://scoped.example.org/f").unwrap();
         assert_eq!(snap.resolve(&t).basic(true).map(|b| b.user), Some("s"));
+    }
+
+    #[test]
+    fn rc_proxy_server_forms() {
+        let o = Origin::new("/h/.daprc", 3);
+        let p = proxy_from_url("proxy.corp", &o).unwrap();
+        assert_eq!(
+            (p.host.as_str(), p.port, p.user),
+            ("proxy.corp", 1080, None)
+        );
+        let p = proxy_from_url("http://u%40x:p%3Aw@[::1]:3128/", &o).unwrap();
+        assert_eq!((p.host.as_str(), p.port), ("::1", 3128));
+        assert_eq!(p.authority(), "[::1]:3128");
+        assert_eq!(p.user.as_deref(), Some("u@x"));
+        assert_eq!(
+            p.authorization.as_ref().map(|a| a.expose().clone()),
+            Some(crate::auth::basic::header("u@x", "p:w").expose().clone())
+        );
+        for (bad, msg) in [
+            ("https://u:Pr0xy-S3cret@proxy.corp", "only http://"),
+            ("socks5://u:Pr0xy-S3cret@proxy.corp", "only http://"),
+            ("http://u:Pr0xy-S3cret@", "not a valid proxy URL"),
+            ("http://u:Pr0xy-S3cret%ff@h", "not UTF-8"),
+        ] {
+            let e = proxy_from_url(bad, &o).unwrap_err();
+            assert!(e.contains(msg), "{bad}: {e}");
+            assert!(!e.contains("Pr0xy-S3cret"), "{e}");
+        }
     }
 }

@@ -60,8 +60,12 @@ use std::time::Duration;
 use percent_encoding::percent_decode_str;
 
 use crate::config::{Diagnostic, Origin, Sourced};
+pub use crate::rule::pattern::DAP_SUFFIXES;
+use crate::rule::pattern::{dap_dataset, path_under};
+use crate::rule::{HostPattern, Pattern, PortSpec, SchemePattern, Syntax};
 use crate::secret::Secret;
 use crate::small_file::{self, CONFIG_MAX_BYTES};
+use crate::target::Scheme;
 
 // ---------------------------------------------------------------------------------------------
 // Which files
@@ -263,7 +267,7 @@ fn untrusted_meta(meta: &std::fs::Metadata, path: &Path, uid: Option<u32>) -> Op
 /// The `[prefix]` of a line: which requests the line applies to.
 ///
 /// Hosts are stored lowercased, schemes lowercased, paths without trailing `/` (the root is
-/// `""`). A missing port means "any port".
+/// `""`). A missing port means the request scheme's default port (see [`RcScope::pattern`]).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum RcScope {
     /// No prefix: every request.
@@ -279,28 +283,6 @@ pub enum RcScope {
     },
 }
 
-/// The scheme's default port, for the schemes the proxy speaks.
-pub fn default_port(scheme: &str) -> Option<u16> {
-    match scheme.to_ascii_lowercase().as_str() {
-        "http" | "ws" => Some(80),
-        "https" | "wss" => Some(443),
-        _ => None,
-    }
-}
-
-/// Which ports a scope covers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum PortSpec {
-    /// Every port (only the unscoped scope).
-    Any,
-    /// The default port of the request's scheme: 80 for http, 443 for https. netCDF-C
-    /// compares `host:port` exactly, so `[host]` and `[scheme://host/path]` never match a
-    /// URL with another port.
-    Default,
-    /// This port.
-    Is(u16),
-}
-
 /// The scope as separate constraints; `None` means "unconstrained".
 struct Parts<'a> {
     scheme: Option<&'a str>,
@@ -309,45 +291,12 @@ struct Parts<'a> {
     path: Option<&'a str>,
 }
 
-/// The suffixes a DAP client appends to a dataset URL (DAP2 `.dds`, `.das`, `.dods`, `.ascii`,
-/// `.info`, `.html`; DAP4 `.dmr`, `.dap`, `.dmr.xml`, `.dap.nc4`). netCDF-C asks for
-/// `/protected/ds.dds` and `/protected/ds.das` when opened on `/protected/ds`.
-pub const DAP_SUFFIXES: [&str; 10] = [
-    ".dds", ".das", ".dods", ".dmr", ".dap", ".dmr.xml", ".dap.nc4", ".ascii", ".info", ".html",
-];
-
-/// `path` is `prefix` or below it, at a segment boundary, or `prefix` with one of the
-/// [`DAP_SUFFIXES`] appended (the DAP requests for the dataset `prefix` names). `prefix` has no
-/// trailing `/`; `path` carries no query (a DAP constraint `?…` is stripped before).
-fn path_under(prefix: &str, path: &str) -> bool {
-    if prefix.is_empty() {
-        return true;
-    }
-    match path.strip_prefix(prefix) {
-        Some(rest) => rest.is_empty() || rest.starts_with('/') || DAP_SUFFIXES.contains(&rest),
-        None => false,
-    }
-}
-
-/// `path` without a trailing DAP suffix, when it has one (the dataset path it asks about).
-fn dap_dataset(path: &str) -> Option<&str> {
-    DAP_SUFFIXES
-        .iter()
-        .filter_map(|s| path.strip_suffix(s))
-        .filter(|base| !base.is_empty() && !base.ends_with('/'))
-        .min_by_key(|base| base.len())
-}
-
-fn strip_brackets(host: &str) -> &str {
-    host.strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host)
-}
-
 /// Whether every port `inner` covers (for requests of `inner_scheme`, when the scope names
 /// one) is covered by `outer` too.
 fn port_covers(outer: PortSpec, inner: PortSpec, inner_scheme: Option<&str>) -> bool {
-    let inner_default = inner_scheme.and_then(default_port);
+    let inner_default = inner_scheme
+        .and_then(Scheme::parse)
+        .map(Scheme::default_port);
     match (outer, inner) {
         (PortSpec::Any, _) => true,
         (_, PortSpec::Any) => false,
@@ -416,58 +365,49 @@ impl RcScope {
         self.parts().host
     }
 
-    /// Does a request for `scheme://host:port/path` fall under this scope? `port` is the
-    /// request's effective port (the scheme's default applied: see [`default_port`]). As in
-    /// netCDF-C, which compares `host:port` exactly: `[host]` matches that host on the
-    /// request scheme's default port only (80 for http, 443 for https), `[host:port]` that
-    /// port, and `[scheme://host/path]` without a port the scheme's default port. Host and
-    /// scheme compare case-insensitively (brackets around an IPv6 literal are ignored), a path
-    /// prefix matches itself and what is below it (`/data` matches `/data` and `/data/x`, not
-    /// `/database`). A query or fragment on `path` is ignored.
-    pub fn matches(&self, scheme: &str, host: &str, port: u16, path: &str) -> bool {
+    /// The pattern the request path matches this scope with (see [`crate::rule::pattern`]):
+    /// `[host]` is that host on the request scheme's default port, `[host:port]` that port,
+    /// `[scheme://host/path]` without a port the scheme's default port, and a path prefix
+    /// covers the DAP requests for the dataset it names. Brackets around an IPv6 literal and
+    /// a trailing dot of the host are dropped.
+    pub fn pattern(&self) -> Pattern {
         let p = self.parts();
-        if let Some(s) = p.scheme {
-            if !s.eq_ignore_ascii_case(scheme) {
-                return false;
-            }
-        }
-        if let Some(h) = p.host {
-            if !strip_brackets(h).eq_ignore_ascii_case(strip_brackets(host)) {
-                return false;
-            }
-        }
-        let port_ok = match p.port {
-            PortSpec::Any => true,
-            PortSpec::Default => default_port(scheme) == Some(port),
-            PortSpec::Is(want) => want == port,
+        let scheme = match p.scheme {
+            None => SchemePattern::Any,
+            Some(s) => Scheme::parse(s).map_or(SchemePattern::Other, SchemePattern::Is),
         };
-        if !port_ok {
-            return false;
+        let host = match p.host {
+            None => HostPattern::Any,
+            Some(h) => HostPattern::Exact(crate::rule::pattern::normalize_host(h).to_owned()),
+        };
+        Pattern {
+            scheme,
+            host,
+            port: p.port,
+            path: p.path.filter(|p| !p.is_empty()).map(str::to_owned),
+            syntax: Syntax::Rc,
         }
-        if let Some(prefix) = p.path {
-            let path = path.split(['?', '#']).next().unwrap_or("");
-            let path = if path.is_empty() { "/" } else { path };
-            if !path_under(prefix, path) {
-                return false;
-            }
-        }
-        true
+    }
+
+    /// Does a request for `scheme://host:port/path` fall under this scope? `port` is the
+    /// request's effective port (the scheme's default applied). As in netCDF-C, which
+    /// compares `host:port` exactly: `[host]` matches that host on the request scheme's
+    /// default port only (80 for http, 443 for https), `[host:port]` that port, and
+    /// `[scheme://host/path]` without a port the scheme's default port. Host and scheme
+    /// compare case-insensitively (brackets around an IPv6 literal and a trailing dot of the
+    /// request host are ignored), a path prefix matches itself and what is below it (`/data`
+    /// matches `/data` and `/data/x`, not `/database`) and the DAP requests for the dataset.
+    /// A query or fragment on `path` is ignored. The matching is [`Pattern::matches_parts`].
+    pub fn matches(&self, scheme: &str, host: &str, port: u16, path: &str) -> bool {
+        self.pattern().matches_parts(scheme, host, port, path)
     }
 
     /// Orders scopes from least to most specific: unscoped `(0,0)` < `[host]` `(1,0)` <
     /// `[host:port]` `(2,0)` < `[scheme://host…]` `(3, n)`, where `n` grows with the path length
     /// (and by one for an explicit port). A scope strictly inside another always has a strictly
-    /// greater specificity.
+    /// greater specificity. See [`Pattern::specificity`].
     pub fn specificity(&self) -> (u8, usize) {
-        match self {
-            RcScope::Any => (0, 0),
-            RcScope::Host { port: None, .. } => (1, 0),
-            RcScope::Host { port: Some(_), .. } => (2, 0),
-            RcScope::Url { port, path, .. } => (
-                3,
-                path.len().saturating_mul(2) + usize::from(port.is_some()),
-            ),
-        }
+        self.pattern().specificity()
     }
 
     /// True when every request `other` matches, `self` matches too.
@@ -498,7 +438,7 @@ impl RcScope {
         if let PortSpec::Is(n) = p.port {
             ports.push(Some(n));
         }
-        if let Some(d) = p.scheme.and_then(default_port) {
+        if let Some(d) = p.scheme.and_then(Scheme::parse).map(Scheme::default_port) {
             ports.push(Some(d));
         }
         let mut candidates = Vec::new();
@@ -562,7 +502,9 @@ impl RcScope {
             (PortSpec::Is(_), PortSpec::Is(_)) => return None,
             (PortSpec::Default, PortSpec::Is(n)) | (PortSpec::Is(n), PortSpec::Default) => {
                 match scheme {
-                    Some(s) if default_port(s) == Some(n) => PortSpec::Is(n),
+                    Some(s) if Scheme::parse(s).map(Scheme::default_port) == Some(n) => {
+                        PortSpec::Is(n)
+                    }
                     Some(_) => return None,
                     // `[host]` and `[host:80]` share exactly the http requests on port 80.
                     None => {
@@ -2733,6 +2675,26 @@ mod tests {
             let r = select_url(&rules, &url::Url::parse(u).unwrap()).unwrap();
             assert_eq!(unsupported(r)[0].0, key, "{u}");
         }
+    }
+
+    #[test]
+    fn trailing_dot_of_the_host_is_ignored_as_in_yaml() {
+        // `h.org.` is the fully qualified spelling of `h.org`: the same host, as a YAML
+        // `match: h.org` already treats it.
+        let (rules, _, errors) = resolve(&[p("[h.org]HTTP.CREDENTIALS.USERPASSWORD=a:pw\n\
+             [http://q.org./data]HTTP.CREDENTIALS.USERPASSWORD=b:pw\n")]);
+        assert!(errors.is_empty(), "{errors:?}");
+        let user = |host: &str, path: &str| {
+            select(&rules, "http", host, 80, path)
+                .and_then(|r| r.settings.username.as_ref())
+                .map(|u| u.value.clone())
+        };
+        assert_eq!(user("h.org", "/").as_deref(), Some("a"));
+        assert_eq!(user("h.org.", "/").as_deref(), Some("a"));
+        assert_eq!(user("q.org", "/data/x").as_deref(), Some("b"));
+        assert_eq!(user("q.org.", "/data/x").as_deref(), Some("b"));
+        assert_eq!(user("h.org..", "/"), None);
+        assert_eq!(user("xh.org", "/"), None);
     }
 
     #[test]

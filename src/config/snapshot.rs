@@ -35,6 +35,8 @@ pub struct Snapshot {
     /// The global `.netrc`: YAML `netrc`, else an unscoped rc `HTTP.NETRC`, else
     /// `$NETRC`, else `~/.netrc`. A scoped `HTTP.NETRC` lives in its rc rule instead.
     pub netrc: Option<Netrc>,
+    /// The `.netrc` files scoped rc `HTTP.NETRC` lines name; a rule's `netrc` indexes this.
+    pub scoped_netrcs: Vec<Arc<Netrc>>,
     /// YAML `netrc_default: true`: the `.netrc` `default` entry answers for hosts that
     /// no `machine` entry names. Off by default: that entry names no host.
     pub netrc_default: bool,
@@ -71,6 +73,7 @@ impl Default for Snapshot {
             sites: Vec::new(),
             rc: Vec::new(),
             netrc: None,
+            scoped_netrcs: Vec::new(),
             netrc_default: false,
             upstream_proxy: None,
             no_proxy: Vec::new(),
@@ -123,10 +126,13 @@ impl Snapshot {
     /// once per request hop, and [`Snapshot::resolved`] answers from it without matching
     /// again.
     pub fn select(&self, target: &Target) -> Selection {
-        let site = self.sites.iter().position(|r| r.matcher.matches(target));
-        let rc = self.rc.iter().position(|r| r.matcher.matches(target));
+        let site = self.sites.iter().position(|r| r.pattern.matches(target));
+        let rc = self.rc.iter().position(|r| r.pattern.matches(target));
         // A scoped rc `HTTP.NETRC` answers for its scope alone; elsewhere the global one.
-        let scoped = rc.and_then(|i| self.rc[i].netrc.as_deref());
+        let scoped = rc
+            .and_then(|i| self.rc[i].netrc)
+            .and_then(|i| self.scoped_netrcs.get(i))
+            .map(|n| &**n);
         let netrc_file = scoped.or(self.netrc.as_ref());
         let netrc = netrc_file.and_then(|n| {
             let found = n.lookup(&target.host)?;
@@ -147,7 +153,9 @@ impl Snapshot {
     pub fn resolved(&self, sel: &Selection) -> Resolved<'_> {
         let rc = sel.rc.map(|i| &self.rc[i]);
         let netrc_file = if sel.netrc_scoped {
-            rc.and_then(|r| r.netrc.as_deref())
+            rc.and_then(|r| r.netrc)
+                .and_then(|i| self.scoped_netrcs.get(i))
+                .map(|n| &**n)
         } else {
             self.netrc.as_ref()
         };
@@ -170,7 +178,7 @@ impl Snapshot {
 
     /// Sorts rules most specific first; equal rules keep their order (first wins).
     pub fn sort_rules(rules: &mut [Rule]) {
-        rules.sort_by_key(|r| std::cmp::Reverse(r.matcher.specificity()));
+        rules.sort_by_key(|r| std::cmp::Reverse(r.pattern.specificity()));
     }
 
     fn bypasses_proxy(&self, host: &str) -> bool {
@@ -344,7 +352,7 @@ impl<'a> Resolved<'a> {
             match &rule.proxy {
                 ProxyChoice::Inherit => continue,
                 ProxyChoice::Direct => return None,
-                ProxyChoice::Via(p) if rule.matcher_is_site() => return Some(p),
+                ProxyChoice::Via(p) if rule.is_site() => return Some(p),
                 ProxyChoice::Via(p) => {
                     return (!self.snapshot.bypasses_proxy(host)).then_some(p);
                 }
@@ -408,12 +416,6 @@ fn rule_basic<'a>(rule: &'a Rule, b: &'a crate::rule::BasicCredential) -> BasicR
         user: &b.user,
         password: &b.password,
         origin: &b.origin,
-        source: if rule.matcher_is_site() { "yaml" } else { "rc" },
-    }
-}
-
-impl Rule {
-    fn matcher_is_site(&self) -> bool {
-        matches!(self.matcher, crate::rule::Matcher::Site(_))
+        source: if rule.is_site() { "yaml" } else { "rc" },
     }
 }

@@ -80,7 +80,9 @@ use serde_yaml::Value;
 
 use super::origin::Origin;
 use super::Diagnostic;
+use crate::rule::{HostPattern, Pattern, PortSpec, SchemePattern, Syntax};
 use crate::secret::Secret;
+use crate::target::Scheme;
 
 /// More sites than this is an error (each site costs a few parses of the document).
 pub const MAX_SITES: usize = 500;
@@ -94,8 +96,7 @@ const MAX_CONFIG_FILE: u64 = 4 << 20;
 const DEFAULT_MAX_HOPS: u8 = 10;
 const MAX_MAX_HOPS: u64 = 50;
 
-/// Port used for an `upstream_proxy` URL without one (libcurl's default proxy port).
-pub const DEFAULT_PROXY_PORT: u16 = 1080;
+pub use crate::rule::proxy::DEFAULT_PROXY_PORT;
 
 const TOP_KEYS: &[&str] = &[
     "listen",
@@ -332,7 +333,7 @@ pub struct Site {
     pub id: String,
     /// The line where the entry starts.
     pub origin: Origin,
-    pub pattern: SiteMatch,
+    pub pattern: Pattern,
     /// `match` as written.
     pub pattern_text: String,
     pub tls: SiteTls,
@@ -381,164 +382,62 @@ impl SecretEnv {
 // Site match patterns
 // ---------------------------------------------------------------------------------------
 
-/// The host part of a [`SiteMatch`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HostPattern {
-    /// `*`
-    Any,
-    /// Lowercase, without a trailing dot; IPv6 without brackets.
-    Exact(String),
-    /// `*.example.org` is stored as `.example.org`: it matches `a.example.org` and
-    /// `a.b.example.org`, not `example.org`.
-    Suffix(String),
-}
-
-/// A parsed `match:` pattern, cheap to test per request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SiteMatch {
-    /// `http` or `https` for the URL form.
-    pub scheme: Option<String>,
-    pub host: HostPattern,
-    /// `None`: any port, except that a URL pattern matches its scheme's default port.
-    pub port: Option<u16>,
-    /// Without trailing `/`; never `Some("")`.
-    pub path_prefix: Option<String>,
-}
-
-fn default_port(scheme: &str) -> u16 {
-    if scheme.eq_ignore_ascii_case("https") {
-        443
-    } else if scheme.eq_ignore_ascii_case("http") {
-        80
-    } else {
-        0
+/// Parses a `match:` pattern: `host`, `host:port`, `*.domain[:port]`,
+/// `http(s)://host[:port][/path]` or `*`. The host is lowercased; a trailing `/` of the
+/// path is dropped. A pattern without a scheme matches any port unless it names one; a URL
+/// pattern without a port matches its scheme's default port ([`PortSpec::Default`]); a
+/// path prefix matches at a segment boundary. Error messages do not repeat the input.
+pub fn parse_match(s: &str) -> Result<Pattern, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Err("the match pattern is empty".into());
     }
-}
-
-impl SiteMatch {
-    /// Parses `host`, `host:port`, `*.domain[:port]`, `http(s)://host[:port][/path]` or
-    /// `*`. The host is lowercased; a URL pattern's default port is not filled in; a
-    /// trailing `/` of the path is dropped. Error messages do not repeat the input.
-    pub fn parse(s: &str) -> Result<SiteMatch, String> {
-        let s = s.trim();
-        if s.is_empty() {
-            return Err("the match pattern is empty".into());
-        }
-        if s == "*" {
-            return Ok(SiteMatch {
-                scheme: None,
-                host: HostPattern::Any,
-                port: None,
-                path_prefix: None,
-            });
-        }
-        if let Some(idx) = s.find("://") {
-            let scheme = s[..idx].to_ascii_lowercase();
-            if scheme != "http" && scheme != "https" {
-                return Err("a match URL must start with http:// or https://".into());
-            }
-            let rest = &s[idx + 3..];
-            if rest.contains(['?', '#']) {
-                return Err("a match URL must not have a query or fragment".into());
-            }
-            let (authority, path) = match rest.find('/') {
-                Some(p) => (&rest[..p], &rest[p..]),
-                None => (rest, ""),
-            };
-            if authority.contains('@') {
-                return Err("a match URL must not contain user information".into());
-            }
-            let (host, port) = parse_host_port(authority)?;
-            if host == HostPattern::Any {
-                return Err("a match URL needs a host (a lone * matches every site)".into());
-            }
-            let path = path.trim_end_matches('/');
-            if path.chars().any(|c| c.is_whitespace() || c.is_control()) {
-                return Err("the match path must not contain spaces or control characters".into());
-            }
-            Ok(SiteMatch {
-                scheme: Some(scheme),
-                host,
-                port,
-                path_prefix: (!path.is_empty()).then(|| path.to_string()),
-            })
-        } else {
-            if s.contains('/') {
-                return Err(
-                    "a pattern with a path needs the URL form, e.g. https://host/path".into(),
-                );
-            }
-            let (host, port) = parse_host_port(s)?;
-            Ok(SiteMatch {
-                scheme: None,
-                host,
-                port,
-                path_prefix: None,
-            })
-        }
+    let port_spec = |port: Option<u16>, default: PortSpec| port.map_or(default, PortSpec::Is);
+    if s == "*" {
+        return Ok(Pattern::any(Syntax::Yaml));
     }
-
-    /// Whether a request for `scheme://host:port/path` falls under this pattern. Host
-    /// and scheme compare case-insensitively (brackets around an IPv6 host and a
-    /// trailing dot are ignored); the path prefix matches on a segment boundary
-    /// (`/data` matches `/data`, `/data/`, `/data/x`, `/data?q`, not `/database`).
-    /// Does not allocate.
-    pub fn matches(&self, scheme: &str, host: &str, port: u16, path: &str) -> bool {
-        if let Some(s) = &self.scheme {
-            if !s.eq_ignore_ascii_case(scheme) {
-                return false;
-            }
-        }
-        let want_port = match (self.port, &self.scheme) {
-            (Some(p), _) => Some(p),
-            (None, Some(s)) => Some(default_port(s)),
-            (None, None) => None,
+    if let Some(idx) = s.find("://") {
+        let Some(scheme) = Scheme::parse(&s[..idx]) else {
+            return Err("a match URL must start with http:// or https://".into());
         };
-        if want_port.is_some_and(|p| p != port) {
-            return false;
+        let rest = &s[idx + 3..];
+        if rest.contains(['?', '#']) {
+            return Err("a match URL must not have a query or fragment".into());
         }
-        let host = host
-            .strip_prefix('[')
-            .and_then(|h| h.strip_suffix(']'))
-            .unwrap_or(host);
-        let host = host.strip_suffix('.').unwrap_or(host);
-        match &self.host {
-            HostPattern::Any => {}
-            HostPattern::Exact(h) => {
-                if !h.eq_ignore_ascii_case(host) {
-                    return false;
-                }
-            }
-            HostPattern::Suffix(sfx) => {
-                let (hb, sb) = (host.as_bytes(), sfx.as_bytes());
-                if hb.len() <= sb.len() || !hb[hb.len() - sb.len()..].eq_ignore_ascii_case(sb) {
-                    return false;
-                }
-            }
+        let (authority, path) = match rest.find('/') {
+            Some(p) => (&rest[..p], &rest[p..]),
+            None => (rest, ""),
+        };
+        if authority.contains('@') {
+            return Err("a match URL must not contain user information".into());
         }
-        match &self.path_prefix {
-            None => true,
-            Some(prefix) => match path.strip_prefix(prefix.as_str()) {
-                Some(rest) => rest.is_empty() || rest.starts_with(['/', '?', '#']),
-                None => false,
-            },
+        let (host, port) = parse_host_port(authority)?;
+        if host == HostPattern::Any {
+            return Err("a match URL needs a host (a lone * matches every site)".into());
         }
-    }
-
-    /// Ordering key, larger = more specific: URL prefix with a path (longer path more
-    /// specific) > exact host with a fixed port (`host:port`, or a URL, whose port is
-    /// the scheme's default) > exact host > `*.domain` (longer suffix more specific; a
-    /// fixed port breaks ties) > `*`.
-    pub fn specificity(&self) -> (u8, usize) {
-        if let Some(p) = &self.path_prefix {
-            return (4, p.len());
+        let path = path.trim_end_matches('/');
+        if path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err("the match path must not contain spaces or control characters".into());
         }
-        let fixed_port = self.port.is_some() || self.scheme.is_some();
-        match &self.host {
-            HostPattern::Exact(_) => (if fixed_port { 3 } else { 2 }, 0),
-            HostPattern::Suffix(s) => (1, s.len().saturating_mul(2) + usize::from(fixed_port)),
-            HostPattern::Any => (0, usize::from(fixed_port)),
+        Ok(Pattern {
+            scheme: SchemePattern::Is(scheme),
+            host,
+            port: port_spec(port, PortSpec::Default),
+            path: (!path.is_empty()).then(|| path.to_string()),
+            syntax: Syntax::Yaml,
+        })
+    } else {
+        if s.contains('/') {
+            return Err("a pattern with a path needs the URL form, e.g. https://host/path".into());
         }
+        let (host, port) = parse_host_port(s)?;
+        Ok(Pattern {
+            scheme: SchemePattern::Any,
+            host,
+            port: port_spec(port, PortSpec::Any),
+            path: None,
+            syntax: Syntax::Yaml,
+        })
     }
 }
 
@@ -717,12 +616,12 @@ impl FromScalar for RawDuration {
     }
 }
 
-struct RawMatch(SiteMatch, String);
+struct RawMatch(Pattern, String);
 impl FromScalar for RawMatch {
     const EXPECTING: &'static str =
         "a pattern: host, host:port, *.domain, http(s)://host[:port]/path or *";
     fn from_scalar(s: &str) -> Result<Self, String> {
-        SiteMatch::parse(s).map(|m| RawMatch(m, s.trim().to_string()))
+        parse_match(s).map(|m| RawMatch(m, s.trim().to_string()))
     }
 }
 
@@ -1000,39 +899,25 @@ struct RawProxyObject {
 
 type ProxyUrlParts = (String, u16, Option<(String, String)>);
 
-/// Parses an `http://[user[:password]@]host[:port][/]` proxy URL. Errors never repeat it.
+/// Parses an `http://[user[:password]@]host[:port][/]` proxy URL (see
+/// [`crate::rule::proxy::parse_proxy_url`]). Errors never repeat it.
 fn parse_proxy_url(s: &str) -> Result<ProxyUrlParts, String> {
-    let url = url::Url::parse(s.trim()).map_err(|e| format!("not a valid URL ({e})"))?;
-    match url.scheme() {
-        "http" => {}
-        "https" => return Err("https:// upstream proxies are not supported; use http://".into()),
-        _ => return Err("must be an http:// URL".into()),
-    }
-    let host = match url.host() {
-        Some(url::Host::Domain(d)) if !d.is_empty() => d.to_ascii_lowercase(),
-        Some(url::Host::Ipv4(a)) => a.to_string(),
-        Some(url::Host::Ipv6(a)) => a.to_string(),
-        _ => return Err("the URL needs a host".into()),
-    };
-    if !matches!(url.path(), "" | "/") || url.query().is_some() || url.fragment().is_some() {
+    use crate::rule::proxy::{parse_proxy_url, ProxyUrlError};
+    let url = parse_proxy_url(s, false).map_err(|e| match e {
+        ProxyUrlError::Invalid(e) => format!("not a valid URL ({e})"),
+        ProxyUrlError::Https => {
+            "https:// upstream proxies are not supported; use http://".to_string()
+        }
+        ProxyUrlError::NotHttp => "must be an http:// URL".to_string(),
+        ProxyUrlError::NoHost => "the URL needs a host".to_string(),
+        ProxyUrlError::CredentialsNotUtf8 => {
+            "the URL credentials are not UTF-8 after %-decoding".to_string()
+        }
+    })?;
+    if url.has_path {
         return Err("the URL must not have a path, query or fragment".into());
     }
-    let port = url.port().unwrap_or(DEFAULT_PROXY_PORT);
-    let decode = |s: &str| {
-        percent_encoding::percent_decode_str(s)
-            .decode_utf8()
-            .map(|c| c.into_owned())
-            .map_err(|_| "the URL credentials are not UTF-8 after %-decoding".to_string())
-    };
-    let creds = if !url.username().is_empty() || url.password().is_some() {
-        Some((
-            decode(url.username())?,
-            decode(url.password().unwrap_or(""))?,
-        ))
-    } else {
-        None
-    };
-    Ok((host, port, creds))
+    Ok((url.host, url.port, url.credentials))
 }
 
 impl<'de> Deserialize<'de> for RawProxy {
@@ -2464,8 +2349,8 @@ sites:
         assert_eq!(s1.id, "sites[1]");
         assert_eq!(s1.origin.line, 16);
         assert_eq!(s1.pattern_text, "https://Data.Example.org/thredds/");
-        assert_eq!(s1.pattern.scheme.as_deref(), Some("https"));
-        assert_eq!(s1.pattern.path_prefix.as_deref(), Some("/thredds"));
+        assert_eq!(s1.pattern.scheme, SchemePattern::Is(Scheme::Https));
+        assert_eq!(s1.pattern.path.as_deref(), Some("/thredds"));
         let (u, p) = s1.basic.as_ref().unwrap();
         assert_eq!((u.as_str(), p.expose().as_str()), ("alice", "pa ss"));
         assert_eq!(s1.headers[0].0, "X-Api-Key");
@@ -3063,28 +2948,31 @@ upstream_proxy: { url: \"http://proxy:3128\", username: u, password: S3CRET-VALU
 
     #[test]
     fn site_match_parse() {
-        let m = SiteMatch::parse("Example.ORG").unwrap();
+        let m = parse_match("Example.ORG").unwrap();
         assert_eq!(m.host, HostPattern::Exact("example.org".into()));
+        // No scheme, no port, no path: any port.
         assert_eq!(
-            (m.scheme.as_deref(), m.port, m.path_prefix.as_deref()),
-            (None, None, None)
+            (m.scheme, m.port, m.path.as_deref()),
+            (SchemePattern::Any, PortSpec::Any, None)
         );
-        let m = SiteMatch::parse("example.org:8443").unwrap();
-        assert_eq!(m.port, Some(8443));
-        let m = SiteMatch::parse("*.Example.org").unwrap();
+        assert_eq!(m.syntax, Syntax::Yaml);
+        let m = parse_match("example.org:8443").unwrap();
+        assert_eq!(m.port, PortSpec::Is(8443));
+        let m = parse_match("*.Example.org").unwrap();
         assert_eq!(m.host, HostPattern::Suffix(".example.org".into()));
-        let m = SiteMatch::parse("HTTPS://h.example/data/").unwrap();
-        assert_eq!(m.scheme.as_deref(), Some("https"));
-        assert_eq!(m.port, None);
-        assert_eq!(m.path_prefix.as_deref(), Some("/data"));
-        let m = SiteMatch::parse("http://h.example:8000").unwrap();
-        assert_eq!((m.port, m.path_prefix.as_deref()), (Some(8000), None));
-        let m = SiteMatch::parse("[::1]:8080").unwrap();
+        let m = parse_match("HTTPS://h.example/data/").unwrap();
+        assert_eq!(m.scheme, SchemePattern::Is(Scheme::Https));
+        // A URL pattern without a port: its scheme's default port.
+        assert_eq!(m.port, PortSpec::Default);
+        assert_eq!(m.path.as_deref(), Some("/data"));
+        let m = parse_match("http://h.example:8000").unwrap();
+        assert_eq!((m.port, m.path.as_deref()), (PortSpec::Is(8000), None));
+        let m = parse_match("[::1]:8080").unwrap();
         assert_eq!(
             (m.host.clone(), m.port),
-            (HostPattern::Exact("::1".into()), Some(8080))
+            (HostPattern::Exact("::1".into()), PortSpec::Is(8080))
         );
-        assert_eq!(SiteMatch::parse("*").unwrap().host, HostPattern::Any);
+        assert_eq!(parse_match("*").unwrap().host, HostPattern::Any);
         for bad in [
             "",
             "h:0",
@@ -3106,7 +2994,7 @@ upstream_proxy: { url: \"http://proxy:3128\", username: u, password: S3CRET-VALU
             "*.",
             "h:",
         ] {
-            assert!(SiteMatch::parse(bad).is_err(), "{bad:?} should not parse");
+            assert!(parse_match(bad).is_err(), "{bad:?} should not parse");
         }
     }
 
@@ -3218,9 +3106,9 @@ upstream_proxy: { url: \"http://proxy:3128\", username: u, password: S3CRET-VALU
             ("[::1]:8080", "http", "::1", 8080, "/", true),
         ];
         for &(pat, scheme, host, port, path, want) in table {
-            let m = SiteMatch::parse(pat).unwrap();
+            let m = parse_match(pat).unwrap();
             assert_eq!(
-                m.matches(scheme, host, port, path),
+                m.matches_parts(scheme, host, port, path),
                 want,
                 "{pat} vs {scheme}://{host}:{port}{path}"
             );
@@ -3240,8 +3128,8 @@ upstream_proxy: { url: \"http://proxy:3128\", username: u, password: S3CRET-VALU
             "https://a.example.org/data/x",
         ];
         for pair in ordered.windows(2) {
-            let a = SiteMatch::parse(pair[0]).unwrap().specificity();
-            let b = SiteMatch::parse(pair[1]).unwrap().specificity();
+            let a = parse_match(pair[0]).unwrap().specificity();
+            let b = parse_match(pair[1]).unwrap().specificity();
             assert!(
                 a < b,
                 "{} {a:?} should be less specific than {} {b:?}",
@@ -3250,10 +3138,8 @@ upstream_proxy: { url: \"http://proxy:3128\", username: u, password: S3CRET-VALU
             );
         }
         assert_eq!(
-            SiteMatch::parse("https://a.example.org")
-                .unwrap()
-                .specificity(),
-            SiteMatch::parse("a.example.org:443").unwrap().specificity()
+            parse_match("https://a.example.org").unwrap().specificity(),
+            parse_match("a.example.org:443").unwrap().specificity()
         );
     }
 

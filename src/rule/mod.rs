@@ -13,39 +13,13 @@ use std::time::Duration;
 
 use pingora::utils::tls::{CertKey, WrappedX509};
 
-use crate::config::netrc::Netrc;
-use crate::config::rcfile::RcScope;
-use crate::config::yaml::SiteMatch;
-use crate::config::Origin;
+pub mod pattern;
+pub mod proxy;
+
+pub use pattern::{HostPattern, Pattern, PortSpec, SchemePattern, Syntax};
+
+use crate::origin::Origin;
 use crate::secret::Secret;
-use crate::target::Target;
-
-/// Where a rule applies.
-#[derive(Clone, Debug)]
-pub enum Matcher {
-    /// A YAML `sites[].match`.
-    Site(SiteMatch),
-    /// An rc-file `[prefix]` (or none).
-    Rc(RcScope),
-}
-
-impl Matcher {
-    pub fn matches(&self, target: &Target) -> bool {
-        let scheme = target.scheme.as_str();
-        match self {
-            Matcher::Site(m) => m.matches(scheme, &target.host, target.port, target.path()),
-            Matcher::Rc(s) => s.matches(scheme, &target.host, target.port, target.path()),
-        }
-    }
-
-    /// Larger is more specific.
-    pub fn specificity(&self) -> (u8, usize) {
-        match self {
-            Matcher::Site(m) => m.specificity(),
-            Matcher::Rc(s) => s.specificity(),
-        }
-    }
-}
 
 /// A header or query value: plain, or a secret that is redacted when shown.
 #[derive(Clone, Debug)]
@@ -193,7 +167,8 @@ pub struct Rule {
     /// `sites[0]`, `sites[1] (esgf)`, or an rc scope such as `[host:port]`.
     pub id: String,
     pub origin: Origin,
-    pub matcher: Matcher,
+    /// Where it applies; `pattern.syntax` says whether it is a YAML site or an rc scope.
+    pub pattern: Pattern,
     pub basic: Option<BasicCredential>,
     pub bearer: Option<Value>,
     pub headers: Vec<(http::HeaderName, Value)>,
@@ -202,17 +177,18 @@ pub struct Rule {
     pub proxy: ProxyChoice,
     pub connect_timeout: Option<Duration>,
     pub read_timeout: Option<Duration>,
-    /// The `.netrc` a scoped rc `HTTP.NETRC` names: it answers for this rule's requests
-    /// instead of the global one, and for no others.
-    pub netrc: Option<Arc<Netrc>>,
+    /// The `.netrc` a scoped rc `HTTP.NETRC` names, as an index into the snapshot's
+    /// `scoped_netrcs`: it answers for this rule's requests instead of the global one, and
+    /// for no others.
+    pub netrc: Option<usize>,
 }
 
 impl Rule {
-    pub fn new(id: String, origin: Origin, matcher: Matcher) -> Self {
+    pub fn new(id: String, origin: Origin, pattern: Pattern) -> Self {
         Rule {
             id,
             origin,
-            matcher,
+            pattern,
             basic: None,
             bearer: None,
             headers: Vec::new(),
@@ -223,5 +199,10 @@ impl Rule {
             read_timeout: None,
             netrc: None,
         }
+    }
+
+    /// Whether the rule is a YAML site (else an rc scope).
+    pub fn is_site(&self) -> bool {
+        self.pattern.syntax == Syntax::Yaml
     }
 }
