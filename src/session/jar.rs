@@ -537,19 +537,19 @@ pub fn spawn_writer(
                 _ = shutdown.wait_for(|stop| *stop) => break,
             }
             if jar.is_dirty() {
-                retry_at = match save_in_background(&jar).await {
+                retry_at = match save_in_background(&jar, "trying again later").await {
                     Ok(()) => None,
                     Err(()) => Some(tokio::time::Instant::now() + RETRY_DELAY),
                 };
             }
         }
         if jar.is_dirty() {
-            let _ = save_in_background(&jar).await;
+            let _ = save_in_background(&jar, "at shutdown; the last changes are lost").await;
         }
     })
 }
 
-async fn save_in_background(jar: &Arc<Jar>) -> Result<(), ()> {
+async fn save_in_background(jar: &Arc<Jar>, then: &'static str) -> Result<(), ()> {
     let j = jar.clone();
     match tokio::task::spawn_blocking(move || j.save()).await {
         Ok(Ok(_)) => Ok(()),
@@ -557,7 +557,7 @@ async fn save_in_background(jar: &Arc<Jar>) -> Result<(), ()> {
             tracing::warn!(
                 path = %jar.path().unwrap_or(Path::new("")).display(),
                 error = %e,
-                "cookie jar not saved; trying again later"
+                "cookie jar not saved; {then}"
             );
             Err(())
         }
@@ -730,6 +730,86 @@ mod tests {
             shown.starts_with(&format!("{}:1: ", path.display())),
             "{shown}"
         );
+    }
+
+    /// Every log line the jar emits, at trace level, while it stores, refuses, sends,
+    /// reads a bad file and fails to save: no cookie value in any of them.
+    #[test]
+    fn log_lines_hide_values() {
+        #[derive(Clone, Default)]
+        struct Capture(Arc<Mutex<Vec<u8>>>);
+        impl io::Write for Capture {
+            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        impl<'w> tracing_subscriber::fmt::MakeWriter<'w> for Capture {
+            type Writer = Capture;
+            fn make_writer(&'w self) -> Capture {
+                self.clone()
+            }
+        }
+        let out = Capture::default();
+        let sub = crate::telemetry::subscriber(
+            Some("trace"),
+            crate::telemetry::LogFormat::Plain,
+            out.clone(),
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cookies.txt");
+        tracing::subscriber::with_default(sub, || {
+            tracing::debug!("capture works");
+            fs::write(
+                &path,
+                "h\tFALSE\t/\tFALSE\tx\tn\tSECRET0\nh\tFALSE\t/\tFALSE\t0\tok\tSECRET7\n",
+            )
+            .unwrap();
+            let (jar, problems) = Jar::open(&path);
+            for p in problems {
+                tracing::warn!("{p}");
+            }
+            let jar = Arc::new(jar);
+            let u = url("http://h.example/");
+            jar.store(
+                &u,
+                [
+                    "a=SECRET1",
+                    "b=SECRET2; Secure",
+                    "c=SECRET3; Domain=other.example",
+                    "d=SECRET4; Domain=example",
+                    "e=SECRET5\u{7}",
+                ],
+            );
+            let _ = jar.cookie_header(&u);
+            fs::remove_file(&path).unwrap();
+            fs::create_dir(&path).unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let (stop, stopped) = watch::channel(false);
+                let writer = spawn_writer(jar.clone(), stopped);
+                jar.store(&u, ["f=SECRET6"]);
+                tokio::time::sleep(SAVE_DELAY + Duration::from_millis(500)).await;
+                stop.send(true).unwrap();
+                writer.await.unwrap();
+            });
+        });
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        assert!(text.contains("capture works"), "{text}");
+        assert!(text.contains("Set-Cookie not stored"), "{text}");
+        assert!(
+            text.contains("cookie jar not saved; trying again later"),
+            "{text}"
+        );
+        assert!(text.contains("cookie jar not saved; at shutdown"), "{text}");
+        assert!(text.contains("cookies.txt:1: field 5"), "{text}");
+        assert!(!text.contains("SECRET"), "{text}");
     }
 
     #[test]
