@@ -5,7 +5,8 @@ hosts it belongs to, and kept on disk in libcurl's Netscape format.
 Matching (domain, path, Secure, HttpOnly, expiry by Max-Age or Expires) is cookie_store's.
 On top of it, [`Jar::store`] applies what curl applies before storing: a `Secure` cookie
 only from https (or loopback, as curl allows), no control octets in a name or value, a
-`Domain=` naming an IP address is host-only, and a `Domain=` of one label (`com`) is
+`Domain=` naming an IP address is host-only, at most 50 cookies from one response and
+4096 bytes of name and value (curl's limits), and a `Domain=` of one label (`com`) is
 refused unless it is the request host itself: without the public suffix list (the
 feature is off) that is the line curl draws too. [`Jar::cookie_header`] sends `Secure`
 cookies to https only.
@@ -41,6 +42,11 @@ pub const SAVE_DELAY: Duration = Duration::from_secs(1);
 
 /// After a failed save, the writer tries again this much later (or at the next change).
 pub const RETRY_DELAY: Duration = Duration::from_secs(30);
+
+/// curl's limits (`lib/cookie.h`): Set-Cookie headers taken from one response
+/// (`MAX_SET_COOKIE_AMOUNT`), and bytes of name plus value (`MAX_NAME`).
+pub const MAX_SET_COOKIE_PER_RESPONSE: usize = 50;
+pub const MAX_NAME_AND_VALUE: usize = 4096;
 
 /// A jar file larger than this is not one the daemon wrote: it is moved aside.
 pub const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
@@ -119,8 +125,10 @@ impl Jar {
     /// large, unreadable, or without one cookie line or the header) is reported and
     /// moved aside to `<name>.corrupt-<unix time>`, and the jar starts empty. Nothing
     /// here is fatal. Cookies that have expired are dropped; session cookies are kept.
+    /// Temporary files left beside it by a writer that was killed mid-save are removed.
     pub fn open(path: impl Into<PathBuf>) -> (Jar, Vec<JarProblem>) {
         let path = path.into();
+        remove_stale_temps(&path);
         let mut problems = Vec::new();
         let problem = |line: Option<usize>, message: String| JarProblem {
             path: path.clone(),
@@ -196,7 +204,14 @@ impl Jar {
     /// one). A header that is not a cookie, or that the rules refuse, is skipped.
     pub fn store<'a>(&self, url: &Url, set_cookie: impl IntoIterator<Item = &'a str>) -> usize {
         let mut accepted = Vec::new();
-        for header in set_cookie {
+        for (i, header) in set_cookie.into_iter().enumerate() {
+            if i == MAX_SET_COOKIE_PER_RESPONSE {
+                tracing::debug!(
+                    host = url.host_str().unwrap_or(""),
+                    "more than {MAX_SET_COOKIE_PER_RESPONSE} Set-Cookie in one response; the rest not stored"
+                );
+                break;
+            }
             match accept(url, header) {
                 Ok(c) => accepted.push(c),
                 Err(why) => tracing::debug!(
@@ -369,6 +384,9 @@ fn accept(url: &Url, header: &str) -> Result<Cookie<'static>, &'static str> {
     if raw.name().is_empty() {
         return Err("no name");
     }
+    if raw.name().len() + raw.value().len() > MAX_NAME_AND_VALUE {
+        return Err("name and value longer than 4096 bytes");
+    }
     if !netscape::field_ok(raw.name()) || !netscape::field_ok(raw.value()) {
         return Err("control character in name or value");
     }
@@ -433,6 +451,45 @@ fn move_aside(path: &Path) -> String {
             "could not be moved aside to {} ({e}); the jar starts empty and the next save replaces it",
             aside.display()
         ),
+    }
+}
+
+/// Removes the temporary files that a writer killed mid-save left beside `path`
+/// (`.<name>.<pid>.<n>.<x>.tmp` of a process that no longer exists). Best effort.
+fn remove_stale_temps(path: &Path) {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let Some(name) = path.file_name().and_then(OsStr::to_str) else {
+        return;
+    };
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    let prefix = format!(".{name}.");
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(rest) = file_name
+            .to_str()
+            .and_then(|f| f.strip_prefix(&prefix))
+            .and_then(|r| r.strip_suffix(".tmp"))
+        else {
+            continue;
+        };
+        let parts: Vec<&str> = rest.split('.').collect();
+        let [pid, _, _] = parts[..] else { continue };
+        let Some(pid) = pid
+            .parse::<i32>()
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+        else {
+            continue;
+        };
+        // ESRCH: no such process. Any other answer (alive, or not ours to signal) keeps it.
+        if rustix::process::test_kill_process(pid) == Err(rustix::io::Errno::SRCH) {
+            let _ = fs::remove_file(entry.path());
+        }
     }
 }
 
@@ -683,6 +740,14 @@ mod tests {
             0
         );
         assert_eq!(jar.store(&url("http://h.example/"), ["a=b\u{7f}c"]), 0);
+        // curl's limits: 4096 bytes of name and value, 50 cookies per response.
+        let long = format!("n={}", "v".repeat(MAX_NAME_AND_VALUE));
+        assert_eq!(jar.store(&url("http://h.example/"), [long.as_str()]), 0);
+        let many: Vec<String> = (0..60).map(|i| format!("m{i}=1")).collect();
+        assert_eq!(
+            jar.store(&url("http://m.example/"), many.iter().map(String::as_str)),
+            MAX_SET_COOKIE_PER_RESPONSE
+        );
     }
 
     #[test]
@@ -902,6 +967,24 @@ mod tests {
     }
 
     #[test]
+    fn stale_temporary_files_removed_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cookies.txt");
+        let gone = dir.path().join(".cookies.txt.999999999.3.1f.tmp");
+        let alive = dir
+            .path()
+            .join(format!(".cookies.txt.{}.0.0.tmp", std::process::id()));
+        let other = dir.path().join(".other.txt.999999999.3.1f.tmp");
+        for f in [&gone, &alive, &other] {
+            fs::write(f, "x").unwrap();
+        }
+        let _ = Jar::open(&path);
+        assert!(!gone.exists());
+        assert!(alive.exists());
+        assert!(other.exists());
+    }
+
+    #[test]
     fn default_path_follows_xdg() {
         assert_eq!(
             default_path(Some(OsStr::new("/x/state")), Some(Path::new("/home/u"))),
@@ -1011,10 +1094,19 @@ mod tests {
                 parsed.problems
             );
             assert!(parsed.cookies.iter().any(|c| c.name() == "n"));
-            // And the daemon starts from it.
+            // And the daemon starts from it, removing what the killed writer left.
             let (jar, problems) = Jar::open(&path);
             assert!(problems.is_empty());
             assert!(!jar.is_empty());
+            let left: Vec<_> = fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            assert_eq!(
+                left,
+                vec![OsStr::new("cookies.txt").to_owned()],
+                "round {round}"
+            );
         }
     }
 

@@ -76,7 +76,8 @@ pub fn line(cookie: &Cookie<'_>) -> Option<String> {
         name = cookie.name(),
         value = cookie.value(),
     );
-    Some(out)
+    // A line curl (and `parse`) would skip is not written.
+    (out.len() <= MAX_LINE).then_some(out)
 }
 
 /// A whole file: [`HEADER`], then one line per unexpired cookie (session cookies
