@@ -123,13 +123,15 @@ impl Jar {
     /// A missing file is an empty jar. Lines that cannot be read are skipped, each
     /// reported with `file:line`. A file that is not a cookie file at all (binary, too
     /// large, unreadable, or without one cookie line or the header) is reported and
-    /// moved aside to `<name>.corrupt-<unix time>`, and the jar starts empty. Nothing
-    /// here is fatal. Cookies that have expired are dropped; session cookies are kept.
+    /// moved aside to `<name>.corrupt-<unix time>`, and the jar starts empty. A path
+    /// that is a directory, FIFO or device (`/dev/null`) is reported and left alone: the
+    /// jar lives in memory only ([`Jar::path`] is `None`). Nothing here is fatal. Cookies that have expired are dropped; session cookies are kept.
     /// Temporary files left beside it by a writer that was killed mid-save are removed.
     pub fn open(path: impl Into<PathBuf>) -> (Jar, Vec<JarProblem>) {
         let path = path.into();
         remove_stale_temps(&path);
         let mut problems = Vec::new();
+        let mut keep_path = true;
         let problem = |line: Option<usize>, message: String| JarProblem {
             path: path.clone(),
             line,
@@ -172,11 +174,13 @@ impl Jar {
                 if e.kind() == io::ErrorKind::IsADirectory
                     || e.kind() == io::ErrorKind::InvalidInput =>
             {
-                // A directory, FIFO or device (`/dev/null`): never moved, never written.
+                // A directory, FIFO or device (`/dev/null`): never moved, never written;
+                // the jar has no file (`path()` is `None`).
                 problems.push(problem(
                     None,
                     format!("{e}; the cookie jar is kept in memory only"),
                 ));
+                keep_path = false;
                 CookieStore::default()
             }
             Err(e) => {
@@ -187,7 +191,7 @@ impl Jar {
                 CookieStore::default()
             }
         };
-        (Jar::with(Some(path), store), problems)
+        (Jar::with(keep_path.then_some(path), store), problems)
     }
 
     /// The file this jar is saved to, if any.
@@ -956,11 +960,24 @@ mod tests {
             .contains("cookies.txt:1: not a Netscape cookie file"));
         assert!(!path.exists());
 
-        // A directory is reported, not moved, and not replaced.
+        // A directory is reported, not moved, and not replaced: the jar has no file.
         fs::create_dir(&path).unwrap();
         let (jar, problems) = Jar::open(&path);
         assert_eq!(problems.len(), 1);
+        assert!(
+            problems[0].message.contains("kept in memory only"),
+            "{problems:?}"
+        );
         assert!(path.is_dir());
+        assert_eq!(jar.path(), None);
+        jar.store(&url("http://h.example/"), ["a=1"]);
+        assert!(!jar.is_dirty());
+        assert!(!jar.save().unwrap());
+        assert!(path.is_dir());
+        // One that turns into a directory later is refused by the save, not replaced.
+        fs::remove_dir(&path).unwrap();
+        let (jar, _) = Jar::open(&path);
+        fs::create_dir(&path).unwrap();
         jar.store(&url("http://h.example/"), ["a=1"]);
         assert!(jar.save().is_err());
         assert!(path.is_dir());
