@@ -21,6 +21,7 @@ pub mod resolve;
 pub mod rule;
 pub mod secret;
 pub mod server;
+pub mod session;
 pub mod small_file;
 pub mod target;
 pub mod telemetry;
