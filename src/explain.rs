@@ -394,17 +394,15 @@ fn auth_summary(r: &Resolved<'_>, upstream: &Target, tls: bool) -> String {
         );
     }
     if let Some(b) = r.challenge_basic(upstream) {
+        let from = if b.source == "netrc" {
+            "the .netrc entry"
+        } else {
+            "the rc credentials without a [prefix] (rc_unscoped_credentials: challenge)"
+        };
         return format!(
-            "Basic, user {:?}, password *** from rc ({}), only if the host answers 401 with \
-             a Basic challenge (rc_unscoped_credentials: challenge){cleartext}",
+            "Basic, user {:?}, password *** from {from} ({}), only if the host answers 401 \
+             with a Basic challenge{cleartext}",
             b.user, b.origin
-        );
-    }
-    if let Some(b) = r.challenge_basic_any() {
-        return format!(
-            "none: the rc credentials without a [prefix] ({}) answer 401 challenges only \
-             over TLS or from loopback hosts, and this is plain http to another host",
-            b.origin
         );
     }
     if let Some(b) = r.netrc_basic() {
@@ -421,6 +419,13 @@ fn auth_summary(r: &Resolved<'_>, upstream: &Target, tls: bool) -> String {
                 b.origin
             )
         };
+    }
+    if let Some(b) = r.challenge_basic_any() {
+        return format!(
+            "none: the rc credentials without a [prefix] ({}) answer 401 challenges only \
+             over TLS or from loopback hosts, and this is plain http to another host",
+            b.origin
+        );
     }
     if let Some(origin) = &r.snapshot.unscoped_credentials_ignored {
         return format!(

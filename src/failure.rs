@@ -167,6 +167,78 @@ impl Failure {
         )
     }
 
+    /// A host refused the credential authproxy answered its 401 challenge with.
+    pub fn login_refused(host: &str, user: &str, source: &str, origin: &str) -> Self {
+        Self::new(
+            401,
+            "login_refused",
+            format!(
+                "{host} refused the password authproxy sent for the user {user:?}, from the \
+                 {source} entry at {origin}. Check that password there (the login host's own \
+                 web page can test it)."
+            ),
+        )
+    }
+
+    /// A login host answered with a page for a person: the user must approve the
+    /// application or accept a licence (EULA) in a browser first.
+    pub fn login_needs_browser(host: &str, open: &str) -> Self {
+        Self::new(
+            403,
+            "login_needs_browser",
+            format!(
+                "the login at {host} needs a person: open {open} in a browser, log in, and \
+                 approve the application (or accept its licence); then try again."
+            ),
+        )
+    }
+
+    /// A redirect chain longer than `redirects.max_hops`.
+    pub fn too_many_redirects(max: u8, hosts: &str) -> Self {
+        Self::new(
+            502,
+            "too_many_redirects",
+            format!(
+                "the servers redirected this request more than {max} times ({hosts}). Raise \
+                 redirects.max_hops if that is expected, or tell the servers' operators."
+            ),
+        )
+    }
+
+    /// A redirect chain that came back to a URL it had already visited.
+    pub fn redirect_loop(hosts: &str) -> Self {
+        Self::new(
+            502,
+            "redirect_loop",
+            format!("the servers redirect this request in a loop ({hosts})."),
+        )
+    }
+
+    /// The data server sent the request to its login again right after a login.
+    pub fn login_did_not_stick(data: &str, login: &str) -> Self {
+        Self::new(
+            502,
+            "login_did_not_stick",
+            format!(
+                "{data} sent the request back to the login at {login} right after a login: \
+                 it did not accept the session. Its cookies may be refused (check the cookie \
+                 jar and the clock), or the account lacks access to this data."
+            ),
+        )
+    }
+
+    /// A redirect of a request whose body is too large to send again.
+    pub fn redirect_body_too_large(host: &str) -> Self {
+        Self::new(
+            502,
+            "redirect_body_too_large",
+            format!(
+                "{host} redirected a request whose body is too large for authproxy to send \
+                 again. Send the request to the URL it redirects to."
+            ),
+        )
+    }
+
     /// The upstream proxy answered CONNECT (or a request) with `code`.
     pub fn proxy_refused(proxy: &str, authority: &str, code: Option<u16>) -> Self {
         match code {

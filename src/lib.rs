@@ -16,6 +16,7 @@ pub mod origin;
 pub mod policy;
 pub mod proxy;
 pub mod redact;
+pub mod redirect;
 pub mod reload;
 pub mod resolve;
 pub mod rule;

@@ -93,6 +93,11 @@ mod tests {
                 fresh.basic(tls).map(|b| b.user),
                 "{url}"
             );
+            assert_eq!(
+                p.rules().challenge_basic(&p.upstream).map(|b| b.user),
+                fresh.challenge_basic(&p.upstream).map(|b| b.user),
+                "{url}"
+            );
             assert_eq!(p.rules().describe(), fresh.describe(), "{url}");
         }
         let p = HopPolicy::new(
@@ -100,7 +105,10 @@ mod tests {
             Target::from_absolute(b"http://b.example/y").unwrap(),
         );
         assert_eq!(p.upstream.scheme, crate::target::Scheme::Https);
-        assert_eq!(p.rules().basic(true).map(|b| b.user), Some("b"));
+        assert_eq!(
+            p.rules().challenge_basic(&p.upstream).map(|b| b.user),
+            Some("b")
+        );
         let next = p.next(Target::from_absolute(b"http://a.example:8080/x").unwrap());
         assert_eq!(next.rules().basic(false).map(|b| b.user), Some("a"));
     }

@@ -12,7 +12,7 @@ http → https redirect inside; `fail_to_proxy` answers failures with a [`Failur
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -26,22 +26,30 @@ use crate::config::SnapshotHandle;
 use crate::failure::{Failure, ERROR_HEADER};
 use crate::policy::HopPolicy;
 use crate::redact;
+use crate::redirect;
 use crate::resolve;
 use crate::rule::UpstreamProxy;
+use crate::session::{logins, Jar, LoginGuard, State, Turn};
 use crate::target::{Scheme, Target, TargetError};
 use crate::upstream;
 
 /// The error type that makes pingora retry with the next hop of a redirect.
 const FOLLOW: ErrorType = ErrorType::Custom("follow_redirect");
 
-/// The proxy's request logic. One per daemon; all state per request lives in [`RequestCtx`].
+/// How long a request waits for another request's login at the same data server.
+const LOGIN_WAIT: Duration = Duration::from_secs(60);
+
+/// The proxy's request logic. One per daemon; all state per request lives in
+/// [`RequestCtx`], and what outlives a snapshot (the cookie jar, logins in flight) in
+/// [`State`].
 pub struct Forwarder {
     snapshots: SnapshotHandle,
+    state: Arc<State>,
 }
 
 impl Forwarder {
-    pub fn new(snapshots: SnapshotHandle) -> Self {
-        Self { snapshots }
+    pub fn new(snapshots: SnapshotHandle, state: Arc<State>) -> Self {
+        Self { snapshots, state }
     }
 }
 
@@ -65,6 +73,24 @@ pub struct RequestCtx {
     /// A redirect left the client's origin: its own `Authorization` and `Cookie` stay
     /// behind from then on.
     strip_client_credentials: bool,
+    /// The method the data is asked for with: the client's, or what a 303 made of it.
+    data_method: Option<http::Method>,
+    /// The current hop belongs to a login: a plain `GET` without the data's headers.
+    login_hop: bool,
+    /// The URL of every hop so far (with their queries: never log them), to end loops.
+    visited: Vec<String>,
+    /// The authority of every hop so far, for messages.
+    hosts: Vec<String>,
+    /// The request came back to its own URL after a login.
+    returned: bool,
+    /// This request waited for another's login once (it leads the next one itself).
+    waited: bool,
+    /// This request runs the login at its data server; the requests waiting for it go
+    /// when this is dropped.
+    login: Option<LoginGuard>,
+    /// The last login hop (an authorize URL): what a person opens when the login needs
+    /// a browser.
+    login_url: Option<Target>,
 }
 
 impl RequestCtx {
@@ -99,6 +125,14 @@ impl ProxyHttp for Forwarder {
             auth: None,
             challenged: false,
             strip_client_credentials: false,
+            data_method: None,
+            login_hop: false,
+            visited: Vec::new(),
+            hosts: Vec::new(),
+            returned: false,
+            waited: false,
+            login: None,
+            login_url: None,
         }
     }
 
@@ -106,6 +140,7 @@ impl ProxyHttp for Forwarder {
         ctx.started = Instant::now();
         match Target::from_absolute(session.req_header().raw_path()) {
             Ok(target) => {
+                ctx.data_method = Some(session.req_header().method.clone());
                 ctx.policy = Some(HopPolicy::new(self.snapshots.load_full(), target));
                 Ok(false)
             }
@@ -208,6 +243,35 @@ impl ProxyHttp for Forwarder {
             req.remove_header(&header::AUTHORIZATION);
             req.remove_header(&header::COOKIE);
         }
+        if ctx.login_hop {
+            // A login hop is a plain GET: HEAD and Range belong to the data.
+            req.set_method(http::Method::GET);
+            for name in redirect::DATA_ONLY_HEADERS {
+                req.remove_header(*name);
+            }
+            let browser = req
+                .headers
+                .get(header::USER_AGENT)
+                .is_some_and(|ua| redirect::is_browser_agent(ua.as_bytes()));
+            if browser {
+                req.insert_header(header::USER_AGENT, redirect::LOGIN_USER_AGENT)?;
+            }
+        } else if let Some(m) = ctx.data_method.as_ref().filter(|m| **m != req.method) {
+            req.set_method(m.clone());
+        }
+        // The jar's cookies for this hop; the client's own win on a name.
+        let jar = &self.state.jar;
+        if !jar.is_empty() {
+            if let Ok(url) = url::Url::parse(&redirect::full_url(target)) {
+                let client = req
+                    .headers
+                    .get(header::COOKIE)
+                    .and_then(|v| v.to_str().ok());
+                if let Some(c) = Jar::merge(client, jar.cookie_header(&url)) {
+                    req.insert_header(header::COOKIE, c)?;
+                }
+            }
+        }
         let (applied, new_pq) = auth::apply(&resolved, target, req, ctx.challenged)?;
         let pq = new_pq.as_deref().unwrap_or(&target.path_and_query);
         match &ctx.via {
@@ -234,6 +298,16 @@ impl ProxyHttp for Forwarder {
     ) -> Result<()> {
         let policy = ctx.policy()?;
         let (hop, target) = (&policy.hop, &policy.upstream);
+        let status = response.status.as_u16();
+        // Every response's cookies go to the jar; a login hop's never reach the client.
+        if response.headers.contains_key(header::SET_COOKIE) {
+            if let Ok(url) = url::Url::parse(&redirect::full_url(target)) {
+                let values = response.headers.get_all(header::SET_COOKIE);
+                self.state
+                    .jar
+                    .store(&url, values.iter().filter_map(|v| v.to_str().ok()));
+            }
+        }
         if response.status.as_u16() == 407 && target.scheme == Scheme::Http {
             // The upstream proxy refused our credentials; a 407 passed on would ask
             // the client for credentials to authproxy itself.
@@ -263,26 +337,119 @@ impl ProxyHttp for Forwarder {
             e.set_retry(true);
             return Err(e);
         }
-        let max = policy.snapshot().max_hops;
-        let method = &session.req_header().method;
-        if let Some(next) = same_host_https_redirect(hop, response, method) {
-            if ctx.redirects < max && replayable {
-                let strip = !auth::client_credentials_may_follow(hop, &next);
-                let next = policy.next(next);
-                ctx.strip_client_credentials |= strip;
-                ctx.redirects += 1;
-                // Each hop logs and earns its own authorization.
-                ctx.auth = None;
-                ctx.challenged = false;
-                ctx.policy = Some(next);
-                ctx.addrs.clear();
-                ctx.next_addr = 0;
-                let mut e = Error::explain(FOLLOW, "same-host redirect to https");
-                e.set_retry(true);
-                return Err(e);
+        if status == 401 && ctx.challenged {
+            // The credential we answered with was refused: say which, once, no loop.
+            if let Some(b) = policy.rules().challenge_basic(target) {
+                let f = Failure::login_refused(
+                    &target.authority(),
+                    b.user,
+                    b.source,
+                    &b.origin.to_string(),
+                );
+                return Err(f.into_error());
             }
         }
-        Ok(())
+        if ctx.login_hop && (status == 403 || (status == 200 && is_html(response))) {
+            // A page for a person (approve the application, accept a licence): never
+            // hand it to the client as its data.
+            let open = redirect::full_url(ctx.login_url.as_ref().unwrap_or(hop));
+            let f = Failure::login_needs_browser(&hop.authority(), &redact_url(&open));
+            return Err(f.into_error());
+        }
+        let location = response.headers.get(header::LOCATION);
+        let Some(location) = location.filter(|_| !policy.rules().pass_redirects()) else {
+            return Ok(());
+        };
+        let data_method = ctx.data_method.clone().unwrap_or(http::Method::GET);
+        let Some(follow) = redirect::follow(hop, status, location.as_bytes(), &data_method) else {
+            return Ok(());
+        };
+        // Following: the hop's policy is needed beside changes to the context.
+        let policy = policy.clone();
+        let hop = &policy.hop;
+        let has_body = has_body(session.req_header());
+        if has_body && follow.drops_body {
+            // A POST turned into a GET by a 301/302/303: the client's business.
+            return Ok(());
+        }
+        if has_body && !replayable {
+            return Err(Failure::redirect_body_too_large(&hop.authority()).into_error());
+        }
+        if redirect::is_access_denied(&follow.next) {
+            let open = redirect::full_url(ctx.login_url.as_ref().unwrap_or(hop));
+            let f = Failure::login_needs_browser(&hop.authority(), &redact_url(&open));
+            return Err(f.into_error());
+        }
+        let max = policy.snapshot().max_hops;
+        if ctx.hosts.is_empty() {
+            ctx.hosts.push(hop.authority());
+            ctx.visited.push(redirect::full_url(hop));
+        }
+        if ctx.redirects >= max {
+            let f = Failure::too_many_redirects(max, &hosts_text(&ctx.hosts));
+            return Err(f.into_error());
+        }
+        let next_url = redirect::full_url(&follow.next);
+        let original = ctx.visited.first().cloned().unwrap_or_default();
+        let back_home = next_url == original;
+        let next_is_login = redirect::is_login_hop(&follow.next);
+        if next_is_login && !ctx.login_hop {
+            if ctx.returned {
+                // A second login in one request: the first did not stick.
+                let f = Failure::login_did_not_stick(&hop.authority(), &follow.next.authority());
+                return Err(f.into_error());
+            }
+            if ctx.login.is_none() {
+                match self.state.logins.begin(&hop.origin_key()) {
+                    Turn::Lead(guard) => ctx.login = Some(guard),
+                    Turn::Wait(rx) if !ctx.waited => {
+                        // Another request is logging in at this data server: wait for
+                        // its cookies, then ask again.
+                        ctx.waited = true;
+                        logins::wait(rx, LOGIN_WAIT).await;
+                        ctx.auth = None;
+                        let mut e = Error::explain(FOLLOW, "replaying after another login");
+                        e.set_retry(true);
+                        return Err(e);
+                    }
+                    Turn::Wait(_) => {}
+                }
+            }
+        }
+        // The first return to the client's URL after a login is expected; any other
+        // URL seen before is a loop.
+        let expected_return = back_home && !ctx.returned;
+        if !expected_return && ctx.visited.contains(&next_url) {
+            ctx.hosts.push(follow.next.authority());
+            let f = Failure::redirect_loop(&hosts_text(&ctx.hosts));
+            return Err(f.into_error());
+        }
+        if back_home {
+            // The login is done: the requests waiting for it may replay.
+            ctx.returned = true;
+            ctx.login = None;
+        }
+        let strip = !auth::client_credentials_may_follow(hop, &follow.next);
+        if next_is_login {
+            ctx.login_url = Some(follow.next.clone());
+        } else {
+            ctx.data_method = Some(follow.method.clone());
+        }
+        ctx.visited.push(next_url);
+        ctx.hosts.push(follow.next.authority());
+        let next = policy.next(follow.next);
+        ctx.strip_client_credentials |= strip;
+        ctx.login_hop = next_is_login;
+        ctx.redirects += 1;
+        // Each hop logs and earns its own authorization.
+        ctx.auth = None;
+        ctx.challenged = false;
+        ctx.policy = Some(next);
+        ctx.addrs.clear();
+        ctx.next_addr = 0;
+        let mut e = Error::explain(FOLLOW, "following a redirect");
+        e.set_retry(true);
+        Err(e)
     }
 
     fn error_while_proxy(
@@ -419,26 +586,40 @@ impl ProxyHttp for Forwarder {
     }
 }
 
-/// The next hop when `response` redirects `hop` from http to https on the same host
-/// and the request can be replayed as it is: 307 and 308 keep the method and body;
-/// 301 and 302 are followed for GET and HEAD only (browsers turn a POST into a GET
-/// there, and 303 always means GET), so those go back to the client.
-fn same_host_https_redirect(
-    hop: &Target,
-    response: &ResponseHeader,
-    method: &http::Method,
-) -> Option<Target> {
-    let replayable = match response.status.as_u16() {
-        307 | 308 => true,
-        301 | 302 => method == http::Method::GET || method == http::Method::HEAD,
-        _ => false,
-    };
-    if hop.scheme != Scheme::Http || !replayable {
-        return None;
+/// Whether the client's request carries a body.
+fn has_body(req: &RequestHeader) -> bool {
+    req.headers.contains_key(header::TRANSFER_ENCODING)
+        || req
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0")
+}
+
+/// Whether a response is an HTML page.
+fn is_html(response: &ResponseHeader) -> bool {
+    response
+        .headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().to_ascii_lowercase().starts_with(b"text/html"))
+}
+
+/// A URL for a message: secret query values masked.
+fn redact_url(url: &str) -> String {
+    match Target::from_absolute(url.as_bytes()) {
+        Ok(t) => redact::LogUrl(&t, &[]).to_string(),
+        Err(_) => "the login page".to_owned(),
     }
-    let location = response.headers.get(header::LOCATION)?;
-    let next = Target::from_absolute(location.as_bytes()).ok()?;
-    (next.scheme == Scheme::Https && next.host == hop.host).then_some(next)
+}
+
+/// The hosts of a redirect chain, in order, each once: `a:80 -> b:443 -> a:80`.
+fn hosts_text(hosts: &[String]) -> String {
+    let mut out: Vec<&str> = Vec::new();
+    for h in hosts {
+        if out.last() != Some(&h.as_str()) {
+            out.push(h);
+        }
+    }
+    out.join(" -> ")
 }
 
 /// Whether a 401 offers HTTP Basic among its `WWW-Authenticate` challenges.

@@ -23,6 +23,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::SnapshotHandle;
 use crate::proxy::Forwarder;
+use crate::session::State;
 use crate::tunnel;
 
 /// How long a client connection may sit idle between requests.
@@ -45,6 +46,10 @@ impl Default for Tuning {
     }
 }
 
+/// Far above what `redirects.max_hops` (at most 50), one 401 answer per hop and the
+/// addresses of each host can add up to.
+const MAX_RETRIES: usize = 1000;
+
 /// One daemon: the proxy loop and the current configuration.
 pub struct Daemon {
     proxy: Arc<HttpProxy<Forwarder>>,
@@ -52,13 +57,23 @@ pub struct Daemon {
 }
 
 impl Daemon {
+    /// A daemon whose cookie jar lives in memory only (tests, and `check`-like uses).
     pub fn new(snapshots: SnapshotHandle, tuning: &Tuning) -> Arc<Self> {
+        Self::with_state(snapshots, Arc::default(), tuning)
+    }
+
+    /// A daemon with the state that outlives snapshots (the cookie jar, logins in flight).
+    pub fn with_state(snapshots: SnapshotHandle, state: Arc<State>, tuning: &Tuning) -> Arc<Self> {
         let conf = ServerConf {
             threads: tuning.threads,
             upstream_keepalive_pool_size: tuning.upstream_pool,
+            // Redirects, 401 answers and address fallbacks are each a pingora retry; the
+            // proxy bounds them itself (`redirects.max_hops`), so pingora's own cap must
+            // never be the one that stops a chain.
+            max_retries: MAX_RETRIES,
             ..ServerConf::default()
         };
-        let proxy = http_proxy(&Arc::new(conf), Forwarder::new(snapshots.clone()));
+        let proxy = http_proxy(&Arc::new(conf), Forwarder::new(snapshots.clone(), state));
         Arc::new(Self {
             proxy: Arc::new(proxy),
             snapshots,

@@ -131,6 +131,11 @@ impl Target {
         self.port == self.scheme.default_port()
     }
 
+    /// `scheme://host:port`: the key of a data server's logins in flight.
+    pub fn origin_key(&self) -> String {
+        format!("{}://{}", self.scheme.as_str(), self.authority())
+    }
+
     /// Whether the host is this machine's loopback: `127.0.0.0/8`, `::1` or `localhost`.
     pub fn is_loopback(&self) -> bool {
         match self.host.parse::<std::net::IpAddr>() {

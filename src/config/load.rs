@@ -169,9 +169,6 @@ pub fn load(env: &Environment) -> Result<Snapshot, LoadErrors> {
         if y.cookie_jar.is_some() {
             b.warnings.push(later("cookie_jar"));
         }
-        if y.sites.iter().any(|s| s.redirects.is_some()) {
-            b.warnings.push(later("sites[].redirects"));
-        }
         for f in &y.files_read {
             b.files.push(f.clone());
         }
@@ -448,6 +445,7 @@ impl Builder {
             only_on_challenge: false,
         });
         rule.bearer = site.bearer.clone().map(Value::Secret);
+        rule.pass_redirects = site.redirects == Some(yaml::RedirectMode::Pass);
         for (name, value) in &site.headers {
             match http::HeaderName::from_bytes(name.as_bytes()) {
                 Ok(n) => rule.headers.push((n, param(value))),
@@ -888,7 +886,11 @@ mod tests {
 
     fn basic_user(snap: &Snapshot, url: &str) -> Option<String> {
         let t = Target::from_absolute(url.as_bytes()).unwrap();
-        snap.resolve(&t).basic(true).map(|b| b.user.to_owned())
+        let r = snap.resolve(&t);
+        // A .netrc password answers the host's 401 challenge.
+        r.basic(true)
+            .or_else(|| r.challenge_basic(&t))
+            .map(|b| b.user.to_owned())
     }
 
     /// The `.netrc` `default` entry answers only with `netrc_default: true`; a partial
@@ -1114,7 +1116,12 @@ mod tests {
         for (url, tls, want) in table {
             let t = Target::from_absolute(url.as_bytes()).unwrap();
             let r = snap.resolve(&t);
-            let got = r.basic(tls).map(|b| (b.user, b.source));
+            // Preemptive credentials, else the one kept for the host's 401 challenge
+            // (where .netrc answers).
+            let got = r
+                .basic(tls)
+                .or_else(|| r.challenge_basic(&t))
+                .map(|b| (b.user, b.source));
             assert_eq!(got, want, "{url}");
         }
         // The suffix site applies where no more specific YAML site does.

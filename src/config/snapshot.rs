@@ -263,16 +263,12 @@ impl<'a> Resolved<'a> {
     /// sent only over TLS whose certificate is verified: `.netrc` names a host, not a
     /// scheme, and a password on plain http, or to a server nobody checked, is readable by
     /// anyone on the path. Credentials kept for a 401 challenge are not among these.
-    pub fn basic(&self, upstream_tls: bool) -> Option<BasicRef<'a>> {
-        let preemptive = self.first(|r| {
+    pub fn basic(&self, _upstream_tls: bool) -> Option<BasicRef<'a>> {
+        self.first(|r| {
             r.basic
                 .as_ref()
                 .filter(|b| !b.only_on_challenge)
                 .map(|b| rule_basic(r, b))
-        });
-        preemptive.or_else(|| {
-            self.netrc_basic()
-                .filter(|_| self.netrc_allowed(upstream_tls))
         })
     }
 
@@ -281,16 +277,23 @@ impl<'a> Resolved<'a> {
         upstream_tls && self.verify_peer() && self.verify_host()
     }
 
-    /// The credential kept for the host's 401 Basic challenge (an rc line without a
-    /// `[prefix]`, under `rc_unscoped_credentials: challenge`), if `upstream` may have it:
-    /// over TLS, or to a loopback host. Never when a credential is sent preemptively.
+    /// The credential that answers the host's 401 Basic challenge, if `upstream` may have
+    /// it, and never when a credential is sent preemptively:
+    /// * the host's exact `.netrc` entry, over TLS whose certificate is verified (as
+    ///   earthaccess does: a `.netrc` password goes only where it is asked for);
+    /// * else an rc line without a `[prefix]` under `rc_unscoped_credentials: challenge`,
+    ///   over TLS or to a loopback host.
     pub fn challenge_basic(&self, upstream: &Target) -> Option<BasicRef<'a>> {
-        if self.basic(upstream.scheme == Scheme::Https).is_some() {
+        let tls = upstream.scheme == Scheme::Https;
+        if self.basic(tls).is_some() {
             return None;
         }
-        let b = self.rc?.basic.as_ref().filter(|b| b.only_on_challenge)?;
+        if let Some(n) = self.netrc_basic().filter(|_| self.netrc_allowed(tls)) {
+            return Some(n);
+        }
         let rule = self.rc?;
-        (upstream.scheme == Scheme::Https || upstream.is_loopback()).then(|| rule_basic(rule, b))
+        let b = rule.basic.as_ref().filter(|b| b.only_on_challenge)?;
+        (tls || upstream.is_loopback()).then(|| rule_basic(rule, b))
     }
 
     /// The credential kept for a 401 challenge, whether or not this URL may have it (for
@@ -311,6 +314,11 @@ impl<'a> Resolved<'a> {
             origin: &e.origin,
             source: "netrc",
         })
+    }
+
+    /// Whether this URL's redirects go to the client (YAML `redirects: pass`).
+    pub fn pass_redirects(&self) -> bool {
+        self.site.is_some_and(|r| r.pass_redirects)
     }
 
     pub fn headers(&self) -> &'a [(http::HeaderName, Value)] {

@@ -181,6 +181,8 @@ pub struct Rule {
     /// `scoped_netrcs`: it answers for this rule's requests instead of the global one, and
     /// for no others.
     pub netrc: Option<usize>,
+    /// YAML `redirects: pass`: this site's 3xx go to the client instead of being followed.
+    pub pass_redirects: bool,
 }
 
 impl Rule {
@@ -198,6 +200,7 @@ impl Rule {
             connect_timeout: None,
             read_timeout: None,
             netrc: None,
+            pass_redirects: false,
         }
     }
 

@@ -95,6 +95,15 @@ pub(crate) fn tls_seen(origin: &TlsOrigin, target: &str) -> Vec<support::TlsRequ
         .collect()
 }
 
+/// The requests for `target` at a `/challenge` route: the first without a credential
+/// (answered 401), the second with the one that answered the challenge.
+pub(crate) fn tls_challenged(origin: &TlsOrigin, target: &str) -> support::TlsRequest {
+    let hits = tls_seen(origin, target);
+    assert_eq!(hits.len(), 2, "{target}: {hits:?}");
+    assert_eq!(header(&hits[0].headers, "authorization"), None);
+    hits[1].clone()
+}
+
 pub(crate) fn tls_seen_at(origin: &TlsOrigin, target: &str) -> support::TlsRequest {
     let all = origin.requests();
     let hits: Vec<_> = all.iter().filter(|r| r.target == target).collect();
@@ -375,23 +384,38 @@ async fn netrc_is_sent_over_tls_upgrade_but_not_plain_http() {
     );
     let proxy = Proxy::start(snapshot(home.path(), Some(&config))).await;
 
-    // Plain http: the .netrc password stays home.
-    let (resp, _) = get(&proxy, &plain.url("/plain"), &[]).await;
-    assert_eq!(resp.status(), 200);
+    // Plain http: the .netrc password stays home, even when asked for.
+    let (resp, _) = get(&proxy, &plain.url("/challenge/plain"), &[]).await;
+    assert_eq!(resp.status(), 401);
     assert_eq!(
-        header(&seen_at(&plain, "/plain").headers, "authorization"),
+        header(
+            &seen_at(&plain, "/challenge/plain").headers,
+            "authorization"
+        ),
         None
     );
 
-    // http://localhost:T/ upgraded: the daemon speaks https to the same port.
-    let (resp, body) = get(&proxy, &format!("http://localhost:{t}/upgraded"), &[]).await;
+    // http://localhost:T/ upgraded: the daemon speaks https to the same port, and the
+    // .netrc password answers the host's challenge, never preemptively.
+    let (resp, _) = get(&proxy, &format!("http://localhost:{t}/quiet"), &[]).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        header(&tls_seen_at(&tls, "/quiet").headers, "authorization"),
+        None
+    );
+    let (resp, body) = get(
+        &proxy,
+        &format!("http://localhost:{t}/challenge/upgraded"),
+        &[],
+    )
+    .await;
     assert_eq!(
         (resp.status().as_u16(), body.as_str()),
         (200, "ok"),
         "{:?}",
         resp.headers()
     );
-    let r = tls_seen_at(&tls, "/upgraded");
+    let r = tls_challenged(&tls, "/challenge/upgraded");
     assert_eq!(
         header(&r.headers, "authorization").as_deref(),
         Some(basic("carol", "netrc-pw").as_str())
@@ -774,20 +798,18 @@ async fn same_host_https_redirect_is_followed_inside() {
         Some("Bearer redirect-token")
     );
 
-    // A redirect to another host is the client's business.
+    // A redirect to another host is followed too, with that host's rules: 127.0.0.1
+    // has none here, so its certificate is not trusted, and the client hears why.
     let (resp, body) = get(
         &proxy,
         &format!("http://localhost:{}/start", other.port()),
         &[],
     )
     .await;
-    assert_eq!(resp.status(), 302, "{body}");
-    assert_eq!(
-        header(resp.headers(), "location").as_deref(),
-        Some(format!("https://127.0.0.1:{t}/elsewhere").as_str())
-    );
+    assert_eq!(resp.status(), 502, "{body}");
+    assert_eq!(error_code(&resp), "tls_untrusted");
+    assert!(body.contains(&format!("127.0.0.1:{t}")), "{body}");
     assert_eq!(other_seen.requests.lock().unwrap().len(), 1);
-    assert!(!tls.requests().iter().any(|r| r.target == "/elsewhere"));
     proxy.stop().await;
 }
 

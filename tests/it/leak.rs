@@ -529,14 +529,21 @@ async fn exercise(w: &World, daemon: &Daemon) -> Vec<String> {
     let before = w.tls.requests().len();
     expect(
         "tls",
-        get(d, &format!("http://localhost:{}/tls", w.tls.port()), false).await,
+        get(
+            d,
+            &format!("http://localhost:{}/challenge/tls", w.tls.port()),
+            false,
+        )
+        .await,
         200,
         "",
     );
+    // The .netrc password answers the host's challenge.
     let seen = w.tls.requests()[before..].to_vec();
+    assert_eq!(seen.len(), 2, "{seen:?}");
     assert!(seen[0].peer_cert.is_some(), "no client certificate");
     assert_eq!(
-        seen[0]
+        seen[1]
             .headers
             .get("authorization")
             .map(|v| v.to_str().unwrap().to_owned()),

@@ -54,16 +54,23 @@ async fn get(proxy: &Proxy, url: &str) -> (Response<()>, String) {
 }
 
 /// The `Authorization` of the only request `origin` saw for `target`.
+/// The credential that reached `target` (a `/challenge` route): none on the first
+/// request; the one that answered the 401 on the second, if there was one.
 fn tls_authorization(origin: &TlsOrigin, target: &str) -> Option<String> {
     let all = origin.requests();
     let hits: Vec<_> = all.iter().filter(|r| r.target == target).collect();
-    assert_eq!(
-        hits.len(),
-        1,
+    assert!(
+        (1..=2).contains(&hits.len()),
         "requests for {target}: {:?}",
         all.iter().map(|r| &r.target).collect::<Vec<_>>()
     );
-    header(&hits[0].headers, "authorization")
+    assert_eq!(
+        header(&hits[0].headers, "authorization"),
+        None,
+        "preemptive"
+    );
+    hits.get(1)
+        .and_then(|r| header(&r.headers, "authorization"))
 }
 
 fn authorization(origin: &Origin, target: &str) -> Option<String> {
@@ -106,7 +113,7 @@ async fn netrc_default_entry_is_sent_nowhere_unless_opted_in() {
     let t = tls.port();
     // A same-host redirect from plain http to the https origin is followed inside.
     let (redirect, _) =
-        support::redirect_origin(302, format!("https://localhost:{t}/landing")).await;
+        support::redirect_origin(302, format!("https://localhost:{t}/challenge/landing")).await;
     let snap = snapshot(h, Some(&config));
     assert!(
         snap.warnings
@@ -118,9 +125,12 @@ async fn netrc_default_entry_is_sent_nowhere_unless_opted_in() {
     );
     let proxy = Proxy::start(snap).await;
 
-    let (resp, body) = get(&proxy, &format!("http://localhost:{t}/direct")).await;
-    assert_eq!((resp.status().as_u16(), body.as_str()), (200, "ok"));
-    assert_eq!(tls_authorization(&tls, "/direct"), None);
+    let (resp, body) = get(&proxy, &format!("http://localhost:{t}/challenge/direct")).await;
+    assert_eq!(
+        (resp.status().as_u16(), body.as_str()),
+        (401, "who are you?")
+    );
+    assert_eq!(tls_authorization(&tls, "/challenge/direct"), None);
     let (resp, body) = get(
         &proxy,
         &format!("http://localhost:{}/start", redirect.port()),
@@ -128,10 +138,10 @@ async fn netrc_default_entry_is_sent_nowhere_unless_opted_in() {
     .await;
     assert_eq!(
         (resp.status().as_u16(), body.as_str()),
-        (200, "ok"),
+        (401, "who are you?"),
         "{body}"
     );
-    assert_eq!(tls_authorization(&tls, "/landing"), None);
+    assert_eq!(tls_authorization(&tls, "/challenge/landing"), None);
     proxy.stop().await;
 
     // `netrc_default: true` opts back in: the same requests now carry it.
@@ -141,7 +151,7 @@ async fn netrc_default_entry_is_sent_nowhere_unless_opted_in() {
     let (tls, config) = tls_setup(h, "netrc_default: true\n").await;
     let t = tls.port();
     let (redirect, _) =
-        support::redirect_origin(302, format!("https://localhost:{t}/landing")).await;
+        support::redirect_origin(302, format!("https://localhost:{t}/challenge/landing")).await;
     let snap = snapshot(h, Some(&config));
     assert!(!snap
         .warnings
@@ -149,14 +159,20 @@ async fn netrc_default_entry_is_sent_nowhere_unless_opted_in() {
         .any(|w| w.to_string().contains("netrc_default")));
     let proxy = Proxy::start(snap).await;
     let want = basic("anon", "default-SECRET");
-    get(&proxy, &format!("http://localhost:{t}/direct")).await;
-    assert_eq!(tls_authorization(&tls, "/direct").as_deref(), Some(&*want));
+    get(&proxy, &format!("http://localhost:{t}/challenge/direct")).await;
+    assert_eq!(
+        tls_authorization(&tls, "/challenge/direct").as_deref(),
+        Some(&*want)
+    );
     get(
         &proxy,
         &format!("http://localhost:{}/start", redirect.port()),
     )
     .await;
-    assert_eq!(tls_authorization(&tls, "/landing").as_deref(), Some(&*want));
+    assert_eq!(
+        tls_authorization(&tls, "/challenge/landing").as_deref(),
+        Some(&*want)
+    );
     proxy.stop().await;
 }
 
@@ -195,11 +211,14 @@ async fn partial_netrc_entry_gives_nothing_and_is_not_completed() {
     let proxy = Proxy::start(snap).await;
 
     for (host, path) in [
-        ("localhost", "/login-only"),
-        ("127.0.0.1", "/password-only"),
+        ("localhost", "/challenge/login-only"),
+        ("127.0.0.1", "/challenge/password-only"),
     ] {
         let (resp, body) = get(&proxy, &format!("http://{host}:{t}{path}")).await;
-        assert_eq!((resp.status().as_u16(), body.as_str()), (200, "ok"));
+        assert_eq!(
+            (resp.status().as_u16(), body.as_str()),
+            (401, "who are you?")
+        );
         assert_eq!(tls_authorization(&tls, path), None, "{host}");
     }
     proxy.stop().await;
@@ -214,9 +233,13 @@ async fn partial_netrc_entry_gives_nothing_and_is_not_completed() {
     );
     let (tls, config) = tls_setup(h, "").await;
     let proxy = Proxy::start(snapshot(h, Some(&config))).await;
-    get(&proxy, &format!("http://localhost:{}/full", tls.port())).await;
+    get(
+        &proxy,
+        &format!("http://localhost:{}/challenge/full", tls.port()),
+    )
+    .await;
     assert_eq!(
-        tls_authorization(&tls, "/full").as_deref(),
+        tls_authorization(&tls, "/challenge/full").as_deref(),
         Some(&*basic("lonely", "lonely-SECRET"))
     );
     proxy.stop().await;
@@ -252,15 +275,19 @@ async fn scoped_http_netrc_reaches_only_its_scope() {
     assert!(snap.files.contains(&scoped) && snap.watch.contains(&scoped));
     let proxy = Proxy::start(snap).await;
 
-    get(&proxy, &format!("http://localhost:{t}/in-scope")).await;
+    get(&proxy, &format!("http://localhost:{t}/challenge/in-scope")).await;
     assert_eq!(
-        tls_authorization(&tls, "/in-scope").as_deref(),
+        tls_authorization(&tls, "/challenge/in-scope").as_deref(),
         Some(&*basic("scoped", "scoped-SECRET"))
     );
-    let (resp, body) = get(&proxy, &format!("http://127.0.0.1:{t}/out-of-scope")).await;
+    let (resp, body) = get(
+        &proxy,
+        &format!("http://127.0.0.1:{t}/challenge/out-of-scope"),
+    )
+    .await;
     assert_eq!((resp.status().as_u16(), body.as_str()), (200, "ok"));
     assert_eq!(
-        tls_authorization(&tls, "/out-of-scope").as_deref(),
+        tls_authorization(&tls, "/challenge/out-of-scope").as_deref(),
         Some(&*basic("global", "global-SECRET"))
     );
     proxy.stop().await;

@@ -154,16 +154,17 @@ async fn tilde_netrc_path_is_found_in_the_daemons_home() {
         snap.warnings
     );
     let proxy = Proxy::start(snap).await;
-    let (status, body) = get(&proxy, &format!("http://localhost:{t}/edl")).await;
+    let (status, body) = get(&proxy, &format!("http://localhost:{t}/challenge/edl")).await;
     assert_eq!((status, body.as_str()), (200, "ok"));
     let seen: Vec<_> = tls
         .requests()
         .into_iter()
-        .filter(|r| r.target == "/edl")
+        .filter(|r| r.target == "/challenge/edl")
         .collect();
-    assert_eq!(seen.len(), 1);
+    // The .netrc password answers the host's 401 challenge.
+    assert_eq!(seen.len(), 2);
     assert_eq!(
-        seen[0]
+        seen[1]
             .headers
             .get("authorization")
             .map(|v| v.to_str().unwrap()),
@@ -405,8 +406,13 @@ async fn ncdump_h(proxy: &Proxy, url: &str) -> (std::process::Output, tempfile::
 }
 
 /// ncdump exited 0, printed the header, and every `.dds`/`.das` request the origin saw
-/// (there must be some) carried `want`.
+/// (there must be some) carried `want`, except a first one answered with a challenge when
+/// `challenged` (a `.netrc` password goes only where it is asked for).
 fn assert_ncdump_read_the_header(out: &std::process::Output, seen: &DapSeen, want: &str) {
+    assert_ncdump_read(out, seen, want, false)
+}
+
+fn assert_ncdump_read(out: &std::process::Output, seen: &DapSeen, want: &str, challenged: bool) {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     let requests = seen.lock().unwrap().clone();
@@ -422,8 +428,18 @@ fn assert_ncdump_read_the_header(out: &std::process::Output, seen: &DapSeen, wan
             .filter(|(t, _)| t.split('?').next() == Some(target.as_str()))
             .collect();
         assert!(!hits.is_empty(), "no {target} request: {requests:?}");
+        // Challenged: each request is asked for the password once, then carries it.
+        let sent = hits.iter().filter(|(_, a)| a.is_some()).count();
+        let unsent = hits.len() - sent;
         assert!(
-            hits.iter().all(|(_, a)| a.as_deref() == Some(want)),
+            hits.iter()
+                .all(|(_, a)| a.is_none() || a.as_deref() == Some(want))
+                && sent > 0
+                && if challenged {
+                    unsent == sent
+                } else {
+                    unsent == 0
+                },
             "{target} without the credentials: {requests:?}"
         );
     }
@@ -478,6 +494,6 @@ async fn ncdump_through_authproxy_gets_a_password_from_a_tilde_netrc_path() {
     let proxy = Proxy::start(snapshot(&Environment::isolated(h, Some(&config)))).await;
     let url = format!("http://localhost:{t}/protected/ds");
     let (out, _client_home) = ncdump_h(&proxy, &url).await;
-    assert_ncdump_read_the_header(&out, &seen, &basic("carol", "netrc-pw"));
+    assert_ncdump_read(&out, &seen, &basic("carol", "netrc-pw"), true);
     proxy.stop().await;
 }

@@ -16,7 +16,9 @@ use tokio::net::TcpListener;
 
 use authproxy::explain;
 
-use crate::credentials::{basic, env, get, header, seen_at, snapshot, tls_seen_at, write, yaml};
+use crate::credentials::{
+    basic, env, get, header, seen_at, snapshot, tls_challenged, tls_seen_at, write, yaml,
+};
 use crate::support::{self, full, Ca, Client, ClientAuth, Origin, Proxy, TlsOrigin};
 
 /// One request a [`ChallengeOrigin`] received.
@@ -290,17 +292,20 @@ async fn netrc_passwords_need_tls_that_is_verified() {
         ),
     );
     let proxy = Proxy::start(snapshot(h, Some(&config))).await;
-    let (resp, _) = get(&proxy, &format!("http://localhost:{c}/checked"), &[]).await;
-    assert_eq!(resp.status(), 200);
-    assert_eq!(
-        header(&tls_seen_at(&checked, "/checked").headers, "authorization"),
-        Some(basic("carol", "N3trc-S3cret"))
-    );
-    let (resp, _) = get(&proxy, &format!("http://localhost:{u}/unchecked"), &[]).await;
+    let (resp, _) = get(&proxy, &format!("http://localhost:{c}/challenge/ok"), &[]).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(
         header(
-            &tls_seen_at(&unchecked, "/unchecked").headers,
+            &tls_challenged(&checked, "/challenge/ok").headers,
+            "authorization"
+        ),
+        Some(basic("carol", "N3trc-S3cret"))
+    );
+    let (resp, _) = get(&proxy, &format!("http://localhost:{u}/challenge/no"), &[]).await;
+    assert_eq!(resp.status(), 401);
+    assert_eq!(
+        header(
+            &tls_seen_at(&unchecked, "/challenge/no").headers,
             "authorization"
         ),
         None

@@ -86,7 +86,8 @@ pub struct SeenRequest {
 
 /// A hyper HTTP/1.1 origin on 127.0.0.1:0.
 ///
-/// Routes: `/echo` streams the request body back; `/bytes/N` sends N pattern bytes with
+/// Routes: `/challenge...` answers 401 with a Basic challenge unless the request carries
+/// an `Authorization`; `/echo` streams the request body back; `/bytes/N` sends N pattern bytes with
 /// Content-Length; `/chunked/N` the same without a length; `/slow` answers after 30 s;
 /// anything else answers `ok`.
 pub struct Origin {
@@ -145,7 +146,15 @@ async fn handle(req: Request<Incoming>, seen: Arc<Seen>) -> Result<Response<BoxB
         headers: req.headers().clone(),
     });
     let path = req.uri().path().to_owned();
-    let resp = if path == "/echo" {
+    let resp = if path.starts_with("/challenge") && !req.headers().contains_key("authorization") {
+        // Asks for Basic, as a login host does; any credential is let in (tests check
+        // which one arrived).
+        Response::builder()
+            .status(401)
+            .header("www-authenticate", "Basic realm=\"test\"")
+            .body(full("who are you?"))
+            .unwrap()
+    } else if path == "/echo" {
         let body = req.into_body().map_err(std::io::Error::other).boxed();
         Response::new(body)
     } else if let Some(n) = path.strip_prefix("/bytes/") {
