@@ -6,6 +6,7 @@ mod clients;
 mod config;
 mod core;
 mod credentials;
+mod edl;
 mod leak;
 mod netrc_safety;
 mod process;
