@@ -10,4 +10,4 @@ pub(crate) use world::{
     ACCESS_DENIED_BODY, CLIENT_ID, LOGIN_COOKIE, PASSWORD, REALM, SESSION_COOKIE, USER,
 };
 
-
+mod curl;
