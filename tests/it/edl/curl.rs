@@ -171,6 +171,7 @@ async fn curl_dance_gets_the_bytes_and_a_second_run_skips_the_login_host() {
     assert_ne!(hits[3].authorization(), authorize.authorization());
     assert_eq!(hits[3].header("user-agent"), None, "not curl's request");
     assert!(hits[4].cookie(SESSION_COOKIE).is_some());
+    assert!(world.credential_leaks().is_empty());
     assert_eq!((world.logins(), world.exchanges()), (1, 1));
 
     // curl's jar holds both sessions in libcurl's format.
@@ -434,6 +435,10 @@ async fn curl_follows_303_and_307_to_presigned_storage() {
     let run = curl(dir, &args(&["-H", "Authorization: Bearer tok", &presigned])).await;
     assert_eq!(run.status, 400);
     assert!(String::from_utf8_lossy(&run.body).contains("InvalidArgument"));
+    // ... and the world names that request as a leak.
+    let leaks = world.credential_leaks();
+    assert_eq!(leaks.len(), 1, "{leaks:?}");
+    assert_eq!(leaks[0].role, Role::Storage);
     let unsigned = presigned.split('?').next().unwrap().to_owned();
     let run = curl(dir, &args(&[&unsigned])).await;
     assert_eq!(run.status, 403);

@@ -86,7 +86,8 @@ pub(crate) struct Hit {
     /// Whether it came over TLS.
     pub tls: bool,
     pub method: String,
-    /// The request target as received (origin-form: path and query).
+    /// The request target as received: origin-form (path and query), or absolute-form
+    /// if a client sent that to an origin.
     pub target: String,
     pub headers: HeaderMap,
     /// The status answered (0 while the answer is being made).
@@ -429,6 +430,27 @@ impl World {
             .count()
     }
 
+    /// Requests that carried a credential where none belongs: any `Authorization` at the
+    /// data server, the storage host or the decoy; at the login host, one not over TLS;
+    /// the user's password or session cookie anywhere but at the login host. Empty when
+    /// every credential stayed with its own host.
+    pub fn credential_leaks(&self) -> Vec<Hit> {
+        let password = basic_header(USER, PASSWORD);
+        self.hits()
+            .into_iter()
+            .filter(|h| match h.role {
+                Role::Login => !h.tls && h.authorization().is_some(),
+                _ => {
+                    h.authorization().is_some()
+                        || h.cookie(LOGIN_COOKIE).is_some()
+                        || h.headers
+                            .iter()
+                            .any(|(_, v)| v.as_bytes() == password.as_bytes())
+                }
+            })
+            .collect()
+    }
+
     /// Authorize requests that carried the right password.
     pub fn logins(&self) -> usize {
         self.state.counters.logins.load(Ordering::SeqCst)
@@ -533,11 +555,7 @@ async fn record(
             role,
             tls,
             method: req.method().to_string(),
-            target: req
-                .uri()
-                .path_and_query()
-                .map(|p| p.to_string())
-                .unwrap_or_default(),
+            target: req.uri().to_string(),
             headers: req.headers().clone(),
             status: 0,
         });
