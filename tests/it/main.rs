@@ -7,6 +7,7 @@ mod clients;
 mod config;
 mod core;
 mod credentials;
+mod edl;
 mod jar;
 mod leak;
 mod netrc_safety;
