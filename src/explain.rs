@@ -65,6 +65,9 @@ fn describe(out: &mut String, s: &Snapshot) {
     for f in &s.files {
         let _ = writeln!(out, "  {}", f.display());
     }
+    if let Some(jar) = &s.cookie_jar {
+        let _ = writeln!(out, "cookie jar: {}", jar.display());
+    }
     if let Some(p) = &s.upstream_proxy {
         let _ = writeln!(out, "upstream proxy: {p:?}");
     }

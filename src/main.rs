@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -12,6 +13,7 @@ use tokio::sync::watch;
 use authproxy::config::load::{self, Environment};
 use authproxy::explain;
 use authproxy::reload::Reloader;
+use authproxy::session::{self, Jar, State};
 use authproxy::telemetry::{self, LogFormat};
 use authproxy::{Daemon, Tuning};
 
@@ -166,10 +168,13 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         }
         let rules = snapshot.sites.len() + snapshot.rc.len();
         tracing::info!(rules, files = snapshot.files.len(), "configuration loaded");
+        let jar = open_jar(&snapshot);
         let snapshots = snapshot.into_handle();
         let reloader = Reloader::start(env, snapshots.clone());
-        let daemon = Daemon::new(snapshots, &tuning);
+        let state = Arc::new(State::with_jar(jar.clone()));
+        let daemon = Daemon::with_state(snapshots, state, &tuning);
         let (stop_tx, stop_rx) = watch::channel(false);
+        let writer = session::spawn_writer(jar, stop_rx.clone());
         tokio::spawn(async move {
             signals(&reloader).await;
             tracing::info!("shutting down");
@@ -178,9 +183,34 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         daemon
             .run(listeners, stop_rx, Duration::from_secs(args.drain_seconds))
             .await;
+        // The writer saves the jar once more at shutdown.
+        let _ = writer.await;
         tracing::info!("stopped");
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// The cookie jar: the configured file, else the default under `$XDG_STATE_HOME`, else
+/// (no HOME) in memory. Problems with the file are logged, never fatal.
+fn open_jar(snapshot: &authproxy::config::Snapshot) -> Arc<Jar> {
+    let path = snapshot.cookie_jar.clone().or_else(|| {
+        session::default_path(
+            std::env::var_os("XDG_STATE_HOME").as_deref(),
+            std::env::var_os("HOME")
+                .as_deref()
+                .map(std::path::Path::new),
+        )
+    });
+    let Some(path) = path else {
+        tracing::warn!("no HOME: the cookie jar is kept in memory only");
+        return Arc::new(Jar::new());
+    };
+    let (jar, problems) = Jar::open(&path);
+    for p in &problems {
+        tracing::warn!("{p}");
+    }
+    tracing::info!(path = %path.display(), cookies = jar.len(), "cookie jar");
+    Arc::new(jar)
 }
 
 /// Returns on SIGTERM or SIGINT; SIGHUP reloads the configuration.

@@ -166,9 +166,7 @@ pub fn load(env: &Environment) -> Result<Snapshot, LoadErrors> {
             b.warnings
                 .push(later("access (allow_uids, proxy_token_file)"));
         }
-        if y.cookie_jar.is_some() {
-            b.warnings.push(later("cookie_jar"));
-        }
+        snap.cookie_jar = y.cookie_jar.clone();
         for f in &y.files_read {
             b.files.push(f.clone());
         }
@@ -256,9 +254,24 @@ pub fn load(env: &Environment) -> Result<Snapshot, LoadErrors> {
             }
         }
         if let Some(jar) = &rr.settings.cookiejar {
-            let line = Sourced::new("HTTP.COOKIEJAR".to_owned(), jar.origin.clone());
-            if !snap.unsupported.contains(&line) {
-                snap.unsupported.push(line);
+            let inherited = rr.scope != rcfile::RcScope::Any
+                && rc_rules.iter().any(|r| {
+                    r.scope == rcfile::RcScope::Any
+                        && r.settings.cookiejar.as_ref().map(|j| &j.origin) == Some(&jar.origin)
+                });
+            if inherited {
+                // The unscoped line, seen again through a rule that inherits it.
+            } else if rr.scope == rcfile::RcScope::Any {
+                // One jar for the daemon: an unscoped HTTP.COOKIEJAR names it (YAML
+                // cookie_jar wins), as it names libcurl's for netCDF-C.
+                snap.cookie_jar.get_or_insert_with(|| jar.value.clone());
+            } else {
+                b.warn_once(
+                    &jar.origin,
+                    "HTTP.COOKIEJAR with a [prefix]: authproxy keeps one jar for every \
+                     host, named by an unscoped HTTP.COOKIEJAR or YAML cookie_jar; this \
+                     line is not used",
+                );
             }
         }
         let scoped_netrc = rr.settings.netrc.as_ref().filter(|n| {

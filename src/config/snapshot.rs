@@ -61,6 +61,9 @@ pub struct Snapshot {
     pub unusable: Vec<TlsProblem>,
     /// rc keys netCDF-C reads that nothing here acts on, as written, with their origin.
     pub unsupported: Vec<Sourced<String>>,
+    /// The cookie jar's file: YAML `cookie_jar`, else an unscoped rc `HTTP.COOKIEJAR`
+    /// (`None`: the default under `$XDG_STATE_HOME/authproxy/`). Read at start.
+    pub cookie_jar: Option<PathBuf>,
     /// Where an rc credential without a `[prefix]` was left unused (`explain` says why).
     pub unscoped_credentials_ignored: Option<Origin>,
 }
@@ -87,6 +90,7 @@ impl Default for Snapshot {
             unusable: Vec::new(),
             unsupported: Vec::new(),
             unscoped_credentials_ignored: None,
+            cookie_jar: None,
         }
     }
 }

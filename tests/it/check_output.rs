@@ -58,6 +58,7 @@ listen: 127.0.0.1:3128
 files read:
   $HOME/.config/authproxy/config.yaml
   $HOME/.dodsrc
+cookie jar: $HOME/.dods_cookies
 timeouts: connect 10s, first byte 60s
 rules, most specific first (YAML sites, then rc files):
   sites[0] ($HOME/.config/authproxy/config.yaml:2)
@@ -68,7 +69,7 @@ rules, most specific first (YAML sites, then rc files):
     tls: peer verification OFF; host name verification OFF
 netrc: none
 rc keys netCDF-C reads that authproxy does not act on:
-  $HOME/.dodsrc: HTTP.VERBOSE (lines 2, 8), HTTP.COOKIEJAR (line 4), http.useragent (line 9)
+  $HOME/.dodsrc: HTTP.VERBOSE (lines 2, 8), http.useragent (line 9)
 warnings:
   /nonexistent/someone/.netrc: this .netrc (named at $HOME/.dodsrc:5) does not exist, so no .netrc credentials are used; $HOME/.netrc exists, with 2 entries, and is not read instead
   $HOME/.config/authproxy/config.yaml:3: sites[0].headers.X-Api-Key is written inline; value_file is recommended, to keep secrets out of the configuration file

@@ -7,6 +7,7 @@ mod clients;
 mod config;
 mod core;
 mod credentials;
+mod dance;
 mod edl;
 mod jar;
 mod leak;

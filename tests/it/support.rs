@@ -154,6 +154,14 @@ async fn handle(req: Request<Incoming>, seen: Arc<Seen>) -> Result<Response<BoxB
             .header("www-authenticate", "Basic realm=\"test\"")
             .body(full("who are you?"))
             .unwrap()
+    } else if path == "/set-cookie" {
+        Response::builder()
+            .header(
+                "set-cookie",
+                "daemon_session=J4r-V4lue; Path=/; Max-Age=3600",
+            )
+            .body(full("ok"))
+            .unwrap()
     } else if path == "/echo" {
         let body = req.into_body().map_err(std::io::Error::other).boxed();
         Response::new(body)
@@ -223,9 +231,17 @@ pub struct Proxy {
 
 impl Proxy {
     pub async fn start(snapshot: Snapshot) -> Proxy {
+        Proxy::start_with_state(snapshot, Arc::default()).await
+    }
+
+    /// The daemon with the given cookie jar and logins in flight.
+    pub async fn start_with_state(
+        snapshot: Snapshot,
+        state: Arc<authproxy::session::State>,
+    ) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let daemon = Daemon::new(snapshot.into_handle(), &Tuning::default());
+        let daemon = Daemon::with_state(snapshot.into_handle(), state, &Tuning::default());
         let (stop, rx) = watch::channel(false);
         let task = tokio::spawn(daemon.run(vec![listener], rx, Duration::from_secs(2)));
         Proxy { addr, stop, task }
