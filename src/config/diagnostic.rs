@@ -9,6 +9,7 @@ it. Its message never holds a configured value: values may be secrets.
 
 use std::fmt;
 use std::path::Path;
+use std::sync::Arc;
 
 use crate::config::Origin;
 
@@ -18,6 +19,9 @@ use crate::config::Origin;
 pub struct Diagnostic {
     /// The file and line; line 0 when it concerns the whole file.
     pub origin: Origin,
+    /// The rule it concerns (`sites[2]`, an rc scope such as `[host:port]`), when it
+    /// concerns one: findings are ordered by file, line, then rule.
+    pub rule: Option<Arc<str>>,
     /// One sentence; never a configured value.
     pub message: String,
 }
@@ -26,8 +30,15 @@ impl Diagnostic {
     pub fn new(origin: Origin, message: impl Into<String>) -> Self {
         Diagnostic {
             origin,
+            rule: None,
             message: message.into(),
         }
+    }
+
+    /// The same finding, about `rule`.
+    pub fn for_rule(mut self, rule: impl Into<Arc<str>>) -> Self {
+        self.rule = Some(rule.into());
+        self
     }
 
     /// About a file as a whole.
@@ -39,7 +50,11 @@ impl Diagnostic {
     /// rules is reported by each of them).
     pub fn sort_and_dedup(list: &mut Vec<Diagnostic>) {
         list.sort_by(|a, b| {
-            (&*a.origin.path, a.origin.line).cmp(&(&*b.origin.path, b.origin.line))
+            (&*a.origin.path, a.origin.line, &a.rule).cmp(&(
+                &*b.origin.path,
+                b.origin.line,
+                &b.rule,
+            ))
         });
         let mut seen = std::collections::HashSet::new();
         list.retain(|d| seen.insert((d.origin.clone(), d.message.clone())));

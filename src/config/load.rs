@@ -462,10 +462,10 @@ impl Builder {
         for (name, value) in &site.headers {
             match http::HeaderName::from_bytes(name.as_bytes()) {
                 Ok(n) => rule.headers.push((n, param(value))),
-                Err(_) => self.errors.push(Diagnostic::new(
-                    site.origin.clone(),
-                    format!("invalid header name {name:?}"),
-                )),
+                Err(_) => self.errors.push(
+                    Diagnostic::new(site.origin.clone(), format!("invalid header name {name:?}"))
+                        .for_rule(rule.id.as_str()),
+                ),
             }
         }
         rule.query = site
@@ -511,6 +511,7 @@ impl Builder {
     }
 
     fn rc_rule(&mut self, rr: &RcRule) -> Option<Rule> {
+        let scope_id = rr.scope.to_string();
         let s = &rr.settings;
         let origin = [
             s.username.as_ref().map(|v| &v.origin),
@@ -536,8 +537,9 @@ impl Builder {
             if unscoped && self.unscoped == UnscopedCredentials::Ignore {
                 self.unscoped_ignored
                     .get_or_insert_with(|| password.origin.clone());
-                self.warn_once(
+                self.warn_rule(
                     &password.origin,
+                    &scope_id,
                     "HTTP.CREDENTIALS.* without a [prefix] names no host, so authproxy \
                      sends it to none; put the host in front, as in \
                      [data.example.org:443]HTTP.CREDENTIALS.USERPASSWORD=..., or set \
@@ -571,16 +573,18 @@ impl Builder {
                 "HTTP.SSL.KEY is set but HTTP.SSL.CERTIFICATE is not; set both",
             ));
         } else if let Some(pw) = &s.ssl_keypassword {
-            self.warn_once(
+            self.warn_rule(
                 &pw.origin,
+                &scope_id,
                 "HTTP.SSL.KEYPASSWORD is set but no HTTP.SSL.CERTIFICATE applies to the \
                  hosts of this line; it is not used",
             );
         }
         if rr.scope == RcScope::Any {
             if let Some(ca) = s.ssl_cainfo.as_ref().or(s.ssl_capath.as_ref()) {
-                self.warn_once(
+                self.warn_rule(
                     &ca.origin,
+                    &scope_id,
                     "this CA setting has no [prefix]: it replaces the system CA roots for \
                      every https host, so public servers will fail verification; put the host \
                      in front, as in [data.example.org]HTTP.SSL.CAINFO=...",
@@ -605,8 +609,9 @@ impl Builder {
                 } else {
                     "ignored: HTTP.SSL.CAINFO names the CA file"
                 };
-                self.warn_once(
+                self.warn_rule(
                     &capath.origin,
+                    &scope_id,
                     &format!(
                         "HTTP.SSL.CAPATH names a file, not a directory of certificates; {what}"
                     ),
@@ -622,8 +627,9 @@ impl Builder {
                         .message
                         .strip_prefix(&prefix)
                         .unwrap_or(&problem.message);
-                    self.warn_once(
+                    self.warn_rule(
                         &origin,
+                        &scope_id,
                         &format!("{cause} (not used: TLS verification is off there)"),
                     );
                 }
@@ -634,8 +640,9 @@ impl Builder {
         rule.tls.verify_host = s.ssl_verifyhost.as_ref().map(|v| v.value);
         for v in [&s.ssl_verifypeer, &s.ssl_verifyhost].into_iter().flatten() {
             if !v.value {
-                self.warn_once(
+                self.warn_rule(
                     &v.origin,
+                    &scope_id,
                     "TLS verification is off for the hosts of this line; anyone on the path \
                      can impersonate the server",
                 );
@@ -662,8 +669,26 @@ impl Builder {
     /// A warning, once however many rules inherit the line it is about.
     fn warn_once(&mut self, origin: &Origin, message: &str) {
         let warning = Diagnostic::new(origin.clone(), message);
-        if !self.warnings.contains(&warning) {
+        if !self
+            .warnings
+            .iter()
+            .any(|w| w.origin == warning.origin && w.message == warning.message)
+        {
             self.warnings.push(warning);
+        }
+    }
+
+    /// A warning about a line of an rc rule, once. Rules come most specific first, and
+    /// every rule that inherits a line is inside the line's own scope, so the last rule to
+    /// meet the line (the one it is written for) is the one that stays.
+    fn warn_rule(&mut self, origin: &Origin, rule: &str, message: &str) {
+        self.warn_once(origin, message);
+        if let Some(w) = self
+            .warnings
+            .iter_mut()
+            .find(|w| w.origin == *origin && w.message == message)
+        {
+            w.rule = Some(rule.into());
         }
     }
 
@@ -1142,6 +1167,38 @@ mod tests {
         assert_eq!(snap.resolve(&t).headers().len(), 1);
         let t = Target::from_absolute(b"http://data.example.org/yaml").unwrap();
         assert_eq!(snap.resolve(&t).headers().len(), 0);
+    }
+
+    /// A finding about a rule's line names the rule: the key `check` orders by, beside
+    /// file and line.
+    #[test]
+    fn rule_findings_carry_their_rule() {
+        let home = tempfile::tempdir().unwrap();
+        let h = home.path();
+        std::fs::write(
+            h.join(".daprc"),
+            "[a.example]HTTP.SSL.VERIFYPEER=0\nHTTP.CREDENTIALS.USERPASSWORD=u:p\n",
+        )
+        .unwrap();
+        let snap = load(&Environment::isolated(h, None)).unwrap();
+        let rule_of = |line: usize| {
+            snap.warnings
+                .iter()
+                .find(|w| w.origin.line == line && w.rule.is_some())
+                .and_then(|w| w.rule.as_deref().map(str::to_owned))
+        };
+        assert_eq!(
+            rule_of(1).as_deref(),
+            Some("[a.example]"),
+            "{:?}",
+            snap.warnings
+        );
+        assert_eq!(
+            rule_of(2).as_deref(),
+            Some("(unscoped)"),
+            "{:?}",
+            snap.warnings
+        );
     }
 
     /// A credential kept for 401 challenges goes only over TLS or to a loopback host, and

@@ -121,10 +121,10 @@ impl Netrc {
             if meta.permissions().mode() & 0o077 != 0 {
                 netrc.warnings.insert(
                     0,
-                    Diagnostic {
-                        origin: Origin::new(path, 0),
-                        message: format!("readable by other users; chmod 600 {}", path.display()),
-                    },
+                    Diagnostic::new(
+                        Origin::new(path, 0),
+                        format!("readable by other users; chmod 600 {}", path.display()),
+                    ),
                 );
             }
         }
@@ -355,10 +355,7 @@ impl<'a> Parser<'a> {
 
     fn warn(&mut self, line: usize, message: impl Into<String>) {
         let origin = self.origin(line);
-        self.warnings.push(Diagnostic {
-            origin,
-            message: message.into(),
-        });
+        self.warnings.push(Diagnostic::new(origin, message));
     }
 
     fn run(mut self) -> Netrc {

@@ -822,15 +822,15 @@ pub fn parse_bytes(path: &Path, bytes: &[u8]) -> RcFile {
     let mut notes = FileNotes::default();
     let bytes = match bytes.strip_prefix(b"\xEF\xBB\xBF") {
         Some(rest) => {
-            file.warnings.push(Diagnostic {
-                origin: Origin {
+            file.warnings.push(Diagnostic::new(
+                Origin {
                     path: Arc::clone(&shared),
                     line: 1,
                 },
-                message: "the file starts with a UTF-8 byte-order mark (BOM, bytes EF BB BF); \
+                "the file starts with a UTF-8 byte-order mark (BOM, bytes EF BB BF); \
                           skipped (netCDF-C 4.9 reads it as part of the first line)"
-                    .into(),
-            });
+                    .to_owned(),
+            ));
             rest
         }
         None => bytes,
@@ -846,10 +846,10 @@ pub fn parse_bytes(path: &Path, bytes: &[u8]) -> RcFile {
         }
         match std::str::from_utf8(raw) {
             Ok(text) => parse_line(text, origin, &mut file, &mut notes),
-            Err(_) => file.warnings.push(Diagnostic {
+            Err(_) => file.warnings.push(Diagnostic::new(
                 origin,
-                message: "line is not valid UTF-8; skipped".into(),
-            }),
+                "line is not valid UTF-8; skipped".to_owned(),
+            )),
         }
     }
     let at = |line: usize| Origin {
@@ -863,27 +863,27 @@ pub fn parse_bytes(path: &Path, bytes: &[u8]) -> RcFile {
             .join(", ")
     };
     if let Some(&first) = notes.host_prefix.first() {
-        file.warnings.push(Diagnostic {
-            origin: at(first),
-            message: format!(
+        file.warnings.push(Diagnostic::new(
+            at(first),
+            format!(
                 "netCDF-C 4.9 logs \"Malformed [url]\" for a [host] or [host:port] prefix and \
                  skips the line (authproxy reads it); write [http://host:port/path] to share this \
                  file with ncdump. Lines: {}",
                 lines(&notes.host_prefix)
             ),
-        });
+        ));
     }
     if let Some(&first) = notes.pathless.first() {
-        file.warnings.push(Diagnostic {
-            origin: at(first),
-            message: format!(
+        file.warnings.push(Diagnostic::new(
+            at(first),
+            format!(
                 "netCDF-C 4.9 drops a line with a [scheme://host:port] prefix without a path and \
                  every line after it (here from line {first} to the end of the file), where \
                  authproxy reads them all; give the prefix the dataset's path to share this file \
                  with ncdump. Path-less prefixes at lines: {}",
                 lines(&notes.pathless)
             ),
-        });
+        ));
     }
     let libdap = &notes.libdap;
     if let Some((_, first)) = libdap.first() {
@@ -891,16 +891,16 @@ pub fn parse_bytes(path: &Path, bytes: &[u8]) -> RcFile {
             .iter()
             .map(|(key, line)| format!("{key} (line {line})"))
             .collect();
-        file.warnings.push(Diagnostic {
-            origin: Origin {
+        file.warnings.push(Diagnostic::new(
+            Origin {
                 path: Arc::clone(&shared),
                 line: *first,
             },
-            message: format!(
+            format!(
                 "libdap keys, read by libdap clients and not by netCDF-C or authproxy; ignored: {}",
                 list.join(", ")
             ),
-        });
+        ));
     }
     file.warnings.sort_by_key(|w| w.origin.line);
     file
@@ -919,10 +919,7 @@ struct FileNotes {
 
 fn parse_line(text: &str, origin: Origin, file: &mut RcFile, notes: &mut FileNotes) {
     let warn = |file: &mut RcFile, message: String| {
-        file.warnings.push(Diagnostic {
-            origin: origin.clone(),
-            message,
-        })
+        file.warnings.push(Diagnostic::new(origin.clone(), message))
     };
     let body = text.trim_matches(is_blank);
     // netCDF-C 4.9.0 trims blanks around the key and the value as authproxy does; 4.9.2 and
@@ -1099,10 +1096,10 @@ fn parse_read(path: &Path, bytes: &[u8], meta: &std::fs::Metadata) -> RcFile {
     if let Some(problem) = problem {
         file.warnings.insert(
             0,
-            Diagnostic {
-                origin: Origin::new(path, 0),
-                message: format!("{problem}; chmod 600 {}", path.display()),
-            },
+            Diagnostic::new(
+                Origin::new(path, 0),
+                format!("{problem}; chmod 600 {}", path.display()),
+            ),
         );
     }
     file
@@ -1307,10 +1304,7 @@ fn rc_path(line: &RcLine, home: Option<&Path>, warnings: &mut Vec<Diagnostic>) -
                 line.key
             ),
         };
-        warnings.push(Diagnostic {
-            origin: line.origin.clone(),
-            message,
-        });
+        warnings.push(Diagnostic::new(line.origin.clone(), message));
         break;
     }
     if out.is_relative() {
@@ -1500,15 +1494,15 @@ fn daprc_dodsrc_notes(files: &[RcFile], warnings: &mut Vec<Diagnostic>) {
             };
             let (a, b) = (&daprc.lines[i], &dodsrc.lines[*j]);
             if a.value != b.value {
-                warnings.push(Diagnostic {
-                    origin: a.origin.clone(),
-                    message: format!(
+                warnings.push(Diagnostic::new(
+                    a.origin.clone(),
+                    format!(
                         "{}: {} sets it for the same [prefix] to another value; authproxy uses \
                          this line (.daprc over .dodsrc, as documented) but netCDF-C 4.9.0 loads \
                          .dodsrc last and uses that one",
                         a.key, b.origin
                     ),
-                });
+                ));
             }
         }
     }
@@ -1530,20 +1524,20 @@ pub fn resolve_in(
         for line in &file.lines {
             let canon = canonical_key(&line.key);
             if line.value.is_empty() && NEED_VALUE.contains(&canon) {
-                warnings.push(Diagnostic {
-                    origin: line.origin.clone(),
-                    message: format!("{}: empty value; line ignored", line.key),
-                });
+                warnings.push(Diagnostic::new(
+                    line.origin.clone(),
+                    format!("{}: empty value; line ignored", line.key),
+                ));
                 continue;
             }
             if let Some(prev) = seen.insert((&line.scope, canon), line) {
-                warnings.push(Diagnostic {
-                    origin: prev.origin.clone(),
-                    message: format!(
+                warnings.push(Diagnostic::new(
+                    prev.origin.clone(),
+                    format!(
                         "{}: set again for the same scope at line {}; this line is ignored",
                         prev.key, line.origin.line
                     ),
-                });
+                ));
             }
             by_scope
                 .entry(line.scope.clone())
@@ -1616,12 +1610,12 @@ pub fn resolve_in(
                 .and_then(|slots| slots.values().next())
                 .map(|l| l.origin.clone())
             {
-                warnings.push(Diagnostic {
+                warnings.push(Diagnostic::new(
                     origin,
-                    message: format!(
+                    format!(
                         "too many [prefixes] for host {host}; overlapping prefixes may not combine"
                     ),
-                });
+                ));
             }
         }
         for target in set {
@@ -1677,13 +1671,13 @@ fn finish(
         .is_some_and(|(_, p)| !unscoped.contains(&p.origin));
     let (user, pass) = if pair_unscoped && up_scoped && user.is_some() {
         if let Some(p) = &pass {
-            warnings.push(Diagnostic {
-                origin: p.origin.clone(),
-                message: format!(
+            warnings.push(Diagnostic::new(
+                p.origin.clone(),
+                format!(
                     "HTTP.CREDENTIALS.USERNAME and PASSWORD without a [prefix] are not used for \
                      {scope}: its HTTP.CREDENTIALS.USERPASSWORD applies there"
                 ),
-            });
+            ));
         }
         (None, None)
     } else {
@@ -1703,16 +1697,16 @@ fn finish(
                     None
                 };
                 if let Some(differs) = differs {
-                    warnings.push(Diagnostic {
-                        origin: upu.origin,
-                        message: format!(
+                    warnings.push(Diagnostic::new(
+                        upu.origin,
+                        format!(
                             "HTTP.CREDENTIALS.USERPASSWORD names {differs} than \
                              HTTP.CREDENTIALS.USERNAME/PASSWORD ({}, {}); authproxy sends \
                              USERNAME/PASSWORD (as documented) but netCDF-C 4.9.0, which does \
                              not read USERNAME, sends USERPASSWORD",
                             u.origin, p.origin
                         ),
-                    });
+                    ));
                 }
             }
             settings.username = Some(u);
@@ -1725,9 +1719,9 @@ fn finish(
                 .map(|u| &u.origin)
                 .or(p.as_ref().map(|p| &p.origin))
             {
-                warnings.push(Diagnostic {
-                    origin: lone.clone(),
-                    message: format!(
+                warnings.push(Diagnostic::new(
+                    lone.clone(),
+                    format!(
                         "{} without {} for the same hosts is not used; \
                          HTTP.CREDENTIALS.USERPASSWORD applies there",
                         if u.is_some() {
@@ -1741,26 +1735,26 @@ fn finish(
                             "HTTP.CREDENTIALS.USERNAME"
                         },
                     ),
-                });
+                ));
             }
             settings.username = Some(up_user);
             settings.password = Some(up_pass);
         }
         (Some(u), None, None) => {
-            warnings.push(Diagnostic {
-                origin: u.origin,
-                message: "HTTP.CREDENTIALS.USERNAME without HTTP.CREDENTIALS.PASSWORD for the \
+            warnings.push(Diagnostic::new(
+                u.origin,
+                "HTTP.CREDENTIALS.USERNAME without HTTP.CREDENTIALS.PASSWORD for the \
                           same hosts; no credentials are sent"
-                    .into(),
-            });
+                    .to_owned(),
+            ));
         }
         (None, Some(p), None) => {
-            warnings.push(Diagnostic {
-                origin: p.origin,
-                message: "HTTP.CREDENTIALS.PASSWORD without HTTP.CREDENTIALS.USERNAME for the \
+            warnings.push(Diagnostic::new(
+                p.origin,
+                "HTTP.CREDENTIALS.PASSWORD without HTTP.CREDENTIALS.USERNAME for the \
                           same hosts; no credentials are sent"
-                    .into(),
-            });
+                    .to_owned(),
+            ));
         }
         (None, None, None) => {}
     }

@@ -355,10 +355,10 @@ pub fn parse_file(path: &Path, env: &SecretEnv) -> Result<YamlConfig, Vec<Diagno
     let text = read_capped_text(path, MAX_CONFIG_FILE);
     match text {
         Ok(text) => parse_str(path, &text, env),
-        Err(e) => Err(vec![Diagnostic {
-            origin: Origin::new(path, 0),
-            message: format!("cannot read the configuration file: {e}"),
-        }]),
+        Err(e) => Err(vec![Diagnostic::new(
+            Origin::new(path, 0),
+            format!("cannot read the configuration file: {e}"),
+        )]),
     }
 }
 

@@ -647,15 +647,9 @@ fn site_names_must_be_unique() {
 
 #[test]
 fn error_display_format() {
-    let e = Diagnostic {
-        origin: Origin::new("/x/c.yaml", 4),
-        message: "bad".into(),
-    };
+    let e = Diagnostic::new(Origin::new("/x/c.yaml", 4), "bad".to_owned());
     assert_eq!(e.to_string(), "/x/c.yaml:4: bad");
-    let e = Diagnostic {
-        origin: Origin::new("/x/c.yaml", 0),
-        message: "bad".into(),
-    };
+    let e = Diagnostic::new(Origin::new("/x/c.yaml", 0), "bad".to_owned());
     assert_eq!(e.to_string(), "/x/c.yaml: bad");
 }
 

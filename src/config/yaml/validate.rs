@@ -81,18 +81,12 @@ impl<'a> Cx<'a> {
 
     fn error(&mut self, line: usize, message: impl Into<String>) {
         let origin = self.origin(line);
-        self.errors.push(Diagnostic {
-            origin,
-            message: message.into(),
-        });
+        self.errors.push(Diagnostic::new(origin, message));
     }
 
     fn warn(&mut self, line: usize, message: impl Into<String>) {
         let origin = self.origin(line);
-        self.warnings.push(Diagnostic {
-            origin,
-            message: message.into(),
-        });
+        self.warnings.push(Diagnostic::new(origin, message));
     }
 
     fn serde_error(&mut self, e: &serde_yaml::Error) {
