@@ -745,3 +745,41 @@ async fn no_secret_is_ever_printed() {
         assert_eq!(bodies.len(), 16);
     }
 }
+
+/// The login dance at trace level: the password, the codes and every session cookie the
+/// daemon handled stay out of its output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_login_secret_is_printed_during_the_dance() {
+    use crate::edl::{basic_header, Options, World, LOGIN_COOKIE, PASSWORD, SESSION_COOKIE, USER};
+    let world = World::start(Options::default()).await;
+    let home = tempfile::tempdir().unwrap();
+    let config = world.proxy_home(home.path());
+    let mut daemon = Daemon::start_in(
+        home.path(),
+        &["--config", config.to_str().unwrap()],
+        &[("RUST_LOG", CHATTY)],
+    );
+    for path in ["/first.nc", "/second.nc"] {
+        let (status, _, body) = get(&daemon.addr, &world.data_url(path), false).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let (_, log) = daemon.stop();
+    let mut secrets = vec![PASSWORD.to_owned(), basic_header(USER, PASSWORD)];
+    for hit in world.hits() {
+        secrets.extend(hit.query("code"));
+        secrets.extend(hit.cookie(SESSION_COOKIE));
+        secrets.extend(hit.cookie(LOGIN_COOKIE));
+    }
+    assert!(secrets.len() >= 4, "the dance did not run: {secrets:?}");
+    for s in secrets.iter().filter(|s| s.len() >= 8) {
+        assert!(
+            !log.contains(s.as_str()),
+            "{s:?} appears in the log:\n{log}"
+        );
+        let b64 = base64::engine::general_purpose::STANDARD.encode(s);
+        assert!(
+            !log.contains(b64.trim_end_matches('=')),
+            "{s:?} (base64) in the log"
+        );
+    }
+}
