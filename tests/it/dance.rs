@@ -403,3 +403,33 @@ async fn serve_writes_the_jar_an_rc_file_names() {
         .unwrap_or_else(|| panic!("no cookie line in:\n{file}"));
     assert!(line.starts_with("127.0.0.1\tFALSE\t/\tFALSE\t"), "{line}");
 }
+
+/// 307 and 308 keep the method and the body, replayed from a bounded buffer; past it the
+/// client hears why instead of an empty body arriving upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_307_replays_a_small_body_and_explains_a_large_one() {
+    let origin = crate::support::Origin::start().await;
+    let (moved, _) = support::redirect_origin(307, origin.url("/echo")).await;
+    let proxy = Proxy::start(authproxy::config::Snapshot::default()).await;
+    let url = format!("http://127.0.0.1:{}/upload", moved.port());
+    let mut client = Client::connect(proxy.addr).await;
+    let req = Request::post(&url).body(full("small-body")).unwrap();
+    let (resp, body) = support::body_of(client.send(req).await).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(&body[..], b"small-body");
+    let echoed: Vec<_> = origin
+        .requests()
+        .into_iter()
+        .filter(|r| r.target == "/echo")
+        .collect();
+    assert_eq!(echoed[0].method, "POST");
+
+    let big = vec![b'x'; 4 << 20];
+    let mut client = Client::connect(proxy.addr).await;
+    let req = Request::post(&url).body(full(big)).unwrap();
+    let (resp, body) = support::body_of(client.send(req).await).await;
+    let body = String::from_utf8_lossy(&body).into_owned();
+    assert_eq!(resp.status(), 502, "{body}");
+    assert_eq!(error_code(&resp), "redirect_body_too_large", "{body}");
+    proxy.stop().await;
+}
