@@ -399,6 +399,8 @@ fn auth_summary(r: &Resolved<'_>, upstream: &Target, tls: bool) -> String {
     if let Some(b) = r.challenge_basic(upstream) {
         let from = if b.source == "netrc" {
             "the .netrc entry"
+        } else if b.source == "yaml" {
+            "the YAML site (basic.preemptive: false)"
         } else {
             "the rc credentials without a [prefix] (rc_unscoped_credentials: challenge)"
         };

@@ -455,7 +455,7 @@ impl Builder {
             user: user.clone(),
             password: pw.clone(),
             origin: site.origin.clone(),
-            only_on_challenge: false,
+            only_on_challenge: !site.basic_preemptive,
         });
         rule.bearer = site.bearer.clone().map(Value::Secret);
         rule.pass_redirects = site.redirects == Some(yaml::RedirectMode::Pass);

@@ -292,6 +292,12 @@ impl<'a> Resolved<'a> {
         if self.basic(tls).is_some() {
             return None;
         }
+        // A YAML site's `basic: { preemptive: false }`: the user named the host.
+        if let Some(site) = self.site {
+            if let Some(b) = site.basic.as_ref().filter(|b| b.only_on_challenge) {
+                return Some(rule_basic(site, b));
+            }
+        }
         if let Some(n) = self.netrc_basic().filter(|_| self.netrc_allowed(tls)) {
             return Some(n);
         }

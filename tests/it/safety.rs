@@ -471,3 +471,34 @@ async fn the_access_log_resets_auth_on_each_followed_hop() {
     assert!(line.contains("\"auth\":\"-\""), "{line}");
     assert!(!log.contains("L0g-S3cret"));
 }
+
+/// `basic: { preemptive: false }` keeps a YAML site's password for the host's own
+/// challenge: a host that never asks never gets it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_yaml_basic_that_is_not_preemptive_answers_only_a_challenge() {
+    let secret = "N0t-Preempt1ve";
+    let asking = ChallengeOrigin::start(BASIC_CHALLENGE, basic("yu", secret)).await;
+    let quiet = Origin::start().await;
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    let config = yaml(
+        h,
+        &format!(
+            "sites:\n  - match: \"127.0.0.1\"\n    basic: {{ username: yu, password: {secret}, preemptive: false }}\n"
+        ),
+    );
+    let proxy = Proxy::start(snapshot(h, Some(&config))).await;
+    let (resp, _) = get(&proxy, &asking.url("/data"), &[]).await;
+    assert_eq!(resp.status(), 200);
+    let auths: Vec<_> = asking.seen().into_iter().map(|r| r.authorization).collect();
+    assert_eq!(auths, vec![None, Some(basic("yu", secret))]);
+    let (resp, _) = get(&proxy, &quiet.url("/open"), &[]).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        header(&seen_at(&quiet, "/open").headers, "authorization"),
+        None
+    );
+    let text = explain::explain(&env(h, Some(&config)), &quiet.url("/open")).unwrap();
+    assert!(text.contains("basic.preemptive: false"), "{text}");
+    proxy.stop().await;
+}

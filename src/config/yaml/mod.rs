@@ -287,6 +287,9 @@ pub struct Site {
     pub pattern_text: String,
     pub tls: SiteTls,
     pub basic: Option<(String, Secret<String>)>,
+    /// `basic.preemptive` (default true): send it with every request; `false` only in
+    /// answer to the host's 401 Basic challenge.
+    pub basic_preemptive: bool,
     pub bearer: Option<Secret<String>>,
     /// In file order, names as written.
     pub headers: Vec<(String, HeaderValue)>,

@@ -471,6 +471,7 @@ pub(super) struct RawBasic {
     pub(super) username: String,
     pub(super) password: Option<String>,
     pub(super) password_file: Option<NonEmpty>,
+    pub(super) preemptive: Option<bool>,
 }
 
 #[derive(Deserialize)]

@@ -105,6 +105,11 @@ impl Cx<'_> {
             let l = self.key_line(&site_path(i, &["bearer"]));
             self.error(l, format!("sites[{i}]: give basic or bearer, not both"));
         }
+        let basic_preemptive = raw
+            .basic
+            .as_ref()
+            .and_then(|b| b.preemptive)
+            .unwrap_or(true);
         let basic = raw.basic.and_then(|b| self.site_basic(i, b));
         let bearer = raw.bearer.and_then(|b| self.site_bearer(i, b));
 
@@ -159,6 +164,7 @@ impl Cx<'_> {
             pattern_text,
             tls,
             basic,
+            basic_preemptive,
             bearer,
             headers,
             query,
