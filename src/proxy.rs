@@ -91,7 +91,21 @@ pub struct RequestCtx {
     /// The last login hop (an authorize URL): what a person opens when the login needs
     /// a browser.
     login_url: Option<Target>,
+    /// A login host's 403 with a JSON body is being read, to name its `resolution_url`
+    /// in the answer that replaces it.
+    needs_browser: Option<NeedsBrowser>,
 }
+
+/// A login host's refusal being turned into a `login_needs_browser` answer.
+struct NeedsBrowser {
+    host: String,
+    /// The URL to name when the body has no `resolution_url`.
+    fallback: String,
+    body: Vec<u8>,
+}
+
+/// At most this much of a login host's refusal is read for its `resolution_url`.
+const REFUSAL_BODY_LIMIT: usize = 64 * 1024;
 
 impl RequestCtx {
     fn policy(&self) -> Result<&HopPolicy> {
@@ -133,6 +147,7 @@ impl ProxyHttp for Forwarder {
             waited: false,
             login: None,
             login_url: None,
+            needs_browser: None,
         }
     }
 
@@ -349,6 +364,17 @@ impl ProxyHttp for Forwarder {
                 return Err(f.into_error());
             }
         }
+        if ctx.login_hop && status == 403 && is_json(response) {
+            // Earthdata Login's "EULA Acceptance Failure": its body says where to go.
+            // Read it (response_body_filter) and answer in its place.
+            let fallback = redirect::full_url(ctx.login_url.as_ref().unwrap_or(hop));
+            ctx.needs_browser = Some(NeedsBrowser {
+                host: hop.authority(),
+                fallback: redact_url(&fallback),
+                body: Vec::new(),
+            });
+            return Ok(());
+        }
         if ctx.login_hop && (status == 403 || (status == 200 && is_html(response))) {
             // A page for a person (approve the application, accept a licence): never
             // hand it to the client as its data.
@@ -487,11 +513,50 @@ impl ProxyHttp for Forwarder {
         &self,
         _session: &mut Session,
         response: &mut ResponseHeader,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> Result<()> {
         response.remove_header("proxy-connection");
         response.remove_header(&header::PROXY_AUTHENTICATE);
+        if ctx.needs_browser.is_some() {
+            // The login host's refusal is replaced by our sentence (its cookies stay
+            // in the daemon's jar); the body is written by response_body_filter.
+            for name in [
+                header::CONTENT_LENGTH,
+                header::CONTENT_TYPE,
+                header::SET_COOKIE,
+                header::CONTENT_ENCODING,
+            ] {
+                response.remove_header(&name);
+            }
+            response.insert_header(header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
+            response.insert_header(ERROR_HEADER, "login_needs_browser")?;
+            response.insert_header(header::CACHE_CONTROL, "no-store")?;
+            ctx.error_code = Some("login_needs_browser");
+        }
         Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        let Some(nb) = ctx.needs_browser.as_mut() else {
+            return Ok(None);
+        };
+        if let Some(chunk) = body.take() {
+            let room = REFUSAL_BODY_LIMIT.saturating_sub(nb.body.len());
+            nb.body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        }
+        if end_of_stream {
+            let open = resolution_url(&nb.body).unwrap_or_else(|| nb.fallback.clone());
+            *body = Some(Bytes::from(
+                Failure::login_needs_browser(&nb.host, &open).body(),
+            ));
+        }
+        Ok(None)
     }
 
     fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, _error: &Error) -> bool {
@@ -593,6 +658,22 @@ fn has_body(req: &RequestHeader) -> bool {
             .headers
             .get(header::CONTENT_LENGTH)
             .is_some_and(|v| v.as_bytes() != b"0")
+}
+
+/// Whether a response is JSON.
+fn is_json(response: &ResponseHeader) -> bool {
+    response.headers.get(header::CONTENT_TYPE).is_some_and(|v| {
+        let v = v.as_bytes().to_ascii_lowercase();
+        v.starts_with(b"application/json") || v.ends_with(b"+json")
+    })
+}
+
+/// The `resolution_url` of a login host's JSON refusal, if it names an http(s) URL.
+fn resolution_url(body: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let url = v.get("resolution_url")?.as_str()?;
+    Target::from_absolute(url.as_bytes()).ok()?;
+    Some(redact_url(url))
 }
 
 /// Whether a response is an HTML page.

@@ -209,13 +209,14 @@ async fn an_unapproved_application_is_an_explained_403_never_the_page() {
         let body = String::from_utf8_lossy(&body).into_owned();
         assert_eq!(resp.status(), 403, "{approval:?}: {body}");
         assert_eq!(error_code(&resp), "login_needs_browser", "{approval:?}");
-        assert!(
-            body.contains(&format!(
-                "https://localhost:{}/oauth/authorize",
-                world.login_port()
-            )),
-            "{approval:?}: {body}"
-        );
+        // Earthdata Login's JSON refusal names where to go; otherwise the authorize URL.
+        let open = if approval == Approval::EulaJson {
+            world.resolution_url()
+        } else {
+            format!("https://localhost:{}/oauth/authorize", world.login_port())
+        };
+        assert!(body.contains(&open), "{approval:?}: {body}");
+        assert!(!body.contains("EULA Acceptance"), "{approval:?}: {body}");
         assert!(!body.contains("<html"), "{approval:?}: {body}");
         assert_no_leak(&world);
         proxy.stop().await;
