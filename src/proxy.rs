@@ -276,7 +276,7 @@ impl ProxyHttp for Forwarder {
         }
         // The jar's cookies for this hop; the client's own win on a name.
         let jar = &self.state.jar;
-        if !jar.is_empty() {
+        if jar.may_have_cookies() {
             if let Ok(url) = url::Url::parse(&redirect::full_url(target)) {
                 let client = req
                     .headers
@@ -426,7 +426,13 @@ impl ProxyHttp for Forwarder {
                 return Err(f.into_error());
             }
             if ctx.login.is_none() {
-                match self.state.logins.begin(&hop.origin_key()) {
+                // Keyed by the data server the request started at (a decoy hop may
+                // stand between it and the login).
+                let key = ctx
+                    .hosts
+                    .first()
+                    .map_or_else(|| hop.origin_key(), Clone::clone);
+                match self.state.logins.begin(&key) {
                     Turn::Lead(guard) => ctx.login = Some(guard),
                     Turn::Wait(rx) if !ctx.waited => {
                         // Another request is logging in at this data server: wait for

@@ -26,7 +26,7 @@ use std::io::{self, Write as _};
 use std::net::IpAddr;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -81,6 +81,9 @@ pub struct Jar {
     saves: AtomicU64,
     changed: Notify,
     save_lock: Mutex<()>,
+    /// Whether a cookie was ever held: the request path skips the lock and the URL
+    /// work while the jar has never had one (most proxied hosts set none).
+    ever_held: AtomicBool,
 }
 
 impl fmt::Debug for Jar {
@@ -107,8 +110,10 @@ impl Jar {
     }
 
     fn with(path: Option<PathBuf>, store: CookieStore) -> Jar {
+        let held = store.iter_any().next().is_some();
         Jar {
             path,
+            ever_held: AtomicBool::new(held),
             inner: Mutex::new(store),
             changes: AtomicU64::new(0),
             saved: AtomicU64::new(0),
@@ -244,6 +249,7 @@ impl Jar {
             }
             if changed > 0 {
                 self.changes.fetch_add(changed as u64, Ordering::SeqCst);
+                self.ever_held.store(true, Ordering::Release);
             }
         }
         if changed > 0 {
@@ -318,6 +324,12 @@ impl Jar {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// False while the jar has never held a cookie: a check without the lock, for the
+    /// request path. True does not mean a cookie is held now.
+    pub fn may_have_cookies(&self) -> bool {
+        self.ever_held.load(Ordering::Acquire)
     }
 
     /// A counter that every change to the cookies moves forward.
