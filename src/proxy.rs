@@ -261,8 +261,14 @@ impl ProxyHttp for Forwarder {
         if ctx.login_hop {
             // A login hop is a plain GET: HEAD and Range belong to the data.
             req.set_method(http::Method::GET);
-            for name in redirect::DATA_ONLY_HEADERS {
-                req.remove_header(*name);
+            let data_only: Vec<http::HeaderName> = req
+                .headers
+                .keys()
+                .filter(|n| !redirect::LOGIN_HOP_HEADERS.contains(&n.as_str()))
+                .cloned()
+                .collect();
+            for name in &data_only {
+                req.remove_header(name);
             }
             let browser = req
                 .headers

@@ -101,15 +101,16 @@ fn query_names(t: &Target) -> impl Iterator<Item = String> + '_ {
     query_pairs(t).map(|(n, _)| n)
 }
 
-/// Request headers that belong to the data, not to a login: they are sent only to the
-/// hops that are not login hops.
-pub const DATA_ONLY_HEADERS: &[&str] = &[
-    "range",
-    "if-range",
-    "if-match",
-    "if-none-match",
-    "if-modified-since",
-    "if-unmodified-since",
+/// The client's request headers a login hop keeps: the rest (`Range`, conditionals,
+/// the tool's own headers) belong to the data and go only to the data hops. The jar's
+/// cookies and the hop's own credentials are added after.
+pub const LOGIN_HOP_HEADERS: &[&str] = &[
+    "host",
+    "user-agent",
+    "accept",
+    "accept-language",
+    "accept-encoding",
+    "cookie",
 ];
 
 /// The User-Agent a login hop is sent with instead of a browser's: Earthdata Login's

@@ -94,16 +94,23 @@ async fn head_and_range_work_through_the_dance() {
     let (resp, body) = fetch(
         &proxy,
         &world.data_url("/r.nc"),
-        &[("range", "bytes=10-19")],
+        &[("range", "bytes=10-19"), ("x-tool", "ncdump-4.9")],
     )
     .await;
     assert_eq!(resp.status(), 206);
     assert_eq!(body, pattern_range(10, 20));
-    // The login hops were plain GETs without the Range.
+    // The login hops were plain GETs without the Range or the tool's own headers,
+    // which the data hop got.
     for hit in proxied_login_hits(&world) {
         assert_eq!(hit.method, "GET");
         assert_eq!(hit.header("range"), None);
+        assert_eq!(hit.header("x-tool"), None);
     }
+    let data = world.hits_of(Role::Data);
+    assert_eq!(
+        data.last().unwrap().header("x-tool").as_deref(),
+        Some("ncdump-4.9")
+    );
     // The data session ends: the dance runs again (the login host's own session, in
     // the jar, spares the password).
     world.expire_sessions();
