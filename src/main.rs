@@ -170,8 +170,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         tracing::info!(rules, files = snapshot.files.len(), "configuration loaded");
         let jar = open_jar(&snapshot);
         let snapshots = snapshot.into_handle();
-        let reloader = Reloader::start(env, snapshots.clone());
         let state = Arc::new(State::with_jar(jar.clone()));
+        let reloader = Reloader::start_with_state(env, snapshots.clone(), Some(state.clone()));
         let daemon = Daemon::with_state(snapshots, state, &tuning);
         let (stop_tx, stop_rx) = watch::channel(false);
         let writer = session::spawn_writer(jar, stop_rx.clone());

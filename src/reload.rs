@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::config::load::{self, Environment};
 use crate::config::{Snapshot, SnapshotHandle};
+use crate::session::State;
 
 /// How long to wait for more events before rebuilding.
 const DEBOUNCE: Duration = Duration::from_millis(150);
@@ -31,6 +32,15 @@ pub struct Reloader {
 impl Reloader {
     /// Starts watching the files of the current snapshot. Must run inside a tokio runtime.
     pub fn start(env: Environment, handle: SnapshotHandle) -> Reloader {
+        Reloader::start_with_state(env, handle, None)
+    }
+
+    /// [`Reloader::start`], telling `state` (what outlives snapshots) about each new one.
+    pub fn start_with_state(
+        env: Environment,
+        handle: SnapshotHandle,
+        state: Option<Arc<State>>,
+    ) -> Reloader {
         let (tx, rx) = mpsc::unbounded_channel();
         let (stop, stopped) = oneshot::channel();
         let watched: Arc<Mutex<HashSet<PathBuf>>> = Arc::default();
@@ -61,7 +71,7 @@ impl Reloader {
             watched,
         };
         watches.update(&handle.load());
-        tokio::spawn(run(env, handle, rx, stopped, watches));
+        tokio::spawn(run(env, handle, state, rx, stopped, watches));
         Reloader {
             trigger: tx,
             _stop: stop,
@@ -86,6 +96,7 @@ fn relevant(watched: &HashSet<PathBuf>, path: &Path) -> bool {
 async fn run(
     env: Environment,
     handle: SnapshotHandle,
+    state: Option<Arc<State>>,
     mut rx: mpsc::UnboundedReceiver<()>,
     mut stopped: oneshot::Receiver<()>,
     mut watches: Watches,
@@ -118,6 +129,9 @@ async fn run(
                 let rules = snapshot.sites.len() + snapshot.rc.len();
                 for w in &snapshot.warnings {
                     tracing::warn!("{w}");
+                }
+                if let Some(state) = &state {
+                    state.reloaded(&snapshot);
                 }
                 handle.store(Arc::new(snapshot));
                 tracing::info!(rules, "configuration reloaded");

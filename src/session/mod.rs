@@ -29,4 +29,45 @@ impl State {
             logins: Arc::default(),
         }
     }
+
+    /// Told about each configuration that replaces the current one. The jar and the
+    /// logins in flight carry on; a jar file named anew is read at the next start only
+    /// (moving cookies between files under a running daemon could lose some), and the
+    /// log says so. Returns the warning, if any.
+    pub fn reloaded(&self, snapshot: &crate::config::Snapshot) -> Option<String> {
+        let wanted = snapshot.cookie_jar.as_deref()?;
+        if self.jar.path() == Some(wanted) {
+            return None;
+        }
+        let now = self
+            .jar
+            .path()
+            .map_or("memory".to_owned(), |p| p.display().to_string());
+        let warning = format!(
+            "the configuration names the cookie jar {}; authproxy keeps using {now} until \
+             it restarts",
+            wanted.display()
+        );
+        tracing::warn!("{warning}");
+        Some(warning)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_jar_path_is_taken_at_restart_and_said_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let (jar, _) = Jar::open(dir.path().join("a.txt"));
+        let state = State::with_jar(Arc::new(jar));
+        let mut snap = crate::config::Snapshot::default();
+        assert_eq!(state.reloaded(&snap), None);
+        snap.cookie_jar = Some(dir.path().join("a.txt"));
+        assert_eq!(state.reloaded(&snap), None);
+        snap.cookie_jar = Some(dir.path().join("b.txt"));
+        let w = state.reloaded(&snap).unwrap();
+        assert!(w.contains("b.txt") && w.contains("a.txt"), "{w}");
+    }
 }
