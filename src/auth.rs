@@ -60,17 +60,19 @@ pub fn apply(
         .iter()
         .any(|(name, _)| name == header::AUTHORIZATION);
     if may_authorize && !configured_header {
-        let upstream_tls = target.scheme == Scheme::Https;
         if let Some(token) = resolved.bearer() {
             req.insert_header(header::AUTHORIZATION, bearer::header(token.expose()))?;
             applied.authorization = Some("bearer");
-        } else if let Some(cred) = resolved.basic(upstream_tls) {
+        } else if let Some(cred) = resolved.basic() {
             req.insert_header(
                 header::AUTHORIZATION,
                 basic::header(cred.user, cred.password.expose()).expose(),
             )?;
             applied.authorization = Some("basic");
-        } else if let Some(cred) = resolved.challenge_basic(target).filter(|_| challenged) {
+        } else if let Some(cred) = challenged
+            .then(|| resolved.challenge_basic(target))
+            .flatten()
+        {
             req.insert_header(
                 header::AUTHORIZATION,
                 basic::header(cred.user, cred.password.expose()).expose(),

@@ -390,7 +390,7 @@ fn auth_summary(r: &Resolved<'_>, upstream: &Target, tls: bool) -> String {
     if r.bearer().is_some() {
         return format!("Bearer ***{cleartext}");
     }
-    if let Some(b) = r.basic(tls) {
+    if let Some(b) = r.basic() {
         return format!(
             "Basic, user {:?}, password *** from {} ({}){cleartext}",
             b.user, b.source, b.origin

@@ -87,10 +87,9 @@ mod tests {
             let t = Target::from_absolute(url.as_bytes()).unwrap();
             let p = HopPolicy::new(snap.clone(), t.clone());
             let fresh = snap.resolve(&t);
-            let tls = p.upstream.scheme == crate::target::Scheme::Https;
             assert_eq!(
-                p.rules().basic(tls).map(|b| b.user),
-                fresh.basic(tls).map(|b| b.user),
+                p.rules().basic().map(|b| b.user),
+                fresh.basic().map(|b| b.user),
                 "{url}"
             );
             assert_eq!(
@@ -110,6 +109,6 @@ mod tests {
             Some("b")
         );
         let next = p.next(Target::from_absolute(b"http://a.example:8080/x").unwrap());
-        assert_eq!(next.rules().basic(false).map(|b| b.user), Some("a"));
+        assert_eq!(next.rules().basic().map(|b| b.user), Some("a"));
     }
 }

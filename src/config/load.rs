@@ -926,7 +926,7 @@ mod tests {
         let t = Target::from_absolute(url.as_bytes()).unwrap();
         let r = snap.resolve(&t);
         // A .netrc password answers the host's 401 challenge.
-        r.basic(true)
+        r.basic()
             .or_else(|| r.challenge_basic(&t))
             .map(|b| b.user.to_owned())
     }
@@ -1151,13 +1151,14 @@ mod tests {
             ("http://netrc.example.org/", false, None),
             ("http://nobody.example.org/", true, None),
         ];
-        for (url, tls, want) in table {
+        // The middle column says whether the hop is TLS; the target's scheme tells it.
+        for (url, _tls, want) in table {
             let t = Target::from_absolute(url.as_bytes()).unwrap();
             let r = snap.resolve(&t);
             // Preemptive credentials, else the one kept for the host's 401 challenge
             // (where .netrc answers).
             let got = r
-                .basic(tls)
+                .basic()
                 .or_else(|| r.challenge_basic(&t))
                 .map(|b| (b.user, b.source));
             assert_eq!(got, want, "{url}");
@@ -1231,11 +1232,11 @@ mod tests {
             assert_eq!(r.challenge_basic(&t).map(|b| b.user), want, "{url}");
             // Never preemptively.
             if want.is_some() {
-                assert!(r.basic(t.scheme == crate::target::Scheme::Https).is_none());
+                assert!(r.basic().is_none());
             }
         }
         let t = Target::from_absolute(b"https://scoped.example.org/f").unwrap();
-        assert_eq!(snap.resolve(&t).basic(true).map(|b| b.user), Some("s"));
+        assert_eq!(snap.resolve(&t).basic().map(|b| b.user), Some("s"));
     }
 
     #[test]

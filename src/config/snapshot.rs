@@ -263,11 +263,10 @@ impl<'a> Resolved<'a> {
         self.first(|r| r.bearer.as_ref())
     }
 
-    /// The Basic credential sent with every request to this host. A `.netrc` password is
-    /// sent only over TLS whose certificate is verified: `.netrc` names a host, not a
-    /// scheme, and a password on plain http, or to a server nobody checked, is readable by
-    /// anyone on the path. Credentials kept for a 401 challenge are not among these.
-    pub fn basic(&self, _upstream_tls: bool) -> Option<BasicRef<'a>> {
+    /// The Basic credential sent with every request to this host: a YAML site's or a
+    /// scoped rc line's. `.netrc` passwords and the other credentials kept for a 401
+    /// challenge are not among these (see [`Resolved::challenge_basic`]).
+    pub fn basic(&self) -> Option<BasicRef<'a>> {
         self.first(|r| {
             r.basic
                 .as_ref()
@@ -289,7 +288,7 @@ impl<'a> Resolved<'a> {
     ///   over TLS or to a loopback host.
     pub fn challenge_basic(&self, upstream: &Target) -> Option<BasicRef<'a>> {
         let tls = upstream.scheme == Scheme::Https;
-        if self.basic(tls).is_some() {
+        if self.basic().is_some() {
             return None;
         }
         // A YAML site's `basic: { preemptive: false }`: the user named the host.
