@@ -55,12 +55,43 @@ pub fn check(env: &Environment) -> (String, bool) {
     }
 }
 
+/// `access`: who may use the daemon, on one line (the token's file, never the token).
+fn describe_access(out: &mut String, a: &crate::config::snapshot::AccessSettings) {
+    use crate::config::snapshot::AccessMode;
+    let me = rustix::process::getuid().as_raw();
+    let mut parts = vec![match a.mode {
+        AccessMode::Uid => "mode uid".to_owned(),
+        AccessMode::Token => "mode token (the proxy token alone admits)".to_owned(),
+        AccessMode::Open => "mode open (NO uid check: for benchmarks, loopback only)".to_owned(),
+    }];
+    if a.mode != AccessMode::Token {
+        let uids = join(a.allow_uids.iter().map(|&u| {
+            if u == me {
+                "self".to_owned()
+            } else {
+                u.to_string()
+            }
+        }));
+        parts.push(format!(
+            "allow_uids: {}",
+            if uids.is_empty() { "none" } else { &uids }
+        ));
+    }
+    parts.push(match (&a.proxy_token, &a.proxy_token_file) {
+        (Some(_), Some(f)) => format!("proxy token: required, from {} (redacted)", f.display()),
+        (Some(_), None) => "proxy token: required (redacted)".to_owned(),
+        (None, _) => "proxy token: none".to_owned(),
+    });
+    let _ = writeln!(out, "access: {}", parts.join(", "));
+}
+
 fn describe(out: &mut String, s: &Snapshot) {
     let _ = writeln!(
         out,
         "listen: {}",
         join(s.listen.iter().map(|a| a.to_string()))
     );
+    describe_access(out, &s.access);
     let _ = writeln!(out, "files read:");
     for f in &s.files {
         let _ = writeln!(out, "  {}", f.display());

@@ -436,6 +436,19 @@ impl Failure {
         format!("{}\n", self.message)
     }
 
+    /// Headers HTTP requires with this status: a 407 names the scheme to answer with
+    /// (RFC 9110 11.7.1), a 405 the methods allowed (RFC 9110 15.5.6).
+    pub fn status_headers(&self) -> &'static [(&'static str, &'static str)] {
+        match self.status {
+            407 => &[("Proxy-Authenticate", "Basic realm=\"authproxy\"")],
+            405 => &[(
+                "Allow",
+                "GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH, CONNECT",
+            )],
+            _ => &[],
+        }
+    }
+
     /// A complete HTTP/1.1 response, for connections pingora does not handle (CONNECT).
     pub fn to_http1(&self) -> Vec<u8> {
         let body = self.body();
@@ -443,9 +456,14 @@ impl Failure {
             .ok()
             .and_then(|s| s.canonical_reason())
             .unwrap_or("Error");
+        let extra: String = self
+            .status_headers()
+            .iter()
+            .map(|(n, v)| format!("{n}: {v}\r\n"))
+            .collect();
         format!(
             "HTTP/1.1 {} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\n\
-             {ERROR_HEADER}: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+             {ERROR_HEADER}: {}\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
             self.status,
             self.code,
             body.len()

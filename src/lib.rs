@@ -8,6 +8,7 @@ build a [`config::Snapshot`], bind a listener, and call [`server::Daemon::run`].
 */
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod auth;
 pub mod config;
 pub mod explain;

@@ -148,6 +148,19 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     } else {
         args.listen.clone()
     };
+    // A listener beyond loopback only with a proxy token (access.rs says why).
+    let setting = match (&args.listen.is_empty(), &snapshot.access.config_file) {
+        (false, _) => "--listen".to_owned(),
+        (true, Some(file)) => format!("`listen` in {}", file.display()),
+        (true, None) => "the default listen address".to_owned(),
+    };
+    match authproxy::access::check_listen(&snapshot.access, &listen, &setting) {
+        Ok(warnings) => warnings.iter().for_each(|w| tracing::warn!("{w}")),
+        Err(refusal) => {
+            tracing::error!("{refusal}");
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+    }
     let mut tuning = Tuning::default();
     if let Some(n) = args.threads {
         tuning.threads = n.max(1);

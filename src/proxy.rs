@@ -21,6 +21,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 
+use crate::access;
 use crate::auth;
 use crate::config::SnapshotHandle;
 use crate::failure::{Failure, ERROR_HEADER};
@@ -153,10 +154,24 @@ impl ProxyHttp for Forwarder {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         ctx.started = Instant::now();
+        let snapshot = self.snapshots.load_full();
+        // The proxy token, when one is configured (the uid was checked per connection);
+        // then TRACE, which would echo the credentials added.
+        let req = session.req_header();
+        let proxy_auth = req.headers.get_all(header::PROXY_AUTHORIZATION);
+        let refused =
+            access::check_token(&snapshot.access, proxy_auth.iter().map(|v| v.as_bytes()))
+                .err()
+                .or_else(|| (req.method == http::Method::TRACE).then(access::trace_refused));
+        if let Some(failure) = refused {
+            respond(session, &failure).await?;
+            ctx.error_code = Some(failure.code);
+            return Ok(true);
+        }
         match Target::from_absolute(session.req_header().raw_path()) {
             Ok(target) => {
                 ctx.data_method = Some(session.req_header().method.clone());
-                ctx.policy = Some(HopPolicy::new(self.snapshots.load_full(), target));
+                ctx.policy = Some(HopPolicy::new(snapshot, target));
                 Ok(false)
             }
             Err(e) => {
@@ -739,6 +754,9 @@ async fn respond(session: &mut Session, failure: &Failure) -> Result<()> {
     let mut resp = ResponseHeader::build(failure.status, Some(4))?;
     resp.insert_header(header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
     resp.insert_header(ERROR_HEADER, failure.code)?;
+    for (name, value) in failure.status_headers() {
+        resp.insert_header(*name, *value)?;
+    }
     resp.insert_header(header::CONTENT_LENGTH, body.len())?;
     resp.insert_header(header::CACHE_CONTROL, "no-store")?;
     session.set_keepalive(None);

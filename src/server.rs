@@ -21,6 +21,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
+use crate::access;
 use crate::config::SnapshotHandle;
 use crate::proxy::Forwarder;
 use crate::session::State;
@@ -134,6 +135,22 @@ impl Daemon {
 
     /// The request loop of one client connection.
     async fn serve_connection(&self, sock: tokio::net::TcpStream, shutdown: watch::Receiver<bool>) {
+        // Who may use the daemon: decided once per connection, before a byte is read.
+        if let (Ok(peer), Ok(local)) = (sock.peer_addr(), sock.local_addr()) {
+            let snapshot = self.snapshots.load();
+            if let Err(failure) = access::admit_connection(&snapshot.access, peer, local) {
+                tracing::warn!(
+                    target: "authproxy::access",
+                    %peer, status = failure.status, error = failure.code,
+                    "connection refused: {}", failure.message
+                );
+                drop(snapshot);
+                access::refuse(sock, &failure).await;
+                return;
+            }
+        } else {
+            return;
+        }
         let mut stream: Stream = Box::new(L4Stream::from(sock));
         let mut persistent: Option<HttpPersistentSettings> = None;
         loop {

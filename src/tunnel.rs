@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::access;
 use crate::config::Snapshot;
 use crate::failure::Failure;
 use crate::resolve;
@@ -30,7 +31,7 @@ where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let started = Instant::now();
-    let (authority, leftover) = match read_head(&mut down).await {
+    let (authority, leftover, proxy_auth) = match read_head(&mut down).await {
         Ok(Some(parsed)) => parsed,
         Ok(None) => return,
         Err(failure) => {
@@ -39,6 +40,12 @@ where
             return;
         }
     };
+    let auth = proxy_auth.iter().map(Vec::as_slice);
+    if let Err(failure) = access::check_token(&snapshot.access, auth) {
+        let _ = down.write_all(&failure.to_http1()).await;
+        log_failure("-", &failure, started);
+        return;
+    }
     let target = match Target::from_authority(&authority) {
         Ok(t) => t,
         Err(_) => {
@@ -114,9 +121,12 @@ fn log_failure(host: &str, failure: &Failure, started: Instant) {
     );
 }
 
-/// Reads the CONNECT head. Returns the authority and any bytes the client sent after
-/// the head; `None` when the client went away.
-async fn read_head<S>(down: &mut S) -> Result<Option<(String, Vec<u8>)>, Failure>
+/// The CONNECT's authority, the bytes the client sent after the head, and its
+/// `Proxy-Authorization` values (for the proxy token; never forwarded).
+type Head = (String, Vec<u8>, Vec<Vec<u8>>);
+
+/// Reads the CONNECT head; `None` when the client went away.
+async fn read_head<S>(down: &mut S) -> Result<Option<Head>, Failure>
 where
     S: tokio::io::AsyncRead + Unpin,
 {
@@ -144,7 +154,13 @@ where
                     return Err(Failure::bad_target("expected a CONNECT request"));
                 }
                 let authority = req.path.unwrap_or_default().to_owned();
-                return Ok(Some((authority, buf[len..].to_vec())));
+                let proxy_auth = req
+                    .headers
+                    .iter()
+                    .filter(|h| h.name.eq_ignore_ascii_case("proxy-authorization"))
+                    .map(|h| h.value.to_vec())
+                    .collect();
+                return Ok(Some((authority, buf[len..].to_vec(), proxy_auth)));
             }
             Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => continue,
             Ok(httparse::Status::Partial) => {

@@ -18,7 +18,7 @@ use pingora::utils::tls::{parse_x509, CertKey, WrappedX509};
 
 use crate::config::netrc::{self, Netrc};
 use crate::config::rcfile::{self, RcEnv, RcRule, RcScope};
-use crate::config::snapshot::TlsProblem;
+use crate::config::snapshot::{AccessSettings, TlsProblem};
 use crate::config::yaml::{
     self, NetrcSetting, ProxyChoice as YamlProxy, RcFilesSetting, SecretEnv, Site,
     UnscopedCredentials, YamlConfig,
@@ -154,18 +154,7 @@ pub fn load(env: &Environment) -> Result<Snapshot, LoadErrors> {
             .as_ref()
             .map(|p| Arc::new(proxy_from_yaml(p)));
         b.warnings.extend(y.warnings.iter().cloned());
-        // Settings of later features: accepted so configs can be written now, but say
-        // plainly that they do nothing yet.
-        let later = |what: &str| {
-            Diagnostic::file(
-                &y.path,
-                format!("{what} is not acted on by this version yet"),
-            )
-        };
-        if y.access != yaml::Access::default() {
-            b.warnings
-                .push(later("access (allow_uids, proxy_token_file)"));
-        }
+        snap.access = access_settings(y);
         snap.cookie_jar = y.cookie_jar.clone();
         for f in &y.files_read {
             b.files.push(f.clone());
@@ -810,6 +799,29 @@ impl Builder {
 
 /// A YAML `no_proxy` entry as [`Snapshot`] matches it: `*` stays `*` (every host),
 /// `*.example.org` becomes the suffix `.example.org`, anything else is kept.
+/// YAML `access` as the connection and request checks use it: `self` made the daemon's
+/// uid, duplicates dropped.
+fn access_settings(y: &yaml::YamlConfig) -> AccessSettings {
+    let me = rustix::process::getuid().as_raw();
+    let mut allow_uids: Vec<u32> = Vec::new();
+    for u in &y.access.allow_uids {
+        let uid = match u {
+            yaml::AllowUid::Current => me,
+            yaml::AllowUid::Uid(n) => *n,
+        };
+        if !allow_uids.contains(&uid) {
+            allow_uids.push(uid);
+        }
+    }
+    AccessSettings {
+        mode: y.access.mode,
+        allow_uids,
+        proxy_token: y.access.proxy_token.clone(),
+        proxy_token_file: y.access.proxy_token_file.clone(),
+        config_file: Some(y.path.clone()),
+    }
+}
+
 fn no_proxy_entry(p: &str) -> String {
     match p.strip_prefix("*.") {
         Some(domain) => format!(".{domain}"),

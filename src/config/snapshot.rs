@@ -17,6 +17,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 
 use crate::config::netrc::{Netrc, NetrcEntry};
+pub use crate::config::yaml::AccessMode;
 use crate::config::{Diagnostic, Origin, Sourced};
 use crate::failure::Timeouts;
 use crate::rule::{CaSet, Identity, ProxyChoice, Rule, UpstreamProxy, Value};
@@ -66,6 +67,33 @@ pub struct Snapshot {
     pub cookie_jar: Option<PathBuf>,
     /// Where an rc credential without a `[prefix]` was left unused (`explain` says why).
     pub unscoped_credentials_ignored: Option<Origin>,
+    /// Who may use the daemon (YAML `access`), enforced by [`crate::access`].
+    pub access: AccessSettings,
+}
+
+/// YAML `access`, resolved at load: uids as numbers, the token read.
+#[derive(Debug, Clone)]
+pub struct AccessSettings {
+    pub mode: AccessMode,
+    /// `self` is the daemon's own uid; user names were looked up at load.
+    pub allow_uids: Vec<u32>,
+    pub proxy_token: Option<Secret<String>>,
+    pub proxy_token_file: Option<PathBuf>,
+    /// The configuration file, so a refusal can say where to allow a user.
+    pub config_file: Option<PathBuf>,
+}
+
+impl Default for AccessSettings {
+    /// The daemon's own user only, no token.
+    fn default() -> Self {
+        AccessSettings {
+            mode: AccessMode::Uid,
+            allow_uids: vec![rustix::process::getuid().as_raw()],
+            proxy_token: None,
+            proxy_token_file: None,
+            config_file: None,
+        }
+    }
 }
 
 impl Default for Snapshot {
@@ -91,6 +119,7 @@ impl Default for Snapshot {
             unsupported: Vec::new(),
             unscoped_credentials_ignored: None,
             cookie_jar: None,
+            access: AccessSettings::default(),
         }
     }
 }

@@ -55,6 +55,7 @@ fn an_esgf_style_rc_file_with_a_netrc_and_a_config() {
     assert!(ok, "{out}");
     let want = r#"config: $HOME/.config/authproxy/config.yaml
 listen: 127.0.0.1:3128
+access: mode uid, allow_uids: self, proxy token: none
 files read:
   $HOME/.config/authproxy/config.yaml
   $HOME/.dodsrc
@@ -100,6 +101,7 @@ fn a_netrc_with_a_bom_a_default_and_a_partial_entry() {
     assert!(ok, "{out}");
     let want = r#"config: none (looked for $HOME/.config/authproxy/config.yaml)
 listen: 127.0.0.1:3128
+access: mode uid, allow_uids: self, proxy token: none
 files read:
   $HOME/.netrc
 timeouts: connect 10s, first byte 60s

@@ -146,11 +146,14 @@ impl YamlConfig {
     }
 }
 
-/// Who may use the proxy (enforced elsewhere).
+/// Who may use the proxy (enforced by `crate::access`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Access {
-    /// Default `[self]`. An empty list is kept as written.
+    /// Default `[self]`. An empty list is kept as written. User names are resolved to
+    /// uids at load.
     pub allow_uids: Vec<AllowUid>,
+    /// `mode` (default `uid`).
+    pub mode: AccessMode,
     /// Resolved path of `proxy_token_file`.
     pub proxy_token_file: Option<PathBuf>,
     /// Its trimmed contents.
@@ -161,10 +164,27 @@ impl Default for Access {
     fn default() -> Self {
         Access {
             allow_uids: vec![AllowUid::Current],
+            mode: AccessMode::Uid,
             proxy_token_file: None,
             proxy_token: None,
         }
     }
+}
+
+/// `access.mode`: what admits a connection.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessMode {
+    /// The client's socket must belong to an allowed uid; a configured proxy token is
+    /// required as well.
+    #[default]
+    Uid,
+    /// The proxy token alone admits a request (needs `proxy_token_file`): for clients
+    /// whose sockets the kernel cannot attribute (other hosts, other namespaces).
+    Token,
+    /// No uid check (a configured token is still required). For benchmarks: refused on
+    /// a non-loopback listener, and loudly warned about.
+    Open,
 }
 
 /// An entry of `access.allow_uids`.

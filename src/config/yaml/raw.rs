@@ -14,7 +14,7 @@ use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
 use super::scalar::{parse_duration, parse_match};
-use super::{AllowUid, LogFormat, LogLevel, RedirectMode};
+use super::{AccessMode, AllowUid, LogFormat, LogLevel, RedirectMode};
 use crate::rule::Pattern;
 
 const MAX_MAX_HOPS: u64 = 50;
@@ -142,32 +142,46 @@ deserialize_from_scalar!(
     QueryName
 );
 
-pub(super) struct RawUid(pub(super) AllowUid);
+/// An entry of `access.allow_uids`: `self`, a uid, or a user name (resolved against the
+/// password database by the validator, which knows the entry's line).
+pub(super) enum RawUid {
+    Id(AllowUid),
+    Name(String),
+}
 impl<'de> Deserialize<'de> for RawUid {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
         impl Visitor<'_> for V {
             type Value = RawUid;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("self or a numeric uid")
+                f.write_str("self, a numeric uid or a user name")
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<RawUid, E> {
                 u32::try_from(v)
-                    .map(|u| RawUid(AllowUid::Uid(u)))
+                    .map(|u| RawUid::Id(AllowUid::Uid(u)))
                     .map_err(|_| E::custom("uid out of range"))
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<RawUid, E> {
                 u32::try_from(v)
-                    .map(|u| RawUid(AllowUid::Uid(u)))
+                    .map(|u| RawUid::Id(AllowUid::Uid(u)))
                     .map_err(|_| E::custom("uid out of range"))
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<RawUid, E> {
-                match v.trim() {
-                    "self" => Ok(RawUid(AllowUid::Current)),
-                    t => t
-                        .parse::<u32>()
-                        .map(|u| RawUid(AllowUid::Uid(u)))
-                        .map_err(|_| E::custom("must be self or a numeric uid")),
+                let t = v.trim();
+                if t == "self" {
+                    return Ok(RawUid::Id(AllowUid::Current));
+                }
+                if let Ok(u) = t.parse::<u32>() {
+                    return Ok(RawUid::Id(AllowUid::Uid(u)));
+                }
+                // POSIX portable user names (plus a trailing `$`, as Samba machine
+                // accounts have): anything else cannot be in the password database.
+                let portable = |c: char| c.is_ascii_alphanumeric() || "._-".contains(c);
+                let body = t.strip_suffix('$').unwrap_or(t);
+                if !body.is_empty() && !body.starts_with('-') && body.chars().all(portable) {
+                    Ok(RawUid::Name(t.to_owned()))
+                } else {
+                    Err(E::custom("must be self, a numeric uid or a user name"))
                 }
             }
         }
@@ -303,11 +317,12 @@ impl<'de> Deserialize<'de> for RawHops {
 #[derive(Deserialize, Default)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a map with allow_uids and proxy_token_file"
+    expecting = "a map with allow_uids, proxy_token_file and mode"
 )]
 pub(super) struct RawAccess {
     pub(super) allow_uids: Option<Vec<RawUid>>,
     pub(super) proxy_token_file: Option<NonEmpty>,
+    pub(super) mode: Option<AccessMode>,
 }
 
 #[derive(Deserialize, Default)]

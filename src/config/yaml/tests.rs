@@ -732,3 +732,45 @@ fn hostile_inputs_do_not_panic() {
         let _ = parse(text);
     }
 }
+
+#[test]
+fn access_user_names_resolve_and_unknown_ones_name_their_line() {
+    let d = dir_with(&[("tok", "t0ken\n")]);
+    let path = d.path().join("config.yaml");
+    let text = "access:\n  allow_uids: [self, root, nobody, 1001, \"2002\"]\n  mode: token\n  proxy_token_file: tok\n";
+    let c = parse_str(&path, text, &no_env()).unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(
+        c.access.allow_uids,
+        vec![
+            AllowUid::Current,
+            AllowUid::Uid(0),
+            AllowUid::Uid(65534),
+            AllowUid::Uid(1001),
+            AllowUid::Uid(2002)
+        ]
+    );
+    assert_eq!(c.access.mode, AccessMode::Token);
+    let es =
+        errors("log: { level: info }\naccess:\n  allow_uids:\n    - self\n    - no-such-user-q7\n");
+    assert_eq!(es.len(), 1, "{es:?}");
+    assert!(es[0].starts_with("/etc/authproxy/config.yaml:5:"), "{es:?}");
+    assert!(es[0].contains("access.allow_uids: no such user"), "{es:?}");
+    assert!(!es[0].contains("no-such-user-q7"), "{es:?}");
+    let es = errors("access: { allow_uids: [\"a b\"] }\n");
+    assert!(es[0].contains("user name"), "{es:?}");
+}
+
+#[test]
+fn access_mode_token_needs_a_token_file() {
+    let es = errors("access:\n  mode: token\n");
+    assert_eq!(es.len(), 1, "{es:?}");
+    assert!(es[0].starts_with("/etc/authproxy/config.yaml:2:"), "{es:?}");
+    assert!(es[0].contains("proxy_token_file"), "{es:?}");
+    let es = errors("access: { mode: sometimes }\n");
+    assert!(es[0].contains("uid") && es[0].contains("open"), "{es:?}");
+    assert_eq!(
+        parse("access: { mode: open }\n").unwrap().access.mode,
+        AccessMode::Open
+    );
+    assert_eq!(parse("access: {}\n").unwrap().access.mode, AccessMode::Uid);
+}

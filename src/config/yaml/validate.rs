@@ -16,13 +16,14 @@ use serde::de::{DeserializeOwned, DeserializeSeed};
 use serde_yaml::Value;
 
 use super::locate::{clean_message, option_name, show_key, Nav, NodeProbe, Seg, PROBE};
+use super::raw::RawUid;
 use super::raw::{
     NonEmpty, RawAccess, RawAddr, RawCookieJar, RawHops, RawLog, RawNetrc, RawNoProxy, RawProxy,
     RawProxyVia, RawRcFiles, RawRedirects, RawTimeouts,
 };
 use super::{
-    LogSettings, NetrcSetting, RcFilesSetting, SecretEnv, Timeouts, UnscopedCredentials,
-    UpstreamProxy, YamlConfig,
+    AccessMode, AllowUid, LogSettings, NetrcSetting, RcFilesSetting, SecretEnv, Timeouts,
+    UnscopedCredentials, UpstreamProxy, YamlConfig,
 };
 use crate::config::{Diagnostic, Origin};
 use crate::secret::Secret;
@@ -133,6 +134,36 @@ impl<'a> Cx<'a> {
         self.probe(path, true)
     }
 
+    /// `access.allow_uids`, with user names resolved through the password database
+    /// (an unknown name is an error at its line; the name is not repeated, as values
+    /// never are).
+    fn allow_uids(&mut self, raw: Vec<RawUid>) -> Vec<AllowUid> {
+        let mut out = Vec::with_capacity(raw.len());
+        for (i, uid) in raw.into_iter().enumerate() {
+            match uid {
+                RawUid::Id(id) => out.push(id),
+                RawUid::Name(name) => match nix::unistd::User::from_name(&name) {
+                    Ok(Some(user)) => out.push(AllowUid::Uid(user.uid.as_raw())),
+                    found => {
+                        let at = [Seg::Key("access"), Seg::Key("allow_uids"), Seg::Index(i)];
+                        let line = self.node_line(&at);
+                        let why = match found {
+                            Err(e) => format!("the password database could not be read ({e})"),
+                            _ => "no such user in the password database".to_owned(),
+                        };
+                        self.error(
+                            line,
+                            format!(
+                                "access.allow_uids: {why}; give a uid or an existing user name"
+                            ),
+                        );
+                    }
+                },
+            }
+        }
+        out
+    }
+
     pub(super) fn run(mut self, path: &Path) -> Result<YamlConfig, Vec<Diagnostic>> {
         let mut cfg = YamlConfig::defaults(path);
         let root: Value = match serde_yaml::from_str(self.text) {
@@ -190,12 +221,24 @@ impl<'a> Cx<'a> {
             "access" => {
                 if let Some(raw) = self.extract::<Option<RawAccess>>(&at).flatten() {
                     if let Some(uids) = raw.allow_uids {
-                        cfg.access.allow_uids = uids.into_iter().map(|u| u.0).collect();
+                        cfg.access.allow_uids = self.allow_uids(uids);
                     }
+                    let has_token_file = raw.proxy_token_file.is_some();
                     if let Some(f) = raw.proxy_token_file {
                         let at = [Seg::Key("access"), Seg::Key("proxy_token_file")];
                         cfg.access.proxy_token = self.read_secret(&f.0, &at);
                         cfg.access.proxy_token_file = self.resolve_secret_path(&f.0).ok();
+                    }
+                    if let Some(mode) = raw.mode {
+                        cfg.access.mode = mode;
+                        if mode == AccessMode::Token && !has_token_file {
+                            let line = self.key_line(&[Seg::Key("access"), Seg::Key("mode")]);
+                            self.error(
+                                line,
+                                "access.mode: token needs access.proxy_token_file \
+                                 (the token is then the only way in)",
+                            );
+                        }
                     }
                 }
             }
