@@ -37,21 +37,22 @@ const REFUSE_LINGER: Duration = Duration::from_secs(2);
 const REFUSE_DRAIN: usize = 256 * 1024;
 
 /// Whether this connection may be served, decided from its client socket's owner.
-/// `peer` and `local` are the accepted socket's addresses.
+/// `peer` and `local` are the accepted socket's addresses. Admitted, it returns the
+/// owner's uid when it was looked up.
 pub fn admit_connection(
     settings: &AccessSettings,
     peer: SocketAddr,
     local: SocketAddr,
-) -> Result<(), Failure> {
+) -> Result<Option<u32>, Failure> {
     match settings.mode {
         // The token, checked per request, is the only way in.
-        AccessMode::Token => return Ok(()),
+        AccessMode::Token => return Ok(None),
         // Benchmarks: only on loopback listeners (a reload cannot open it wider).
-        AccessMode::Open if local.ip().is_loopback() => return Ok(()),
+        AccessMode::Open if is_loopback(local.ip()) => return Ok(None),
         AccessMode::Open | AccessMode::Uid => {}
     }
     match socket_owner(peer, local) {
-        Some(uid) if settings.allow_uids.contains(&uid) => Ok(()),
+        Some(uid) if settings.allow_uids.contains(&uid) => Ok(Some(uid)),
         Some(uid) => Err(denied_uid(settings, uid)),
         None => Err(unknown_owner(peer)),
     }

@@ -138,15 +138,21 @@ impl Daemon {
         // Who may use the daemon: decided once per connection, before a byte is read.
         if let (Ok(peer), Ok(local)) = (sock.peer_addr(), sock.local_addr()) {
             let snapshot = self.snapshots.load();
-            if let Err(failure) = access::admit_connection(&snapshot.access, peer, local) {
-                tracing::warn!(
+            match access::admit_connection(&snapshot.access, peer, local) {
+                Ok(uid) => tracing::debug!(
                     target: "authproxy::access",
-                    %peer, status = failure.status, error = failure.code,
-                    "connection refused: {}", failure.message
-                );
-                drop(snapshot);
-                access::refuse(sock, &failure).await;
-                return;
+                    %peer, uid, "connection admitted"
+                ),
+                Err(failure) => {
+                    tracing::warn!(
+                        target: "authproxy::access",
+                        %peer, status = failure.status, error = failure.code,
+                        "connection refused: {}", failure.message
+                    );
+                    drop(snapshot);
+                    access::refuse(sock, &failure).await;
+                    return;
+                }
             }
         } else {
             return;

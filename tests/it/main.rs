@@ -2,6 +2,7 @@
 
 mod support;
 
+mod access;
 mod check_output;
 mod clients;
 mod config;
