@@ -439,7 +439,7 @@ async fn with_a_token_it_listens_wide_warns_and_never_logs_the_token() {
     let mut daemon = Daemon::start_in(
         h,
         &["--config", cfg, "--listen", "0.0.0.0:0"],
-        &[("RUST_LOG", "debug")],
+        &[("RUST_LOG", "trace")],
     );
     let url = origin.url("/data");
     let host = origin.addr;
@@ -469,7 +469,7 @@ async fn with_a_token_it_listens_wide_warns_and_never_logs_the_token() {
     );
     assert!(
         log.contains("connection admitted"),
-        "RUST_LOG=debug took effect: {log}"
+        "RUST_LOG=trace took effect: {log}"
     );
     assert!(!log.contains(TOKEN), "the token reached the log:\n{log}");
     let encoded = basic("u", TOKEN);
