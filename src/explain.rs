@@ -9,12 +9,12 @@ certificate subjects appear. A URL that does not parse is not repeated.
 
 use std::fmt::Write;
 
-use crate::auth::bearer;
+use crate::auth::{bearer, handle};
 use crate::config::load::{self, ConfigPath, Environment};
 use crate::config::snapshot::Resolved;
 use crate::config::{Snapshot, Sourced};
 use crate::redact::LogUrl;
-use crate::rule::{ProxyChoice, Rule, TlsSettings};
+use crate::rule::{HandleCredential, HandleMethod, ProxyChoice, Rule, TlsSettings};
 use crate::target::{Scheme, Target};
 
 /// The `check` report and whether the configuration loads.
@@ -183,6 +183,13 @@ fn describe_rule(out: &mut String, rule: &Rule) {
     if rule.bearer.is_some() {
         let _ = writeln!(out, "    bearer: ***");
     }
+    if let Some(h) = &rule.handle {
+        let _ = writeln!(
+            out,
+            "    handle: {}",
+            handle_text(h, may_go_over_http(rule))
+        );
+    }
     // Values are never shown, inline ones included: only the names.
     for (name, _) in &rule.headers {
         let _ = writeln!(out, "    header: {name}: ***");
@@ -208,6 +215,28 @@ fn describe_rule(out: &mut String, rule: &Rule) {
     }
     if let Some(t) = rule.read_timeout {
         let _ = writeln!(out, "    timeout: {t:?}");
+    }
+}
+
+/// A Handle Server credential for `check` and `explain`: user, method, what is sent when.
+fn handle_text(h: &HandleCredential, cleartext: bool) -> String {
+    let user = h.username.as_deref().map_or(String::new(), |u| {
+        format!("user {u:?} (sent as {:?}), ", handle::quote(u))
+    });
+    let from = h
+        .credentials_file
+        .as_ref()
+        .map_or(String::new(), |p| format!(", from {}", p.display()));
+    match &h.method {
+        HandleMethod::Password { encoding, .. } => format!(
+            "Basic, {user}password *** ({} encoding){from}, on PUT and DELETE only (GET and other reads go anonymous){}",
+            encoding.as_str(),
+            if cleartext { " — sent in cleartext over http" } else { "" }
+        ),
+        HandleMethod::ClientCert => format!(
+            "client certificate, {user}Authorization: {}{from}, on PUT and DELETE over https only (GET and other reads go anonymous)",
+            handle::CLIENT_CERT_AUTHORIZATION
+        ),
     }
 }
 
@@ -386,6 +415,15 @@ fn auth_summary(r: &Resolved<'_>, upstream: &Target, tls: bool) -> String {
             "the Authorization header of the YAML site{site}: ***{cleartext} \
              (a client's own Authorization is kept instead)"
         );
+    }
+    if let Some(h) = r.handle() {
+        let over = match (&h.method, tls) {
+            (HandleMethod::ClientCert, false) => {
+                " — this URL goes over plain http, where no certificate is presented, so nothing is added; use tls: { upgrade: true }"
+            }
+            _ => cleartext,
+        };
+        return format!("Handle Server {}{over}", handle_text(h, false));
     }
     if r.bearer().is_some() {
         return format!("Bearer ***{cleartext}");

@@ -94,6 +94,16 @@ pub struct RequestCtx {
     /// A login host's 403 with a JSON body is being read, to name its `resolution_url`
     /// in the answer that replaces it.
     needs_browser: Option<NeedsBrowser>,
+    /// A Handle Server's 401 or 403 being passed to the client, its JSON body copied
+    /// aside to log the likely cause of its `responseCode`.
+    handle_refusal: Option<HandleRefusal>,
+}
+
+/// A Handle Server refusal on its way to the client, unchanged.
+struct HandleRefusal {
+    host: String,
+    status: u16,
+    body: Vec<u8>,
 }
 
 /// A login host's refusal being turned into a `login_needs_browser` answer.
@@ -148,6 +158,7 @@ impl ProxyHttp for Forwarder {
             login: None,
             login_url: None,
             needs_browser: None,
+            handle_refusal: None,
         }
     }
 
@@ -317,9 +328,23 @@ impl ProxyHttp for Forwarder {
         response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        let status = response.status.as_u16();
+        // A Handle Server's refusal of a write that carried the handle credential is
+        // passed on unchanged; its body is read on the way (response_body_filter) for the
+        // seed's "Common problems" diagnosis.
+        let handle_refusal = {
+            let p = ctx.policy()?;
+            let sent_handle = ctx.auth.is_some_and(|a| a.starts_with("handle-"));
+            let refused = matches!(status, 401 | 403) && !ctx.login_hop;
+            (refused && sent_handle && p.rules().handle().is_some()).then(|| HandleRefusal {
+                host: p.upstream.authority(),
+                status,
+                body: Vec::new(),
+            })
+        };
+        ctx.handle_refusal = handle_refusal;
         let policy = ctx.policy()?;
         let (hop, target) = (&policy.hop, &policy.upstream);
-        let status = response.status.as_u16();
         // Every response's cookies go to the jar; a login hop's never reach the client.
         if response.headers.contains_key(header::SET_COOKIE) {
             if let Ok(url) = url::Url::parse(&redirect::full_url(target)) {
@@ -555,6 +580,17 @@ impl ProxyHttp for Forwarder {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<Duration>> {
+        if let Some(r) = ctx.handle_refusal.as_mut() {
+            if let Some(chunk) = body.as_ref() {
+                let room = REFUSAL_BODY_LIMIT.saturating_sub(r.body.len());
+                r.body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            }
+            if end_of_stream {
+                let r = ctx.handle_refusal.take().expect("checked above");
+                log_handle_refusal(&r, ctx.policy.as_ref());
+            }
+            return Ok(None);
+        }
         let Some(nb) = ctx.needs_browser.as_mut() else {
             return Ok(None);
         };
@@ -670,6 +706,24 @@ fn has_body(req: &RequestHeader) -> bool {
             .headers
             .get(header::CONTENT_LENGTH)
             .is_some_and(|v| v.as_bytes() != b"0")
+}
+
+/// One log line naming the likely cause of a Handle Server's refusal, when its JSON
+/// `responseCode` is one the seed's "Common problems" explain.
+fn log_handle_refusal(r: &HandleRefusal, policy: Option<&HopPolicy>) {
+    let Some(cred) = policy.and_then(|p| p.rules().handle()) else {
+        return;
+    };
+    let Some(code) = auth::handle::response_code(&r.body) else {
+        return;
+    };
+    if let Some(why) = auth::handle::diagnosis(r.status, code, cred) {
+        tracing::warn!(
+            target: "authproxy::handle",
+            host = %r.host, status = r.status, response_code = code,
+            "{why}"
+        );
+    }
 }
 
 /// Whether a response is JSON.

@@ -19,7 +19,7 @@ use arc_swap::ArcSwap;
 use crate::config::netrc::{Netrc, NetrcEntry};
 use crate::config::{Diagnostic, Origin, Sourced};
 use crate::failure::Timeouts;
-use crate::rule::{CaSet, Identity, ProxyChoice, Rule, UpstreamProxy, Value};
+use crate::rule::{CaSet, HandleCredential, Identity, ProxyChoice, Rule, UpstreamProxy, Value};
 use crate::secret::Secret;
 use crate::target::{Scheme, Target};
 
@@ -288,7 +288,7 @@ impl<'a> Resolved<'a> {
     ///   over TLS or to a loopback host.
     pub fn challenge_basic(&self, upstream: &Target) -> Option<BasicRef<'a>> {
         let tls = upstream.scheme == Scheme::Https;
-        if self.basic().is_some() {
+        if self.basic().is_some() || self.handle().is_some() {
             return None;
         }
         // A YAML site's `basic: { preemptive: false }`: the user named the host.
@@ -323,6 +323,12 @@ impl<'a> Resolved<'a> {
             origin: &e.origin,
             source: "netrc",
         })
+    }
+
+    /// The YAML site's Handle Server credential: when there is one, it alone decides
+    /// the `Authorization` of this URL's requests.
+    pub fn handle(&self) -> Option<&'a HandleCredential> {
+        self.site.and_then(|r| r.handle.as_ref())
     }
 
     /// Whether this URL's redirects go to the client (YAML `redirects: pass`).

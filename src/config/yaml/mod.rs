@@ -21,6 +21,9 @@ sites:
     query: { apikey: { value_file: k }, format: nc }
     upstream_proxy: direct
     redirects: follow
+  - match: "hdl.example.org:8000"
+    handle: { username: "300:foo/bar", password_file: hs.pw }   # or { client_cert: true },
+                                          # or { credentials_file: creds.json }
 ```
 
 Entry points: [`parse_file`], [`parse_str`]. The result is a validated [`YamlConfig`]; every
@@ -297,6 +300,9 @@ pub struct Site {
     pub query: Vec<(String, QueryValue)>,
     pub upstream_proxy: ProxyChoice,
     pub redirects: Option<RedirectMode>,
+    /// `handle`: a Handle Server credential, from the YAML or its credentials JSON (whose
+    /// certificate, CA and verification settings are in `tls`).
+    pub handle: Option<crate::rule::HandleCredential>,
 }
 
 /// A site's `tls`. Paths are resolved against the config directory but not read.

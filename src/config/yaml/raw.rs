@@ -474,6 +474,29 @@ pub(super) struct RawBasic {
     pub(super) preemptive: Option<bool>,
 }
 
+/// A site's `handle`: a Handle Server REST API credential (see [`crate::auth::handle`]).
+#[derive(Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a map with username and password_file, client_cert: true, or credentials_file"
+)]
+pub(super) struct RawHandle {
+    pub(super) username: Option<String>,
+    pub(super) password: Option<String>,
+    pub(super) password_file: Option<NonEmpty>,
+    pub(super) password_encoding: Option<RawPasswordEncoding>,
+    pub(super) client_cert: Option<bool>,
+    pub(super) credentials_file: Option<NonEmpty>,
+}
+
+/// `handle.password_encoding`.
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+pub(super) enum RawPasswordEncoding {
+    Raw,
+    Percent,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a map with token_file")]
 pub(super) struct RawBearer {
@@ -571,11 +594,10 @@ pub(super) struct RawSite {
     pub(super) query: Option<RawParams<QueryName>>,
     pub(super) upstream_proxy: Option<RawProxy>,
     pub(super) redirects: Option<RedirectMode>,
+    pub(super) handle: Option<RawHandle>,
     // Later issues; reported with their own message, see SITE_NOT_YET.
     #[allow(dead_code)]
     pub(super) login: Option<IgnoredAny>,
-    #[allow(dead_code)]
-    pub(super) handle: Option<IgnoredAny>,
     #[allow(dead_code)]
     pub(super) query_token: Option<IgnoredAny>,
 }

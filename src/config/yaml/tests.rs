@@ -278,9 +278,6 @@ fn later_features_are_rejected_with_their_own_message() {
 sites:
   - match: a.example
     login: { url: \"https://a.example/login\", method: POST }
-  - match: b.example
-    handle:
-      username: x
   - match: c.example
     query_token: { param: p }
 ";
@@ -289,8 +286,7 @@ sites:
         es,
         vec![
             "/etc/authproxy/config.yaml:3: `login` is not supported by this version yet",
-            "/etc/authproxy/config.yaml:5: `handle` is not supported by this version yet",
-            "/etc/authproxy/config.yaml:8: `query_token` is not supported by this version yet",
+            "/etc/authproxy/config.yaml:5: `query_token` is not supported by this version yet",
         ]
     );
 }

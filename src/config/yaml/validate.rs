@@ -3,9 +3,11 @@ Turning the raw values into the validated [`YamlConfig`]: the context [`Cx`] col
 errors and warnings as it goes, each with its line (found through [`super::locate`]).
 
 The top-level settings and upstream proxies are here; the `sites` entries are in
-[`site`], and paths and `*_file` secrets in [`secret_file`].
+[`site`] (their `handle` and its pyhandle credentials JSON in [`handle`]), and paths and
+`*_file` secrets in [`secret_file`].
 */
 
+mod handle;
 mod secret_file;
 mod site;
 

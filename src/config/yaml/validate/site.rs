@@ -41,7 +41,7 @@ fn is_reserved_header(name: &str) -> bool {
 }
 
 /// Site keys of the design that later versions will implement.
-const SITE_NOT_YET: &[&str] = &["login", "handle", "query_token"];
+const SITE_NOT_YET: &[&str] = &["login", "query_token"];
 
 impl Cx<'_> {
     pub(super) fn sites(&mut self, value: &Value, cfg: &mut YamlConfig) {
@@ -99,7 +99,17 @@ impl Cx<'_> {
             Some(n) => n.0.trim().to_string(),
             None => format!("sites[{i}]"),
         };
-        let tls = self.site_tls(i, raw.tls.unwrap_or_default(), &pattern_text);
+        let mut tls = self.site_tls(i, raw.tls.unwrap_or_default(), &pattern_text);
+        let handle = raw
+            .handle
+            .and_then(|h| self.site_handle(i, h, &mut tls, &pattern, &pattern_text));
+        if handle.is_some() && (raw.basic.is_some() || raw.bearer.is_some()) {
+            let l = self.key_line(&site_path(i, &["handle"]));
+            self.error(
+                l,
+                format!("sites[{i}]: give handle or basic/bearer, not both"),
+            );
+        }
 
         if raw.basic.is_some() && raw.bearer.is_some() {
             let l = self.key_line(&site_path(i, &["bearer"]));
@@ -138,6 +148,13 @@ impl Cx<'_> {
                 self.error(l, format!("sites[{i}].headers: `{name}` is given twice"));
             }
             seen.push(name);
+            if handle.is_some() && name.eq_ignore_ascii_case("authorization") {
+                let l = self.key_line(&site_path(i, &["headers", name]));
+                self.error(
+                    l,
+                    format!("sites[{i}].headers: `{name}` cannot be set on a handle site: the handle credential is its Authorization"),
+                );
+            }
         }
         let query = raw.query.map_or_else(Vec::new, |q| {
             q.0.into_iter()
@@ -170,6 +187,7 @@ impl Cx<'_> {
             query,
             upstream_proxy,
             redirects: raw.redirects,
+            handle,
         }
     }
 
