@@ -229,12 +229,18 @@ fn handle_text(h: &HandleCredential, cleartext: bool) -> String {
         .map_or(String::new(), |p| format!(", from {}", p.display()));
     match &h.method {
         HandleMethod::Password { encoding, .. } => format!(
-            "Basic, {user}password *** ({} encoding){from}, on PUT and DELETE only (GET and other reads go anonymous){}",
+            "Basic, {user}password *** ({} encoding){from}, on PUT and DELETE only \
+             (GET and other reads go anonymous){}",
             encoding.as_str(),
-            if cleartext { " — sent in cleartext over http" } else { "" }
+            if cleartext {
+                " — sent in cleartext over http"
+            } else {
+                ""
+            }
         ),
         HandleMethod::ClientCert => format!(
-            "client certificate, {user}Authorization: {}{from}, on PUT and DELETE over https only (GET and other reads go anonymous)",
+            "client certificate, {user}Authorization: {}{from}, on PUT and DELETE over \
+             https only (GET and other reads go anonymous)",
             handle::CLIENT_CERT_AUTHORIZATION
         ),
     }
@@ -419,7 +425,8 @@ fn auth_summary(r: &Resolved<'_>, upstream: &Target, tls: bool) -> String {
     if let Some(h) = r.handle() {
         let over = match (&h.method, tls) {
             (HandleMethod::ClientCert, false) => {
-                " — this URL goes over plain http, where no certificate is presented, so nothing is added; use tls: { upgrade: true }"
+                " — this URL goes over plain http, where no certificate is presented, so \
+                 nothing is added; use tls: { upgrade: true }"
             }
             _ => cleartext,
         };

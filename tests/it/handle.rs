@@ -750,3 +750,41 @@ async fn refusals_pass_unchanged_and_the_log_names_their_cause() {
         "{explained}"
     );
 }
+
+/// `HTTPS_verify` is `tls.verify` / `tls.ca` written the pyhandle way; the two may not
+/// disagree.
+#[test]
+fn https_verify_mirrors_tls_verify() {
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    write(
+        h,
+        "off.json",
+        "{\n  \"username\": \"300:foo/bar\",\n  \"password\": \"y\",\n  \"HTTPS_verify\": \"False\"\n}\n",
+    );
+    let config = yaml(
+        h,
+        "sites:\n  - match: hdl.example\n    handle: { credentials_file: off.json }\n",
+    );
+    let snap = snapshot(h, Some(&config));
+    assert_eq!(snap.sites[0].tls.verify_peer, Some(false));
+    let off = h.join("off.json").display().to_string();
+    assert!(
+        snap.warnings.iter().any(|w| w.to_string()
+            == format!("{off}:4: TLS verification is off for hdl.example (HTTPS_verify)")),
+        "{:?}",
+        snap.warnings
+    );
+    let config = yaml(
+        h,
+        "sites:\n  - match: hdl.example\n    tls: { verify: true }\n    handle: { credentials_file: off.json }\n",
+    );
+    let e = load_errors(h, &config);
+    assert_eq!(
+        e,
+        format!(
+            "{off}:4: `HTTPS_verify` disagrees with the site's tls.verify ({}:3); keep one (the Handle credentials of sites[0])",
+            config.display()
+        )
+    );
+}
