@@ -602,6 +602,23 @@ fn bad_handle_settings_name_their_line() {
         "{e}"
     );
     assert_eq!(e.lines().count(), 4, "{e}");
+
+    // A certificate on a site whose http:// requests are not upgraded: a warning.
+    let config = yaml(
+        h,
+        "sites:\n  - match: hdl.example\n    tls: { client_cert: me.pem, client_key: me.key }\n    handle: { client_cert: true }\n",
+    );
+    let warned: Vec<String> = snapshot(h, Some(&config))
+        .warnings
+        .iter()
+        .map(|w| w.to_string())
+        .collect();
+    assert_eq!(
+        warned,
+        [format!(
+            "{c}:4: sites[0].handle: a client certificate goes over https only, so this site's http:// requests carry no Handle credential; add `tls: {{ upgrade: true }}`"
+        )]
+    );
 }
 
 /// The real binary at debug level: 403/401 answers reach the client byte for byte, the

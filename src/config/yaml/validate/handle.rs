@@ -266,6 +266,18 @@ impl Cx<'_> {
             );
             return false;
         }
+        if pattern.may_match_http() && !tls.upgrade {
+            // Tools send http:// URLs to a proxy (https ones are tunnelled untouched),
+            // so only a redirect to https would reach the server with the certificate.
+            self.warn(
+                line,
+                format!(
+                    "sites[{i}].handle: a client certificate goes over https only, so this \
+                     site's http:// requests carry no Handle credential; add \
+                     `tls: {{ upgrade: true }}`"
+                ),
+            );
+        }
         true
     }
 
