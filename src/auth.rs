@@ -1,9 +1,9 @@
 /*!
 Auth methods: what a resolved rule adds to an upstream request.
 
-Each method is a small unit ([`basic`], [`bearer`], [`handle`], [`query`]); [`apply`] runs them in
-order for one request. Nothing here decides *which* rule applies (that is the snapshot's
-job) or how to reach the host (the upstream module's).
+Each method is a small unit ([`basic`], [`bearer`], [`handle`], [`query`]); [`apply`]
+runs them in order for one request. Nothing here decides *which* rule applies (that is
+the snapshot's job) or how to reach the host (the upstream module's).
 */
 
 pub mod basic;

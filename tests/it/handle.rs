@@ -583,7 +583,13 @@ fn bad_handle_settings_name_their_line() {
          \x20   handle: { client_cert: true }\n\
          \x20 - match: hdl4.example\n\
          \x20   basic: { username: u, password_file: hs.pw }\n\
-         \x20   handle: { username: \"300:foo/bar\", password_file: hs.pw, password_encodng: raw }\n",
+         \x20   handle: { username: \"300:foo/bar\", password_file: hs.pw, password_encodng: raw }\n\
+         \x20 - match: hdl5.example\n\
+         \x20   headers: { Authorization: { value_file: hs.pw } }\n\
+         \x20   handle: { username: \"300:foo/bar\", password_file: hs.pw }\n\
+         \x20 - match: hdl6.example\n\
+         \x20   basic: { username: u, password_file: hs.pw }\n\
+         \x20   handle: { username: \"300:foo/bar\", password_file: hs.pw }\n",
     );
     let e = load_errors(h, &config);
     let c = config.display().to_string();
@@ -591,6 +597,8 @@ fn bad_handle_settings_name_their_line() {
         format!("{c}:4: sites[0].handle: a client certificate goes over https only, and this site matches only http:// URLs; add `tls: {{ upgrade: true }}` or match the https URL"),
         format!("{c}:6: sites[1].handle.username must be index:prefix/suffix, with exactly one colon"),
         format!("{c}:8: sites[2].handle: client_cert: true needs the certificate: tls.client_cert and tls.client_key (or tls.pkcs12)"),
+        format!("{c}:13: sites[4].headers: `Authorization` cannot be set on a handle site: the handle credential is its Authorization"),
+        format!("{c}:17: sites[5]: give handle or basic/bearer, not both"),
     ];
     for w in &want {
         assert!(e.lines().any(|l| l == w), "{w}\nnot in:\n{e}");
@@ -601,7 +609,7 @@ fn bad_handle_settings_name_their_line() {
         ))),
         "{e}"
     );
-    assert_eq!(e.lines().count(), 4, "{e}");
+    assert_eq!(e.lines().count(), 6, "{e}");
 
     // A certificate on a site whose http:// requests are not upgraded: a warning.
     let config = yaml(

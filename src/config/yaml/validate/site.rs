@@ -152,7 +152,10 @@ impl Cx<'_> {
                 let l = self.key_line(&site_path(i, &["headers", name]));
                 self.error(
                     l,
-                    format!("sites[{i}].headers: `{name}` cannot be set on a handle site: the handle credential is its Authorization"),
+                    format!(
+                        "sites[{i}].headers: `{name}` cannot be set on a handle site: \
+                         the handle credential is its Authorization"
+                    ),
                 );
             }
         }
