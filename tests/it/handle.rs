@@ -813,3 +813,27 @@ fn https_verify_mirrors_tls_verify() {
         )
     );
 }
+
+/// JSON keeps the last of two equal keys; pyhandle would too, silently. Here it is an
+/// error at the second.
+#[test]
+fn a_repeated_json_key_is_an_error_at_its_second_line() {
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    write(
+        h,
+        "dup.json",
+        "{\n  \"username\": \"300:foo/old\",\n  \"password\": \"y\",\n  \"username\": \"300:foo/bar\"\n}\n",
+    );
+    let config = yaml(
+        h,
+        "sites:\n  - match: hdl.example\n    handle: { credentials_file: dup.json }\n",
+    );
+    assert_eq!(
+        load_errors(h, &config),
+        format!(
+            "{}:4: `username` is given twice (the Handle credentials of sites[0])",
+            h.join("dup.json").display()
+        )
+    );
+}
