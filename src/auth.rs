@@ -8,6 +8,7 @@ job) or how to reach the host (the upstream module's).
 
 pub mod basic;
 pub mod bearer;
+pub mod login;
 pub mod query;
 
 use http::header;

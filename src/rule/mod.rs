@@ -13,9 +13,11 @@ use std::time::Duration;
 
 use pingora::utils::tls::{CertKey, WrappedX509};
 
+pub mod login;
 pub mod pattern;
 pub mod proxy;
 
+pub use login::LoginStep;
 pub use pattern::{HostPattern, Pattern, PortSpec, SchemePattern, Syntax};
 
 use crate::origin::Origin;
@@ -183,6 +185,8 @@ pub struct Rule {
     pub netrc: Option<usize>,
     /// YAML `redirects: pass`: this site's 3xx go to the client instead of being followed.
     pub pass_redirects: bool,
+    /// YAML `login`: a certificate-plus-login servlet's session step.
+    pub login: Option<Arc<LoginStep>>,
 }
 
 impl Rule {
@@ -201,6 +205,7 @@ impl Rule {
             read_timeout: None,
             netrc: None,
             pass_redirects: false,
+            login: None,
         }
     }
 

@@ -15,4 +15,5 @@ mod netrc_safety;
 mod process;
 mod rc_compat;
 mod safety;
+mod servlet;
 mod side_client;

@@ -297,6 +297,8 @@ pub struct Site {
     pub query: Vec<(String, QueryValue)>,
     pub upstream_proxy: ProxyChoice,
     pub redirects: Option<RedirectMode>,
+    /// `login`: a certificate-plus-login servlet's session step.
+    pub login: Option<crate::rule::LoginStep>,
 }
 
 /// A site's `tls`. Paths are resolved against the config directory but not read.

@@ -288,7 +288,6 @@ sites:
     assert_eq!(
         es,
         vec![
-            "/etc/authproxy/config.yaml:3: `login` is not supported by this version yet",
             "/etc/authproxy/config.yaml:5: `handle` is not supported by this version yet",
             "/etc/authproxy/config.yaml:8: `query_token` is not supported by this version yet",
         ]
