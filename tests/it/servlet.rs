@@ -654,3 +654,103 @@ async fn the_daemon_logs_out_at_sigterm_and_logs_no_secret() {
     let jar = std::fs::read_to_string(h.join("jar.txt")).unwrap();
     assert!(!jar.contains(SESSION_PREFIX), "{jar}");
 }
+
+// ---------------------------------------------------------------------------------------
+// Configuration, `check` and `explain`
+
+#[test]
+fn bad_login_settings_are_errors_with_their_lines() {
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    let config = yaml(
+        h,
+        "sites:\n\
+         \x20 - match: a.example\n\
+         \x20   login:\n\
+         \x20     url: /s2dr/login\n\
+         \x20     method: DELETE\n\
+         \x20 - match: b.example\n\
+         \x20   login: { url: \"https://u:S3cret-In-Url@b.example/login\", when: [200] }\n\
+         \x20 - match: c.example\n\
+         \x20   login: { url: \"https://c.example/login\", logout_url: \"ftp://c.example/x\" }\n\
+         \x20 - match: d.example\n\
+         \x20   login: { url: \"https://d.example/login\", bodyy: x }\n\
+         \x20 - match: e.example\n\
+         \x20   login: { url: \"https://e.example/login\", body: a, body_file: f }\n",
+    );
+    let errors = authproxy::config::load::load(&crate::credentials::env(h, Some(&config)))
+        .unwrap_err()
+        .to_string()
+        .replace(&config.display().to_string(), "config.yaml");
+    let lines: Vec<&str> = errors.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "config.yaml:4: sites[0].login.url: must be an absolute https:// URL",
+            "config.yaml:5: sites[0].login.method: must be POST or GET",
+            "config.yaml:7: sites[1].login.url: must not hold a user or password; the client \
+             certificate (tls.client_cert) or basic proves who logs in",
+            "config.yaml:7: sites[1].login.when: a non-empty list of statuses from 400 to 599 \
+             (the answers that mean \"log in first\"), such as [401]",
+            "config.yaml:9: sites[2].login.logout_url: must be an absolute https:// URL",
+            "config.yaml:11: sites[3].login: unknown field `bodyy`, expected one of `url`, \
+             `method`, `body`, `body_file`, `logout_url`, `when`",
+            "config.yaml:13: sites[4].login: give body or body_file, not both",
+        ],
+        "{errors}"
+    );
+    assert!(!errors.contains("S3cret-In-Url"), "{errors}");
+}
+
+#[test]
+fn check_and_explain_show_the_login_step_and_no_secret() {
+    let ca = Ca::new("s2dr test CA");
+    let alice = ca.client("alice");
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    let config = setup(h, &ca, &alice, 8443, "");
+    let env = crate::credentials::env(h, Some(&config));
+    let (text, ok) = authproxy::explain::check(&env);
+    assert!(ok, "{text}");
+    let mut outputs = vec![text.clone()];
+    assert!(
+        text.contains(
+            "    login: POST https://localhost:8443/s2dr/login before the first request, and \
+             once more when the site answers 401; POST https://localhost:8443/s2dr/logout at \
+             shutdown\n"
+        ),
+        "{text}"
+    );
+    let text = authproxy::explain::explain(&env, "http://localhost:8443/s2dr/files/1").unwrap();
+    outputs.push(text.clone());
+    assert!(
+        text.contains(
+            "login: POST https://localhost:8443/s2dr/login before the first request, and once \
+             more when the site answers 401; POST https://localhost:8443/s2dr/logout at \
+             shutdown\nlogin certificate: CN=alice\n"
+        ),
+        "{text}"
+    );
+    // The login URL itself needs no login first.
+    let text = authproxy::explain::explain(&env, "http://localhost:8443/s2dr/login").unwrap();
+    assert!(!text.contains("login:"), "{text}");
+    outputs.push(text);
+    for out in &outputs {
+        assert!(!out.contains(KEY_PASSWORD), "{out}");
+    }
+
+    // A body is never shown, and plain http is warned about.
+    std::fs::write(h.join("form"), "user=alice&password=F0rm-S3cret\n").unwrap();
+    let config = yaml(
+        h,
+        "sites:\n  - match: f.example\n    login: { url: \"http://f.example/login\", body_file: form }\n",
+    );
+    let (text, ok) = authproxy::explain::check(&crate::credentials::env(h, Some(&config)));
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("login: POST http://f.example/login (body ***) before"),
+        "{text}"
+    );
+    assert!(text.contains("sites[0].login.url is plain http"), "{text}");
+    assert!(!text.contains("F0rm-S3cret"), "{text}");
+}
