@@ -184,3 +184,85 @@ impl Servlets {
         answered
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step() -> Arc<LoginStep> {
+        Arc::new(LoginStep {
+            url: url::Url::parse("https://s.example:8443/s2dr/login").unwrap(),
+            method: http::Method::POST,
+            body: None,
+            logout_url: None,
+            when: vec![401],
+        })
+    }
+
+    #[tokio::test]
+    async fn one_login_for_many_and_one_more_per_expired_generation() {
+        let servlets = Arc::new(Servlets::default());
+        let step = step();
+        let calls = Arc::new(AtomicU64::new(0));
+        let login = |calls: Arc<AtomicU64>| async move {
+            calls.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            Ok(())
+        };
+        let tasks: Vec<_> = (0..10)
+            .map(|_| {
+                let (s, st, c) = (servlets.clone(), step.clone(), calls.clone());
+                tokio::spawn(async move { s.ensure("k", &st, || login(c)).await })
+            })
+            .collect();
+        for t in tasks {
+            assert_eq!(t.await.unwrap(), Ok(1));
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        // An expiry seen under generation 1 ends it; a stale one (0) changes nothing.
+        servlets.expired("k", 0).await;
+        assert_eq!(
+            servlets.ensure("k", &step, || login(calls.clone())).await,
+            Ok(1)
+        );
+        servlets.expired("k", 1).await;
+        servlets.expired("k", 1).await;
+        assert_eq!(
+            servlets.ensure("k", &step, || login(calls.clone())).await,
+            Ok(2)
+        );
+        servlets.expired("k", 1).await;
+        assert_eq!(
+            servlets.ensure("k", &step, || login(calls.clone())).await,
+            Ok(2)
+        );
+        assert_eq!(
+            (calls.load(Ordering::SeqCst), servlets.attempts("k")),
+            (2, 2)
+        );
+    }
+
+    #[tokio::test]
+    async fn waiters_share_a_failure_and_a_later_request_tries_again() {
+        let servlets = Arc::new(Servlets::default());
+        let step = step();
+        let calls = Arc::new(AtomicU64::new(0));
+        let failing = |calls: Arc<AtomicU64>| async move {
+            calls.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            Err(Failure::new(500, "login_failed", "no"))
+        };
+        let tasks: Vec<_> = (0..5)
+            .map(|_| {
+                let (s, st, c) = (servlets.clone(), step.clone(), calls.clone());
+                tokio::spawn(async move { s.ensure("k", &st, || failing(c)).await })
+            })
+            .collect();
+        for t in tasks {
+            assert_eq!(t.await.unwrap().unwrap_err().status, 500);
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        let ok = servlets.ensure("k", &step, || async { Ok(()) }).await;
+        assert_eq!(ok, Ok(2));
+    }
+}
