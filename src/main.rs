@@ -176,7 +176,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let snapshots = snapshot.into_handle();
         let state = Arc::new(State::with_jar(jar.clone()));
         let reloader = Reloader::start_with_state(env, snapshots.clone(), Some(state.clone()));
-        let (servlets, current) = (state.clone(), snapshots.clone());
+        let (state_at_stop, current) = (state.clone(), snapshots.clone());
         let daemon = Daemon::with_state(snapshots, state, &tuning);
         let (stop_tx, stop_rx) = watch::channel(false);
         let writer = session::spawn_writer(jar, stop_rx.clone());
@@ -189,7 +189,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             .run(listeners, stop_rx, Duration::from_secs(args.drain_seconds))
             .await;
         // Servlet sessions end with a logout (bounded), before the jar's last save.
-        servlets
+        state_at_stop
             .logout_all(&current.load_full(), LOGOUT_LIMIT)
             .await;
         // The writer saves the jar once more at shutdown.

@@ -465,6 +465,46 @@ async fn an_expired_session_logs_in_exactly_once_more_and_replays_the_body() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_too_large_to_replay_after_an_expiry_is_explained() {
+    let ca = Ca::new("s2dr test CA");
+    let alice = ca.client("alice");
+    let servlet = Servlet::start(&ca).await;
+    let port = servlet.port();
+    let home = tempfile::tempdir().unwrap();
+    let config = setup(home.path(), &ca, &alice, port, "");
+    let proxy = Proxy::start(snapshot(home.path(), Some(&config))).await;
+    let url = format!("http://localhost:{port}/s2dr/upload");
+    let (status, _, _) = fetch(proxy.addr, "POST", &url, "small").await;
+    assert_eq!((status, servlet.logins()), (200, 1));
+
+    // Past pingora's 64 KiB replay buffer: not sent twice, explained; the next request
+    // logs in and goes through.
+    servlet.expire_all();
+    let big = "x".repeat(200 * 1024);
+    let (status, headers, body) = fetch(proxy.addr, "POST", &url, &big).await;
+    assert_eq!(
+        (status, error_code(&headers)),
+        (503, "login_expired"),
+        "{body}"
+    );
+    assert_eq!(
+        body,
+        format!(
+            "the session at localhost:{port} had expired; authproxy logs in again with the \
+             next request, but this request's body is too large to send again. Send it again.\n"
+        )
+    );
+    assert_eq!(servlet.logins(), 1);
+    let (status, _, body) = fetch(proxy.addr, "POST", &url, &big).await;
+    assert_eq!(
+        (status, body.len()),
+        (200, format!("got {} bytes: {big}\n", big.len()).len())
+    );
+    assert_eq!(servlet.logins(), 2);
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_login_answers_with_the_servlets_status_once() {
     let ca = Ca::new("s2dr test CA");
     let alice = ca.client("alice");
