@@ -726,13 +726,15 @@ fn bad_login_settings_are_errors_with_their_lines() {
     assert_eq!(
         lines,
         [
-            "config.yaml:4: sites[0].login.url: must be an absolute https:// URL",
+            "config.yaml:4: sites[0].login.url: must be an absolute URL such as \
+             https://host:8443/s2dr/login",
             "config.yaml:5: sites[0].login.method: must be POST or GET",
             "config.yaml:7: sites[1].login.url: must not hold a user or password; the client \
              certificate (tls.client_cert) or basic proves who logs in",
             "config.yaml:7: sites[1].login.when: a non-empty list of statuses from 400 to 599 \
              (the answers that mean \"log in first\"), such as [401]",
-            "config.yaml:9: sites[2].login.logout_url: must be an absolute https:// URL",
+            "config.yaml:9: sites[2].login.logout_url: must be an absolute URL such as \
+             https://host:8443/s2dr/login",
             "config.yaml:11: sites[3].login: unknown field `bodyy`, expected one of `url`, \
              `method`, `body`, `body_file`, `logout_url`, `when`",
             "config.yaml:13: sites[4].login: give body or body_file, not both",

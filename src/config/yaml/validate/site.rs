@@ -245,7 +245,10 @@ impl Cx<'_> {
             _ => {
                 self.error(
                     at,
-                    format!("sites[{i}].login.{key}: must be an absolute https:// URL"),
+                    format!(
+                        "sites[{i}].login.{key}: must be an absolute URL such as \
+                         https://host:8443/s2dr/login"
+                    ),
                 );
                 return None;
             }
