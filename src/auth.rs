@@ -9,6 +9,7 @@ the snapshot's job) or how to reach the host (the upstream module's).
 pub mod basic;
 pub mod bearer;
 pub mod handle;
+pub mod login;
 pub mod query;
 
 use http::header;

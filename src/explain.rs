@@ -201,6 +201,9 @@ fn describe_rule(out: &mut String, rule: &Rule) {
     if !tls.is_empty() {
         let _ = writeln!(out, "    tls: {tls}");
     }
+    if let Some(l) = &rule.login {
+        let _ = writeln!(out, "    login: {}", login_text(l));
+    }
     match &rule.proxy {
         ProxyChoice::Inherit => {}
         ProxyChoice::Direct => {
@@ -378,8 +381,38 @@ fn fetched(
     for (name, _) in resolved.query() {
         let _ = writeln!(out, "query: {name}=***");
     }
+    if let Some(l) = crate::auth::login::step(resolved, target) {
+        let _ = writeln!(out, "login: {}", login_text(l));
+        // The login is a request of its own, with its own URL's rules.
+        let identity = Target::from_absolute(l.url.as_str().as_bytes())
+            .ok()
+            .and_then(|t| {
+                let r = resolved.snapshot.resolve(&t);
+                r.identity().map(|i| i.subject.clone())
+            });
+        let _ = match identity {
+            Some(subject) => writeln!(out, "login certificate: {subject}"),
+            None => writeln!(out, "login certificate: none configured for the login URL"),
+        };
+    }
     let (connect, read) = resolved.timeout_pair();
     let _ = writeln!(out, "timeouts: connect {connect:?}, first byte {read:?}");
+}
+
+/// A login step in words (the body is never shown).
+fn login_text(l: &crate::rule::LoginStep) -> String {
+    use crate::rule::login::shown;
+    let when = join(l.when.iter().map(u16::to_string));
+    let mut text = format!(
+        "{} {}{} before the first request, and once more when the site answers {when}",
+        l.method,
+        shown(&l.url),
+        if l.body.is_some() { " (body ***)" } else { "" },
+    );
+    if let Some(out) = &l.logout_url {
+        text.push_str(&format!("; POST {} at shutdown", shown(out)));
+    }
+    text
 }
 
 fn tls_summary(r: &Resolved<'_>) -> String {

@@ -9,6 +9,7 @@ build a [`config::Snapshot`], bind a listener, and call [`server::Daemon::run`].
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod client;
 pub mod config;
 pub mod explain;
 pub mod failure;

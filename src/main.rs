@@ -20,6 +20,9 @@ use authproxy::{Daemon, Tuning};
 /// Exit status for a configuration that does not load (EX_CONFIG).
 const EXIT_CONFIG: u8 = 78;
 
+/// How long shutdown waits for servlets to answer their logouts.
+const LOGOUT_LIMIT: Duration = Duration::from_secs(3);
+
 /// A local authenticating forward proxy for tools that cannot log in by themselves.
 #[derive(Parser)]
 #[command(version, about)]
@@ -169,9 +172,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let rules = snapshot.sites.len() + snapshot.rc.len();
         tracing::info!(rules, files = snapshot.files.len(), "configuration loaded");
         let jar = open_jar(&snapshot);
+        let jar_after_logout = jar.clone();
         let snapshots = snapshot.into_handle();
         let state = Arc::new(State::with_jar(jar.clone()));
         let reloader = Reloader::start_with_state(env, snapshots.clone(), Some(state.clone()));
+        let (state_at_stop, current) = (state.clone(), snapshots.clone());
         let daemon = Daemon::with_state(snapshots, state, &tuning);
         let (stop_tx, stop_rx) = watch::channel(false);
         let writer = session::spawn_writer(jar, stop_rx.clone());
@@ -183,8 +188,15 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         daemon
             .run(listeners, stop_rx, Duration::from_secs(args.drain_seconds))
             .await;
+        // Servlet sessions end with a logout (bounded), before the jar's last save.
+        state_at_stop
+            .logout_all(&current.load_full(), LOGOUT_LIMIT)
+            .await;
         // The writer saves the jar once more at shutdown.
         let _ = writer.await;
+        if jar_after_logout.is_dirty() {
+            let _ = jar_after_logout.save();
+        }
         tracing::info!("stopped");
         Ok(ExitCode::SUCCESS)
     })

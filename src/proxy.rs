@@ -97,6 +97,11 @@ pub struct RequestCtx {
     /// A Handle Server's 401 or 403 being passed to the client, its JSON body copied
     /// aside to log the likely cause of its `responseCode`.
     handle_refusal: Option<HandleRefusal>,
+    /// The generation of the servlet session this hop is sent under (YAML `login`).
+    servlet: Option<u64>,
+    /// The servlet said the session was over once already: the request was replayed
+    /// after a fresh login, and a second refusal is explained.
+    servlet_replayed: bool,
 }
 
 /// A Handle Server refusal on its way to the client, unchanged.
@@ -159,6 +164,8 @@ impl ProxyHttp for Forwarder {
             login_url: None,
             needs_browser: None,
             handle_refusal: None,
+            servlet: None,
+            servlet_replayed: false,
         }
     }
 
@@ -188,7 +195,18 @@ impl ProxyHttp for Forwarder {
         _session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        ctx.policy()?;
+        // A servlet's session first (YAML `login`): one login, however many requests.
+        let policy = ctx.policy()?;
+        ctx.servlet = match auth::login::step(&policy.rules(), &policy.hop).cloned() {
+            Some(step) => {
+                let policy = policy.clone();
+                let g = auth::login::ensure(policy.snapshot(), &self.state, &step, &policy.hop)
+                    .await
+                    .map_err(Failure::into_error)?;
+                Some(g)
+            }
+            None => None,
+        };
         // Disjoint borrows: the hop's policy is read while the address list changes.
         let RequestCtx {
             policy,
@@ -363,6 +381,31 @@ impl ProxyHttp for Forwarder {
             }
         }
         let replayable = !session.as_ref().retry_buffer_truncated();
+        let servlet = auth::login::step(&policy.rules(), hop)
+            .filter(|step| auth::login::no_session(step, status))
+            .cloned()
+            .zip(ctx.servlet);
+        if let Some((step, generation)) = servlet {
+            // The servlet has no session for this request: that one is over.
+            self.state
+                .servlets
+                .expired(auth::login::key(&step), generation)
+                .await;
+            if ctx.servlet_replayed {
+                let login = crate::rule::login::shown(&step.url);
+                let f = auth::login::session_refused(hop, status, &login);
+                return Err(f.into_error());
+            }
+            if !replayable {
+                return Err(auth::login::expired_body_too_large(hop).into_error());
+            }
+            // Log in once more (upstream_peer) and send the request again.
+            ctx.servlet_replayed = true;
+            ctx.auth = None;
+            let mut e = Error::explain(FOLLOW, "logging in to a servlet again");
+            e.set_retry(true);
+            return Err(e);
+        }
         let answer_challenge = response.status.as_u16() == 401
             && !ctx.challenged
             && replayable

@@ -460,6 +460,7 @@ impl Builder {
         rule.bearer = site.bearer.clone().map(Value::Secret);
         rule.pass_redirects = site.redirects == Some(yaml::RedirectMode::Pass);
         rule.handle = site.handle.clone();
+        rule.login = site.login.clone().map(Arc::new);
         for (name, value) in &site.headers {
             match http::HeaderName::from_bytes(name.as_bytes()) {
                 Ok(n) => rule.headers.push((n, param(value))),

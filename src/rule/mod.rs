@@ -13,9 +13,11 @@ use std::time::Duration;
 
 use pingora::utils::tls::{CertKey, WrappedX509};
 
+pub mod login;
 pub mod pattern;
 pub mod proxy;
 
+pub use login::LoginStep;
 pub use pattern::{HostPattern, Pattern, PortSpec, SchemePattern, Syntax};
 
 use crate::origin::Origin;
@@ -230,6 +232,8 @@ pub struct Rule {
     pub pass_redirects: bool,
     /// YAML `handle`: a Handle Server credential, which decides this site's Authorization.
     pub handle: Option<HandleCredential>,
+    /// YAML `login`: a certificate-plus-login servlet's session step.
+    pub login: Option<Arc<LoginStep>>,
 }
 
 impl Rule {
@@ -249,6 +253,7 @@ impl Rule {
             netrc: None,
             pass_redirects: false,
             handle: None,
+            login: None,
         }
     }
 

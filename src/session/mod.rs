@@ -1,5 +1,6 @@
 /*!
-State that outlives a configuration snapshot: the cookie jar and the logins in flight.
+State that outlives a configuration snapshot: the cookie jar, the logins in flight and
+the servlet sessions.
 
 [`Jar`] keeps every cookie the daemon sees and sends it back to the hosts it belongs to;
 [`netscape`] reads and writes libcurl's cookie-file format, so that curl and the daemon
@@ -9,17 +10,21 @@ can share one jar; [`spawn_writer`] keeps the file within seconds of the jar.
 pub mod jar;
 pub mod logins;
 pub mod netscape;
+pub mod servlet;
 
 use std::sync::Arc;
 
 pub use jar::{default_path, spawn_writer, write_atomically, Jar, JarProblem};
 pub use logins::{LoginGuard, Logins, Turn};
+pub use servlet::Servlets;
 
 /// What the daemon keeps across configuration reloads, shared by every request.
 #[derive(Debug, Default)]
 pub struct State {
     pub jar: Arc<Jar>,
     pub logins: Arc<Logins>,
+    /// Sessions at certificate-plus-login servlets (YAML `login`).
+    pub servlets: Arc<Servlets>,
 }
 
 impl State {
@@ -27,7 +32,18 @@ impl State {
         State {
             jar,
             logins: Arc::default(),
+            servlets: Arc::default(),
         }
+    }
+
+    /// At shutdown, after the drain: POSTs the `logout_url` of every live servlet session,
+    /// all within `limit`. Returns how many servlets answered.
+    pub async fn logout_all(
+        self: &Arc<Self>,
+        snapshot: &Arc<crate::config::Snapshot>,
+        limit: std::time::Duration,
+    ) -> usize {
+        self.servlets.logout_all(snapshot, self, limit).await
     }
 
     /// Told about each configuration that replaces the current one. The jar and the

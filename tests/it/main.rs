@@ -16,3 +16,5 @@ mod netrc_safety;
 mod process;
 mod rc_compat;
 mod safety;
+mod servlet;
+mod side_client;

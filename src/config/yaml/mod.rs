@@ -303,6 +303,8 @@ pub struct Site {
     /// `handle`: a Handle Server credential, from the YAML or its credentials JSON (whose
     /// certificate, CA and verification settings are in `tls`).
     pub handle: Option<crate::rule::HandleCredential>,
+    /// `login`: a certificate-plus-login servlet's session step.
+    pub login: Option<crate::rule::LoginStep>,
 }
 
 /// A site's `tls`. Paths are resolved against the config directory but not read.

@@ -595,9 +595,24 @@ pub(super) struct RawSite {
     pub(super) upstream_proxy: Option<RawProxy>,
     pub(super) redirects: Option<RedirectMode>,
     pub(super) handle: Option<RawHandle>,
+    pub(super) login: Option<RawLogin>,
     // Later issues; reported with their own message, see SITE_NOT_YET.
     #[allow(dead_code)]
-    pub(super) login: Option<IgnoredAny>,
-    #[allow(dead_code)]
     pub(super) query_token: Option<IgnoredAny>,
+}
+
+/// `sites[].login`: a certificate-plus-login servlet (checked in `validate/site.rs`).
+#[derive(Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a map with url, method, body or body_file, logout_url and when"
+)]
+pub(super) struct RawLogin {
+    pub(super) url: NonEmpty,
+    pub(super) method: Option<NonEmpty>,
+    pub(super) body: Option<String>,
+    /// A body that holds a secret (a password field): read like every `*_file`.
+    pub(super) body_file: Option<NonEmpty>,
+    pub(super) logout_url: Option<NonEmpty>,
+    pub(super) when: Option<Vec<u16>>,
 }

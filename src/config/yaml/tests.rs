@@ -276,18 +276,13 @@ bogus: 1
 fn later_features_are_rejected_with_their_own_message() {
     let text = "\
 sites:
-  - match: a.example
-    login: { url: \"https://a.example/login\", method: POST }
   - match: c.example
     query_token: { param: p }
 ";
     let es = errors(text);
     assert_eq!(
         es,
-        vec![
-            "/etc/authproxy/config.yaml:3: `login` is not supported by this version yet",
-            "/etc/authproxy/config.yaml:5: `query_token` is not supported by this version yet",
-        ]
+        vec!["/etc/authproxy/config.yaml:3: `query_token` is not supported by this version yet",]
     );
 }
 

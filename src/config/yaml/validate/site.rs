@@ -10,9 +10,12 @@ use serde_yaml::Value;
 use super::Cx;
 use crate::config::yaml::locate::{show_key, site_path, Seg};
 use crate::config::yaml::raw::{
-    HeaderName, QueryName, RawBasic, RawBearer, RawMatch, RawParamValue, RawProxy, RawSite, RawTls,
+    HeaderName, QueryName, RawBasic, RawBearer, RawLogin, RawMatch, RawParamValue, RawProxy,
+    RawSite, RawTls,
 };
 use crate::config::yaml::{ParamValue, ProxyChoice, Site, SiteTls, YamlConfig, MAX_SITES};
+use crate::rule::login::DEFAULT_WHEN;
+use crate::rule::LoginStep;
 use crate::secret::Secret;
 
 /// Header names a site's `headers` may not set (compared ignoring case): hop-by-hop
@@ -41,7 +44,7 @@ fn is_reserved_header(name: &str) -> bool {
 }
 
 /// Site keys of the design that later versions will implement.
-const SITE_NOT_YET: &[&str] = &["login", "query_token"];
+const SITE_NOT_YET: &[&str] = &["query_token"];
 
 impl Cx<'_> {
     pub(super) fn sites(&mut self, value: &Value, cfg: &mut YamlConfig) {
@@ -177,6 +180,8 @@ impl Cx<'_> {
             },
         };
 
+        let login = raw.login.and_then(|l| self.site_login(i, l));
+
         Site {
             id,
             origin: self.origin(line),
@@ -191,7 +196,104 @@ impl Cx<'_> {
             upstream_proxy,
             redirects: raw.redirects,
             handle,
+            login,
         }
+    }
+
+    /// `sites[i].login`: absolute http(s) URLs without userinfo (http only with a
+    /// warning: the session cookie would travel in cleartext), POST or GET, statuses
+    /// that are client or server errors.
+    fn site_login(&mut self, i: usize, l: RawLogin) -> Option<LoginStep> {
+        let url = self.login_url(i, "url", &l.url.0);
+        let logout_url = l
+            .logout_url
+            .and_then(|u| self.login_url(i, "logout_url", &u.0));
+        let method = match l.method.as_ref().map(|m| m.0.trim().to_ascii_uppercase()) {
+            None => Some(http::Method::POST),
+            Some(m) if m == "POST" => Some(http::Method::POST),
+            Some(m) if m == "GET" => Some(http::Method::GET),
+            Some(_) => {
+                let at = self.key_line(&site_path(i, &["login", "method"]));
+                self.error(at, format!("sites[{i}].login.method: must be POST or GET"));
+                None
+            }
+        };
+        let when = match l.when {
+            None => DEFAULT_WHEN.to_vec(),
+            Some(list) => {
+                if list.is_empty() || list.iter().any(|s| !(400..=599).contains(s)) {
+                    let at = self.key_line(&site_path(i, &["login", "when"]));
+                    self.error(
+                        at,
+                        format!(
+                            "sites[{i}].login.when: a non-empty list of statuses from 400 to \
+                             599 (the answers that mean \"log in first\"), such as [401]"
+                        ),
+                    );
+                    return None;
+                }
+                list
+            }
+        };
+        let body = match (l.body, l.body_file) {
+            (Some(_), Some(_)) => {
+                let at = self.key_line(&site_path(i, &["login", "body_file"]));
+                self.error(
+                    at,
+                    format!("sites[{i}].login: give body or body_file, not both"),
+                );
+                return None;
+            }
+            (Some(b), None) => Some(Secret::new(b)),
+            (None, Some(f)) => {
+                Some(self.read_secret(&f.0, &site_path(i, &["login", "body_file"]))?)
+            }
+            (None, None) => None,
+        };
+        Some(LoginStep {
+            url: url?,
+            method: method?,
+            body,
+            logout_url,
+            when,
+        })
+    }
+
+    fn login_url(&mut self, i: usize, key: &str, text: &str) -> Option<url::Url> {
+        let at = self.key_line(&site_path(i, &["login", key]));
+        let url = match url::Url::parse(text.trim()) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => u,
+            _ => {
+                self.error(
+                    at,
+                    format!(
+                        "sites[{i}].login.{key}: must be an absolute URL such as \
+                         https://host:8443/s2dr/login"
+                    ),
+                );
+                return None;
+            }
+        };
+        if !url.username().is_empty() || url.password().is_some() {
+            self.error(
+                at,
+                format!(
+                    "sites[{i}].login.{key}: must not hold a user or password; the client \
+                     certificate (tls.client_cert) or basic proves who logs in"
+                ),
+            );
+            return None;
+        }
+        if url.scheme() == "http" {
+            self.warn(
+                at,
+                format!(
+                    "sites[{i}].login.{key} is plain http: the session cookie travels in \
+                     cleartext and no client certificate can be presented"
+                ),
+            );
+        }
+        Some(url)
     }
 
     fn site_tls(&mut self, i: usize, t: RawTls, pattern_text: &str) -> SiteTls {
