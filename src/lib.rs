@@ -12,6 +12,8 @@ pub mod auth;
 pub mod config;
 pub mod explain;
 pub mod failure;
+pub mod install;
+pub mod lifecycle;
 pub mod origin;
 pub mod policy;
 pub mod proxy;

@@ -15,3 +15,4 @@ mod netrc_safety;
 mod process;
 mod rc_compat;
 mod safety;
+mod service;
