@@ -228,8 +228,13 @@ async fn watchdog(
     let mut stalled = false;
     loop {
         tokio::select! {
-            _ = ticks.tick() => {}
+            // Shutdown first: the accept loops end with it, which is no stall.
+            biased;
             _ = shutdown.wait_for(|stop| *stop) => return,
+            _ = ticks.tick() => {}
+        }
+        if *shutdown.borrow() {
+            return;
         }
         match pulse.stalled(every) {
             None => {

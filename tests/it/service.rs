@@ -327,6 +327,12 @@ async fn sigterm_lets_streaming_responses_finish_saves_the_jar_and_exits_0() {
     let (_, log) = daemon.stop();
     assert!(log.contains("SIGTERM: shutting down"), "{log}");
     assert!(log.contains("stopped"), "{log}");
+    for secret in ["E4rly-V4lue", "L4te-V4lue"] {
+        assert!(
+            !log.contains(secret),
+            "a cookie value reached the log:\n{log}"
+        );
+    }
     // Both cookies, the second set during the drain, are in the saved jar.
     let saved = std::fs::read_to_string(&jar).unwrap();
     assert!(saved.contains("\tearly\tE4rly-V4lue"), "{saved}");
