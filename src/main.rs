@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use authproxy::config::load::{self, Environment};
 use authproxy::explain;
 use authproxy::install;
-use authproxy::lifecycle::{self, Pulse};
+use authproxy::lifecycle::{self, Pulse, Signals};
 use authproxy::reload::Reloader;
 use authproxy::session::{self, Jar, State};
 use authproxy::telemetry::{self, LogFormat};
@@ -186,6 +186,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("starting the runtime")?;
     let code = runtime.block_on(async move {
+        // Caught before anything can be connected to: a SIGHUP (reload) that arrives
+        // once the port answers must not kill the daemon.
+        let signals = Signals::install().context("catching signals")?;
         let listeners = if inherited.is_empty() {
             let mut listeners = Vec::new();
             for addr in &listen {
@@ -242,7 +245,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let writer = session::spawn_writer(jar, flush_rx);
 
         tokio::spawn(async move {
-            let signal = lifecycle::stop_signal(|| reloader.trigger()).await;
+            let signal = signals.stop(|| reloader.trigger()).await;
             lifecycle::notify_stopping();
             tracing::info!(
                 "{signal}: shutting down; waiting up to {drain:?} for requests in flight"

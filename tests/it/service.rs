@@ -156,12 +156,16 @@ fn watchdog_pings_at_half_the_timeout() {
     }
     let (clean, log) = daemon.stop();
     assert!(clean, "{log}");
-    // Every 200 ms: six in 1.3 s; a busy machine may delay one.
-    assert!((5..=7).contains(&pings.len()), "{pings:?}");
-    let gaps: Vec<Duration> = pings.windows(2).map(|w| w[1] - w[0]).collect();
+    // Every 200 ms: six in 1.3 s. A busy machine may delay or skip one (a part that
+    // did not run for 200 ms costs a ping), so the typical gap is what is checked.
+    assert!((4..=7).contains(&pings.len()), "{pings:?}");
+    let mut gaps: Vec<Duration> = pings.windows(2).map(|w| w[1] - w[0]).collect();
+    gaps.sort();
+    let median = gaps[gaps.len() / 2];
     assert!(
-        gaps.iter()
-            .all(|g| *g >= Duration::from_millis(120) && *g <= Duration::from_millis(350)),
+        gaps[0] >= Duration::from_millis(120)
+            && median >= Duration::from_millis(170)
+            && median <= Duration::from_millis(260),
         "{gaps:?}"
     );
     assert!(log.contains("watchdog"), "{log}");
@@ -337,6 +341,37 @@ async fn sigterm_lets_streaming_responses_finish_saves_the_jar_and_exits_0() {
     let saved = std::fs::read_to_string(&jar).unwrap();
     assert!(saved.contains("\tearly\tE4rly-V4lue"), "{saved}");
     assert!(saved.contains("\tlate\tL4te-V4lue"), "{saved}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_drain_is_bounded_by_shutdown_drain() {
+    let (origin, _) = trickle_origin().await;
+    let home = tempfile::tempdir().unwrap();
+    let config = yaml(home.path(), "shutdown: { drain: 400ms }\n");
+    let mut daemon = Daemon::start_in(home.path(), &["--config", config.to_str().unwrap()], &[]);
+    let (head, trickle) = start_get(&daemon.addr, &format!("http://{origin}/trickle")).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let signalled = Instant::now();
+    kill(&daemon.child, "-TERM");
+    let status = tokio::task::spawn_blocking(move || {
+        let s = wait_exit(&mut daemon.child, 5 * SECOND);
+        (s, daemon)
+    });
+    // The response is cut at the drain's end: the client sees the connection close.
+    let (body, closed) = trickle.await.unwrap();
+    assert!(body.len() < TRICKLE_LEN, "{} bytes", body.len());
+    assert_eq!(body, support::pattern_bytes(body.len()));
+    let (status, mut daemon) = status.await.unwrap();
+    let exited = signalled.elapsed();
+    assert!(status.expect("exits").success());
+    assert!(
+        closed.duration_since(signalled) >= Duration::from_millis(400),
+        "cut before the drain ended"
+    );
+    assert!(exited < 3 * SECOND, "took {exited:?}");
+    let (_, log) = daemon.stop();
+    assert!(log.contains("waiting up to 400ms"), "{log}");
+    assert!(log.contains("connections still open after 400ms"), "{log}");
 }
 
 #[test]
