@@ -189,34 +189,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         // Caught before anything can be connected to: a SIGHUP (reload) that arrives
         // once the port answers must not kill the daemon.
         let signals = Signals::install().context("catching signals")?;
-        let listeners = if inherited.is_empty() {
-            let mut listeners = Vec::new();
-            for addr in &listen {
-                let l = tokio::net::TcpListener::bind(addr)
-                    .await
-                    .with_context(|| format!("cannot listen on {addr}"))?;
-                tracing::info!(%addr, "listening");
-                listeners.push(l);
-            }
-            listeners
-        } else {
-            let not_bound = listen.iter().map(ToString::to_string).collect::<Vec<_>>();
-            let mut listeners = Vec::new();
-            for l in inherited {
-                let l = tokio::net::TcpListener::from_std(l).context("socket activation")?;
-                match l.local_addr() {
-                    Ok(addr) => tracing::info!(
-                        %addr,
-                        "listening on a socket from the service manager (LISTEN_FDS); \
-                         `listen` ({}) is not bound",
-                        not_bound.join(", ")
-                    ),
-                    Err(e) => tracing::warn!(error = %e, "an inherited socket has no address"),
-                }
-                listeners.push(l);
-            }
-            listeners
-        };
+        let listeners = listeners(&listen, inherited).await?;
         let rules = snapshot.sites.len() + snapshot.rc.len();
         tracing::info!(rules, files = snapshot.files.len(), "configuration loaded");
         let jar = open_jar(&snapshot);
@@ -260,6 +233,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         // Servlet logouts go here: after the drain (no request still needs a session),
         // before the jar is saved (a logout's Set-Cookie clears the session cookie).
         // `state` is the session state they run on.
+
         // The writer saves the jar once more as it stops.
         let _ = flush_tx.send(true);
         let _ = writer.await;
@@ -270,6 +244,39 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     // the exit.
     runtime.shutdown_timeout(Duration::from_secs(1));
     code
+}
+
+/// The sockets systemd passed (socket activation), else `listen` bound here.
+async fn listeners(
+    listen: &[SocketAddr],
+    inherited: Vec<std::net::TcpListener>,
+) -> anyhow::Result<Vec<tokio::net::TcpListener>> {
+    let mut listeners = Vec::new();
+    if inherited.is_empty() {
+        for addr in listen {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr}"))?;
+            tracing::info!(%addr, "listening");
+            listeners.push(l);
+        }
+        return Ok(listeners);
+    }
+    let not_bound = listen.iter().map(ToString::to_string).collect::<Vec<_>>();
+    for l in inherited {
+        let l = tokio::net::TcpListener::from_std(l).context("socket activation")?;
+        match l.local_addr() {
+            Ok(addr) => tracing::info!(
+                %addr,
+                "listening on a socket from the service manager (LISTEN_FDS); \
+                 `listen` ({}) is not bound",
+                not_bound.join(", ")
+            ),
+            Err(e) => tracing::warn!(error = %e, "an inherited socket has no address"),
+        }
+        listeners.push(l);
+    }
+    Ok(listeners)
 }
 
 /// `authproxy install`: see `authproxy::install`.

@@ -387,6 +387,53 @@ fn sigint_stops_as_sigterm_does() {
     assert!(log.contains("SIGINT: shutting down"), "{log}");
 }
 
+/// `authproxy serve` started as systemd starts a socket-activated service: `fd` as fd 3,
+/// `LISTEN_FDS=1` and `LISTEN_PID` its own pid (the shell sets it to its own, then
+/// becomes the daemon: exec keeps the pid). Output goes to `out`/stdout and stderr.
+fn activated(home: &Path, out: &Path, fd: std::os::fd::OwnedFd) -> Command {
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(r#"LISTEN_PID=$$ exec "$0" "$@""#)
+        .arg(BIN)
+        .arg("serve")
+        .current_dir(home);
+    for (k, v) in process::command(home).get_envs() {
+        match v {
+            Some(v) => cmd.env(k, v),
+            None => cmd.env_remove(k),
+        };
+    }
+    let file = |name: &str| std::fs::File::create(out.join(name)).unwrap();
+    cmd.env("LISTEN_FDS", "1")
+        .stdout(Stdio::from(file("stdout")))
+        .stderr(Stdio::from(file("stderr")))
+        .fd_mappings(vec![FdMapping {
+            parent_fd: fd,
+            child_fd: 3,
+        }])
+        .unwrap();
+    cmd
+}
+
+#[test]
+fn an_inherited_fd_that_is_no_tcp_listener_is_a_clear_error() {
+    let home = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let unix = std::os::unix::net::UnixListener::bind(home.path().join("sock")).unwrap();
+    let mut cmd = activated(home.path(), out.path(), unix.into());
+    let mut child = cmd.spawn().unwrap();
+    drop(cmd);
+    let status = wait_exit(&mut child, 10 * SECOND).expect("exits");
+    assert_eq!(status.code(), Some(1));
+    let err = std::fs::read_to_string(out.path().join("stderr")).unwrap();
+    assert!(
+        err.contains(
+            "authproxy: socket activation: LISTEN_FDS: fd 3 is not a TCP listening socket"
+        ),
+        "{err}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serves_the_socket_systemd_passes_instead_of_binding_listen() {
     let origin = Origin::start().await;
@@ -396,31 +443,9 @@ async fn serves_the_socket_systemd_passes_instead_of_binding_listen() {
     let addr = socket.local_addr().unwrap();
     let not_bound = format!("127.0.0.1:{}", support::closed_port());
     let notify = NotifySocket::bind();
-    // LISTEN_PID must be the daemon's own pid: the shell sets it to its own, then
-    // becomes the daemon (exec keeps the pid).
-    let daemon_cmd = process::command(home.path());
-    let mut cmd = Command::new("sh");
-    cmd.arg("-c")
-        .arg(r#"LISTEN_PID=$$ exec "$0" "$@""#)
-        .arg(env!("CARGO_BIN_EXE_authproxy"))
-        .args(["serve", "--listen", &not_bound])
-        .current_dir(home.path());
-    for (k, v) in daemon_cmd.get_envs() {
-        match v {
-            Some(v) => cmd.env(k, v),
-            None => cmd.env_remove(k),
-        };
-    }
-    let file = |name: &str| std::fs::File::create(out.path().join(name)).unwrap();
-    cmd.env("LISTEN_FDS", "1")
-        .env(notify.env().0, notify.env().1)
-        .stdout(Stdio::from(file("stdout")))
-        .stderr(Stdio::from(file("stderr")))
-        .fd_mappings(vec![FdMapping {
-            parent_fd: socket.into(),
-            child_fd: 3,
-        }])
-        .unwrap();
+    let mut cmd = activated(home.path(), out.path(), socket.into());
+    cmd.args(["--listen", &not_bound])
+        .env(notify.env().0, notify.env().1);
     let mut child = cmd.spawn().unwrap();
     drop(cmd); // the parent's copy of the socket
     let n = notify;
