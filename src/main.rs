@@ -209,7 +209,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             env,
             snapshots.clone(),
             Some(state.clone()),
-            Some(pulse.heart("configuration reloader")),
+            pulse.heart("configuration reloader"),
         );
         let daemon = Daemon::with_state(snapshots, state.clone(), &tuning);
         let (stop_tx, stop_rx) = watch::channel(false);

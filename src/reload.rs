@@ -45,11 +45,22 @@ impl Reloader {
         handle: SnapshotHandle,
         state: Option<Arc<State>>,
     ) -> Reloader {
-        Reloader::start_watched(env, handle, state, None)
+        Reloader::spawn(env, handle, state, None)
     }
 
-    /// [`Reloader::start_with_state`], its loop beating `heart` for the systemd watchdog.
+    /// The daemon's reloader: [`Reloader::start_with_state`] whose loop beats `heart`
+    /// for the systemd watchdog and tells the service manager `RELOADING=1`/`READY=1`
+    /// around each rebuild (the others tell nobody: a test's reloader is no service's).
     pub fn start_watched(
+        env: Environment,
+        handle: SnapshotHandle,
+        state: Option<Arc<State>>,
+        heart: Heartbeat,
+    ) -> Reloader {
+        Reloader::spawn(env, handle, state, Some(heart))
+    }
+
+    fn spawn(
         env: Environment,
         handle: SnapshotHandle,
         state: Option<Arc<State>>,
@@ -116,6 +127,7 @@ async fn run(
     mut watches: Watches,
     mut heart: Option<Heartbeat>,
 ) {
+    let service = heart.is_some();
     loop {
         tokio::select! {
             got = rx.recv() => if got.is_none() { return },
@@ -124,7 +136,9 @@ async fn run(
         }
         // Told at once, before the debounce: `systemctl reload` (kill -HUP) returns
         // immediately, and systemd should see the reload start as near to it as can be.
-        lifecycle::notify_reloading();
+        if service {
+            lifecycle::notify_reloading();
+        }
         tokio::time::sleep(DEBOUNCE).await;
         while rx.try_recv().is_ok() {}
         let env = env.clone();
@@ -169,7 +183,9 @@ async fn run(
             }
         }
         // Whether the new snapshot was taken or rejected, the daemon serves again.
-        lifecycle::notify_ready();
+        if service {
+            lifecycle::notify_ready();
+        }
     }
 }
 
