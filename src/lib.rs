@@ -13,6 +13,8 @@ pub mod client;
 pub mod config;
 pub mod explain;
 pub mod failure;
+pub mod install;
+pub mod lifecycle;
 pub mod origin;
 pub mod policy;
 pub mod proxy;

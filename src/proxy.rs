@@ -702,6 +702,7 @@ impl ProxyHttp for Forwarder {
             Ok(()) => failure.status,
             Err(_) => 0,
         };
+        linger(session).await;
         FailToProxy {
             error_code: code,
             can_reuse_downstream: false,
@@ -743,6 +744,28 @@ impl ProxyHttp for Forwarder {
 }
 
 /// Whether the client's request carries a body.
+/// How long, and how many body bytes, an error answer given before the client finished
+/// sending waits for the rest of the body.
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 16 << 20;
+
+/// Reads and drops what is left of the request body (bounded), after an error answer
+/// given before the client finished sending it. Closing with unread bytes would make the
+/// kernel reset the connection, and a reset can destroy the answer before the client
+/// reads it: the lingering close of Apache and nginx.
+async fn linger(session: &mut Session) {
+    let drain = async {
+        let mut read = 0;
+        while !session.is_body_done() && read < LINGER_BYTES {
+            match session.read_request_body().await {
+                Ok(Some(chunk)) => read += chunk.len(),
+                _ => break,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
+}
+
 fn has_body(req: &RequestHeader) -> bool {
     req.headers.contains_key(header::TRANSFER_ENCODING)
         || req

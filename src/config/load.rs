@@ -137,6 +137,9 @@ pub fn load(env: &Environment) -> Result<Snapshot, LoadErrors> {
         snap.netrc_default = y.netrc_default;
         snap.log_level = y.log.level.map(|l| format!("{l:?}").to_ascii_lowercase());
         snap.log_json = y.log.format.map(|f| f == yaml::LogFormat::Json);
+        if let Some(d) = y.shutdown_drain {
+            snap.shutdown_drain = d;
+        }
         snap.no_proxy = y
             .no_proxy
             .iter()

@@ -23,6 +23,9 @@ use crate::rule::{CaSet, HandleCredential, Identity, ProxyChoice, Rule, Upstream
 use crate::secret::Secret;
 use crate::target::{Scheme, Target};
 
+/// How long SIGTERM waits for requests in flight unless YAML `shutdown.drain` says.
+pub const DEFAULT_DRAIN: Duration = Duration::from_secs(10);
+
 /// Everything a request needs to know, built once per (re)load.
 #[derive(Debug)]
 pub struct Snapshot {
@@ -51,6 +54,9 @@ pub struct Snapshot {
     pub log_level: Option<String>,
     /// YAML `log.format: json`, applied at start.
     pub log_json: Option<bool>,
+    /// YAML `shutdown.drain`: how long SIGTERM waits for requests in flight (default
+    /// 10 s). Read at start.
+    pub shutdown_drain: Duration,
     /// Every file the snapshot was built from.
     pub files: Vec<PathBuf>,
     /// Files that were looked for and may appear later (rc files, config, netrc).
@@ -84,6 +90,7 @@ impl Default for Snapshot {
             secret_query_names: Vec::new(),
             log_level: None,
             log_json: None,
+            shutdown_drain: DEFAULT_DRAIN,
             files: Vec::new(),
             watch: Vec::new(),
             warnings: Vec::new(),

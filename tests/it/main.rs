@@ -16,5 +16,6 @@ mod netrc_safety;
 mod process;
 mod rc_compat;
 mod safety;
+mod service;
 mod servlet;
 mod side_client;

@@ -12,6 +12,7 @@ no_proxy: [".internal.example", "localhost"]
 redirects: { max_hops: 10 }
 timeouts: { connect: 10s, first_byte: 60s, idle: 5m }
 log: { format: plain, level: info }
+shutdown: { drain: 10s }        # how long SIGTERM waits for requests in flight
 sites:
   - match: "esgf-node.example.org"   # host | host:port | *.domain | http(s)://host[:port]/path | "*"
     name: esgf
@@ -120,6 +121,9 @@ pub struct YamlConfig {
     pub max_hops: u8,
     pub timeouts: Timeouts,
     pub log: LogSettings,
+    /// `shutdown.drain`: how long SIGTERM waits for requests in flight (`None`: the
+    /// daemon's default).
+    pub shutdown_drain: Option<Duration>,
     pub sites: Vec<Site>,
     pub warnings: Vec<Diagnostic>,
     /// Secret files read, for the reload watcher.
@@ -142,6 +146,7 @@ impl YamlConfig {
             max_hops: DEFAULT_MAX_HOPS,
             timeouts: Timeouts::default(),
             log: LogSettings::default(),
+            shutdown_drain: None,
             sites: Vec::new(),
             warnings: Vec::new(),
             files_read: Vec::new(),

@@ -327,6 +327,13 @@ pub(super) struct RawTimeouts {
     pub(super) idle: Option<RawDuration>,
 }
 
+/// `shutdown`: how SIGTERM ends the daemon.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, expecting = "a map with drain")]
+pub(super) struct RawShutdown {
+    pub(super) drain: Option<RawDuration>,
+}
+
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields, expecting = "a map with format and level")]
 pub(super) struct RawLog {

@@ -505,6 +505,13 @@ sites:
         es[0].contains(":1: ") && es[0].contains("longer than zero"),
         "{es:?}"
     );
+    let es = errors("shutdown: { drain: 0s }\n");
+    assert!(
+        es[0].contains(":1: ") && es[0].contains("longer than zero"),
+        "{es:?}"
+    );
+    let es = errors("shutdown: { drian: 5s }\n");
+    assert!(es[0].contains("`drian`"), "{es:?}");
     let es = errors("redirects: { max_hops: 51 }\n");
     assert!(es[0].contains("between 1 and 50"), "{es:?}");
 }
@@ -722,4 +729,14 @@ fn hostile_inputs_do_not_panic() {
     ] {
         let _ = parse(text);
     }
+}
+
+#[test]
+fn shutdown_drain_is_read_and_defaults_to_none() {
+    let c = parse("shutdown: { drain: 2500ms }\n").unwrap();
+    assert_eq!(c.shutdown_drain, Some(Duration::from_millis(2500)));
+    assert_eq!(
+        parse("listen: [\"127.0.0.1:1\"]\n").unwrap().shutdown_drain,
+        None
+    );
 }

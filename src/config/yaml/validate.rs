@@ -20,7 +20,7 @@ use serde_yaml::Value;
 use super::locate::{clean_message, option_name, show_key, Nav, NodeProbe, Seg, PROBE};
 use super::raw::{
     NonEmpty, RawAccess, RawAddr, RawCookieJar, RawHops, RawLog, RawNetrc, RawNoProxy, RawProxy,
-    RawProxyVia, RawRcFiles, RawRedirects, RawTimeouts,
+    RawProxyVia, RawRcFiles, RawRedirects, RawShutdown, RawTimeouts,
 };
 use super::{
     LogSettings, NetrcSetting, RcFilesSetting, SecretEnv, Timeouts, UnscopedCredentials,
@@ -42,6 +42,7 @@ const TOP_KEYS: &[&str] = &[
     "redirects",
     "timeouts",
     "log",
+    "shutdown",
     "sites",
 ];
 
@@ -274,6 +275,11 @@ impl<'a> Cx<'a> {
                         format: raw.format,
                         level: raw.level,
                     };
+                }
+            }
+            "shutdown" => {
+                if let Some(raw) = self.extract::<Option<RawShutdown>>(&at).flatten() {
+                    cfg.shutdown_drain = raw.drain.map(|d| d.0);
                 }
             }
             "sites" => self.sites(value, cfg),
