@@ -14,7 +14,7 @@ use crate::config::load::{self, ConfigPath, Environment};
 use crate::config::snapshot::Resolved;
 use crate::config::{Snapshot, Sourced};
 use crate::redact::LogUrl;
-use crate::rule::{ProxyChoice, Rule, TlsSettings};
+use crate::rule::{ProxyChoice, QueryToken, Rule, TlsSettings};
 use crate::target::{Scheme, Target};
 
 /// The `check` report and whether the configuration loads.
@@ -190,6 +190,9 @@ fn describe_rule(out: &mut String, rule: &Rule) {
     for (name, _) in &rule.query {
         let _ = writeln!(out, "    query: {name}=***");
     }
+    if let Some(q) = &rule.query_token {
+        let _ = writeln!(out, "    {}", query_token_text(q));
+    }
     let tls = tls_text(&rule.tls);
     if !tls.is_empty() {
         let _ = writeln!(out, "    tls: {tls}");
@@ -209,6 +212,34 @@ fn describe_rule(out: &mut String, rule: &Rule) {
     if let Some(t) = rule.read_timeout {
         let _ = writeln!(out, "    timeout: {t:?}");
     }
+}
+
+/// A `query_token` for `check` and `explain`: the parameter and the source, never the key.
+fn query_token_text(q: &QueryToken) -> String {
+    let mut s = format!(
+        "query_token: {}=*** ({}), {}",
+        q.param,
+        q.origin,
+        q.source.shown()
+    );
+    if q.source.is_fetched() {
+        let _ = write!(
+            s,
+            ", each key used for {:?} and replaced {:?} before that",
+            q.lifetime, q.refresh_before
+        );
+        if let Some(c) = &q.cache_file {
+            let _ = write!(s, ", kept in {}", c.display());
+        }
+    } else {
+        s.push_str(", read again when the file changes");
+    }
+    s.push_str(if q.replace {
+        "; replaces a value the client sends"
+    } else {
+        "; a value the client sends is kept"
+    });
+    s
 }
 
 /// Whether a rule's requests may go upstream as plain http: it matches http URLs and does
@@ -342,6 +373,9 @@ fn fetched(
     }
     for (name, _) in resolved.query() {
         let _ = writeln!(out, "query: {name}=***");
+    }
+    if let Some(q) = resolved.query_token() {
+        let _ = writeln!(out, "{}", query_token_text(q));
     }
     let (connect, read) = resolved.timeout_pair();
     let _ = writeln!(out, "timeouts: connect {connect:?}, first byte {read:?}");

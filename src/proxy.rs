@@ -29,6 +29,7 @@ use crate::redact;
 use crate::redirect;
 use crate::resolve;
 use crate::rule::UpstreamProxy;
+use crate::secret::Secret;
 use crate::session::{logins, Jar, LoginGuard, State, Turn};
 use crate::target::{Scheme, Target, TargetError};
 use crate::upstream;
@@ -94,6 +95,8 @@ pub struct RequestCtx {
     /// A login host's 403 with a JSON body is being read, to name its `resolution_url`
     /// in the answer that replaces it.
     needs_browser: Option<NeedsBrowser>,
+    /// The key this hop's `query_token` adds, fetched in `upstream_peer`.
+    query_key: Option<Secret<String>>,
 }
 
 /// A login host's refusal being turned into a `login_needs_browser` answer.
@@ -148,6 +151,7 @@ impl ProxyHttp for Forwarder {
             login: None,
             login_url: None,
             needs_browser: None,
+            query_key: None,
         }
     }
 
@@ -177,7 +181,23 @@ impl ProxyHttp for Forwarder {
         _session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        ctx.policy()?;
+        // The hop's query key, before connecting: without it the request is not sent
+        // (the service would take it for a guest's).
+        let key = {
+            let policy = ctx.policy()?;
+            let presigned = auth::bearer::is_presigned(&policy.upstream.path_and_query);
+            match policy.rules().query_token().filter(|_| !presigned) {
+                Some(spec) => {
+                    let host = policy.upstream.authority();
+                    let got = self
+                        .state
+                        .query_key(&self.snapshots, policy.snapshot(), spec, &host);
+                    Some(got.await.map_err(|f| f.into_error())?)
+                }
+                None => None,
+            }
+        };
+        ctx.query_key = key;
         // Disjoint borrows: the hop's policy is read while the address list changes.
         let RequestCtx {
             policy,
@@ -295,6 +315,12 @@ impl ProxyHttp for Forwarder {
         }
         let (applied, new_pq) = auth::apply(&resolved, target, req, ctx.challenged)?;
         let pq = new_pq.as_deref().unwrap_or(&target.path_and_query);
+        let keyed = ctx
+            .query_key
+            .as_ref()
+            .zip(resolved.query_token())
+            .and_then(|(key, q)| auth::query_token::add(pq, &q.param, key.expose(), q.replace));
+        let pq = keyed.as_deref().unwrap_or(pq);
         match &ctx.via {
             Some(proxy) if target.scheme == Scheme::Http => {
                 // Absolute-form towards the upstream proxy.

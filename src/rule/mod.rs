@@ -15,8 +15,10 @@ use pingora::utils::tls::{CertKey, WrappedX509};
 
 pub mod pattern;
 pub mod proxy;
+pub mod query_token;
 
 pub use pattern::{HostPattern, Pattern, PortSpec, SchemePattern, Syntax};
+pub use query_token::{KeySource, QueryToken};
 
 use crate::origin::Origin;
 use crate::secret::Secret;
@@ -183,6 +185,8 @@ pub struct Rule {
     pub netrc: Option<usize>,
     /// YAML `redirects: pass`: this site's 3xx go to the client instead of being followed.
     pub pass_redirects: bool,
+    /// YAML `query_token`: a key added to every request's query.
+    pub query_token: Option<Arc<QueryToken>>,
 }
 
 impl Rule {
@@ -201,6 +205,7 @@ impl Rule {
             read_timeout: None,
             netrc: None,
             pass_redirects: false,
+            query_token: None,
         }
     }
 

@@ -3,16 +3,19 @@ State that outlives a configuration snapshot: the cookie jar and the logins in f
 
 [`Jar`] keeps every cookie the daemon sees and sends it back to the hosts it belongs to;
 [`netscape`] reads and writes libcurl's cookie-file format, so that curl and the daemon
-can share one jar; [`spawn_writer`] keeps the file within seconds of the jar.
+can share one jar; [`spawn_writer`] keeps the file within seconds of the jar. [`keys`]
+holds the query keys (`query_token`) and refreshes them ahead of their expiry.
 */
 
 pub mod jar;
+pub mod keys;
 pub mod logins;
 pub mod netscape;
 
 use std::sync::Arc;
 
 pub use jar::{default_path, spawn_writer, write_atomically, Jar, JarProblem};
+pub use keys::Keys;
 pub use logins::{LoginGuard, Logins, Turn};
 
 /// What the daemon keeps across configuration reloads, shared by every request.
@@ -20,6 +23,8 @@ pub use logins::{LoginGuard, Logins, Turn};
 pub struct State {
     pub jar: Arc<Jar>,
     pub logins: Arc<Logins>,
+    /// Query keys (`query_token`) and their refreshers.
+    pub keys: Arc<Keys>,
 }
 
 impl State {
@@ -27,6 +32,7 @@ impl State {
         State {
             jar,
             logins: Arc::default(),
+            keys: Arc::default(),
         }
     }
 
@@ -35,6 +41,7 @@ impl State {
     /// (moving cookies between files under a running daemon could lose some), and the
     /// log says so. Returns the warning, if any.
     pub fn reloaded(&self, snapshot: &crate::config::Snapshot) -> Option<String> {
+        self.keys.retain(snapshot);
         let wanted = snapshot.cookie_jar.as_deref()?;
         if self.jar.path() == Some(wanted) {
             return None;

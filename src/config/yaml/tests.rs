@@ -290,7 +290,7 @@ sites:
         vec![
             "/etc/authproxy/config.yaml:3: `login` is not supported by this version yet",
             "/etc/authproxy/config.yaml:5: `handle` is not supported by this version yet",
-            "/etc/authproxy/config.yaml:8: `query_token` is not supported by this version yet",
+            "/etc/authproxy/config.yaml:8: sites[2].query_token: needs one of from_url, token_file and from_command",
         ]
     );
 }

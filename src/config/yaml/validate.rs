@@ -6,6 +6,7 @@ The top-level settings and upstream proxies are here; the `sites` entries are in
 [`site`], and paths and `*_file` secrets in [`secret_file`].
 */
 
+mod query_token;
 mod secret_file;
 mod site;
 

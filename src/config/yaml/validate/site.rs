@@ -41,7 +41,7 @@ fn is_reserved_header(name: &str) -> bool {
 }
 
 /// Site keys of the design that later versions will implement.
-const SITE_NOT_YET: &[&str] = &["login", "handle", "query_token"];
+const SITE_NOT_YET: &[&str] = &["login", "handle"];
 
 impl Cx<'_> {
     pub(super) fn sites(&mut self, value: &Value, cfg: &mut YamlConfig) {
@@ -170,6 +170,7 @@ impl Cx<'_> {
             query,
             upstream_proxy,
             redirects: raw.redirects,
+            query_token: raw.query_token.and_then(|q| self.site_query_token(i, q)),
         }
     }
 

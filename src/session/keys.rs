@@ -1,0 +1,612 @@
+/*!
+Query keys (`query_token`, Handcar's agent keys): fetched once, kept, refreshed ahead.
+
+A key outlives the snapshot it was fetched under: the store is keyed by the rule's
+[`QueryToken::key_id`] (its source and lifetimes), so a reload that keeps the source keeps
+the key, and a reload that drops the rule drops the key and stops its refresher
+([`Keys::retain`]). No request ever fetches a key while a valid one is held:
+
+* the first request that needs a key fetches it (one fetch for any number of concurrent
+  requests: they wait on the entry's fetch lock, then find the key);
+* a refresher task then fetches the next key `refresh_before` ahead of the expiry, as
+  long as the key is in use (an unused key is left to expire; the next request fetches);
+* when the source fails, requests keep getting the old key while it is valid, then an
+  explained 502 (`query_token_unavailable`), never the guest's way in. After a failure,
+  requests within [`retry_interval`] get that answer without fetching again.
+
+A key's lifetime counts from the moment its fetch *started*, so the daemon never thinks
+a key valid that the service has already expired. Keys are never logged: log lines
+name the site's `query_token` line and the source, and say how long the key is.
+*/
+
+use std::collections::HashMap;
+use std::os::unix::fs::PermissionsExt;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::time::Instant;
+
+use crate::config::{Snapshot, SnapshotHandle};
+use crate::failure::Failure;
+use crate::rule::{KeySource, QueryToken};
+use crate::secret::Secret;
+
+/// The largest key accepted: Handcar's are about 80 bytes.
+const MAX_KEY: usize = 16 * 1024;
+
+/// The state of every fetched key, by [`QueryToken::key_id`].
+#[derive(Debug, Default)]
+pub struct Keys {
+    entries: Mutex<HashMap<u64, Arc<Entry>>>,
+}
+
+/// One key source's key.
+#[derive(Debug)]
+struct Entry {
+    id: u64,
+    slot: Mutex<Slot>,
+    /// Held while fetching: one fetch at a time per source.
+    fetching: tokio::sync::Mutex<()>,
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    key: Option<Held>,
+    /// A request used the key since it was fetched.
+    used: bool,
+    /// The last failed fetch: when it ended, and the answer requests get.
+    failed: Option<(Instant, Failure)>,
+    /// The running refresher.
+    refresher: Option<tokio::task::AbortHandle>,
+}
+
+#[derive(Debug)]
+struct Held {
+    key: Secret<String>,
+    expires: Instant,
+}
+
+impl Drop for Entry {
+    fn drop(&mut self) {
+        if let Some(r) = self.lock().refresher.take() {
+            r.abort();
+        }
+    }
+}
+
+impl Entry {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Slot> {
+        self.slot.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The held key if it is still valid, marked used.
+    fn valid(&self, now: Instant) -> Option<Secret<String>> {
+        let mut slot = self.lock();
+        let key = slot.key.as_ref().filter(|h| now < h.expires)?.key.clone();
+        slot.used = true;
+        Some(key)
+    }
+}
+
+impl Keys {
+    /// Forgets the keys of sources that `snapshot` no longer has, and stops their
+    /// refreshers. Keys of sources it still has are kept.
+    pub fn retain(&self, snapshot: &Snapshot) {
+        let live: Vec<u64> = specs(snapshot).map(|q| q.key_id()).collect();
+        let dropped: Vec<Arc<Entry>> = {
+            let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+            let gone: Vec<u64> = entries
+                .keys()
+                .filter(|id| !live.contains(id))
+                .copied()
+                .collect();
+            gone.iter().filter_map(|id| entries.remove(id)).collect()
+        };
+        for e in dropped {
+            if let Some(r) = e.lock().refresher.take() {
+                r.abort();
+            }
+            tracing::info!("a query_token source left the configuration; its key is forgotten");
+        }
+    }
+
+    /// How many sources have a refresher running (for tests and status).
+    pub fn refreshing(&self) -> usize {
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries
+            .values()
+            .filter(|e| {
+                e.lock()
+                    .refresher
+                    .as_ref()
+                    .is_some_and(|r| !r.is_finished())
+            })
+            .count()
+    }
+
+    fn entry(&self, spec: &QueryToken) -> Arc<Entry> {
+        let id = spec.key_id();
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries
+            .entry(id)
+            .or_insert_with(|| {
+                let entry = Arc::new(Entry {
+                    id,
+                    slot: Mutex::default(),
+                    fetching: tokio::sync::Mutex::new(()),
+                });
+                if let Some(held) = spec.cache_file.as_deref().and_then(|p| cache::read(p, id)) {
+                    entry.lock().key = Some(held);
+                }
+                entry
+            })
+            .clone()
+    }
+}
+
+impl super::State {
+    /// The key for a request to `host` under `spec`, from `snapshot` (the request's).
+    /// `snapshots` is the daemon's current configuration, which a refresher started here
+    /// fetches with. `Err` is the explained 502 the client gets.
+    pub async fn query_key(
+        self: &Arc<Self>,
+        snapshots: &SnapshotHandle,
+        snapshot: &Snapshot,
+        spec: &Arc<QueryToken>,
+        host: &str,
+    ) -> Result<Secret<String>, Failure> {
+        if let KeySource::File { key, .. } = &spec.source {
+            return Ok(key.clone());
+        }
+        let entry = self.keys.entry(spec);
+        if let Some(key) = entry.valid(Instant::now()) {
+            self.ensure_refresher(&entry, snapshots);
+            return Ok(key);
+        }
+        let recent = |entry: &Entry| {
+            let slot = entry.lock();
+            slot.failed
+                .as_ref()
+                .filter(|(at, _)| at.elapsed() < retry_interval(spec))
+                .map(|(_, f)| f.clone())
+        };
+        if let Some(f) = recent(&entry) {
+            return Err(f);
+        }
+        let _fetching = entry.fetching.lock().await;
+        // Another request may have fetched (or failed) while this one waited.
+        if let Some(key) = entry.valid(Instant::now()) {
+            self.ensure_refresher(&entry, snapshots);
+            return Ok(key);
+        }
+        if let Some(f) = recent(&entry) {
+            return Err(f);
+        }
+        match self.fetch_into(&entry, snapshot, spec, host).await {
+            Ok(key) => {
+                entry.lock().used = true;
+                self.ensure_refresher(&entry, snapshots);
+                Ok(key)
+            }
+            Err(f) => Err(f),
+        }
+    }
+
+    /// Fetches a key for `entry` and stores it (or the failure). The caller holds the
+    /// entry's fetch lock.
+    async fn fetch_into(
+        &self,
+        entry: &Entry,
+        snapshot: &Snapshot,
+        spec: &QueryToken,
+        host: &str,
+    ) -> Result<Secret<String>, Failure> {
+        let started = Instant::now();
+        let started_wall = SystemTime::now();
+        match fetch(snapshot, self, spec).await {
+            Ok(key) => {
+                let key = Secret::new(key);
+                let expires = started + spec.lifetime;
+                if let Some(path) = &spec.cache_file {
+                    if let Err(e) = cache::write(path, entry.id, &key, started_wall + spec.lifetime)
+                    {
+                        tracing::warn!(
+                            "{}: cannot write the query_token cache_file {}: {e}",
+                            spec.origin,
+                            path.display()
+                        );
+                    }
+                }
+                tracing::debug!(
+                    source = %spec.source.shown(),
+                    bytes = key.expose().len(),
+                    valid_for = ?spec.lifetime,
+                    "query key fetched"
+                );
+                let mut slot = entry.lock();
+                slot.key = Some(Held {
+                    key: key.clone(),
+                    expires,
+                });
+                slot.used = false;
+                slot.failed = None;
+                Ok(key)
+            }
+            Err(why) => {
+                let mut slot = entry.lock();
+                let still = slot
+                    .key
+                    .as_ref()
+                    .filter(|h| Instant::now() < h.expires)
+                    .map(|h| h.expires - Instant::now());
+                tracing::warn!(
+                    "{}: could not get a query key ({}): {why}{}",
+                    spec.origin,
+                    spec.source.shown(),
+                    still.map_or(String::new(), |d| format!(
+                        "; the current key stays in use for {}ms",
+                        d.as_millis()
+                    ))
+                );
+                let f = unavailable(&spec.param, host, &why);
+                slot.failed = Some((Instant::now(), f.clone()));
+                Err(f)
+            }
+        }
+    }
+
+    /// Starts the entry's refresher unless one runs.
+    fn ensure_refresher(self: &Arc<Self>, entry: &Arc<Entry>, snapshots: &SnapshotHandle) {
+        let mut slot = entry.lock();
+        if slot.refresher.as_ref().is_some_and(|r| !r.is_finished()) {
+            return;
+        }
+        let task = tokio::spawn(refresh(
+            Arc::downgrade(self),
+            Arc::downgrade(entry),
+            snapshots.clone(),
+        ));
+        slot.refresher = Some(task.abort_handle());
+    }
+}
+
+/// The refresher of one entry: fetches the next key `refresh_before` ahead of the
+/// expiry while the key is in use, retrying a failed fetch every [`retry_interval`]
+/// until the key expires. Ends when the key goes unused, when it expires without a
+/// successor, or when the configuration no longer has the source (or is aborted by
+/// [`Keys::retain`]).
+async fn refresh(state: Weak<super::State>, entry: Weak<Entry>, snapshots: SnapshotHandle) {
+    loop {
+        let Some(e) = entry.upgrade() else { return };
+        let Some(expires) = e.lock().key.as_ref().map(|h| h.expires) else {
+            return;
+        };
+        let id = e.id;
+        drop(e);
+        let Some(spec) = current_spec(&snapshots, id) else {
+            return;
+        };
+        tokio::time::sleep_until(expires.checked_sub(spec.refresh_before).unwrap_or(expires)).await;
+        loop {
+            let (Some(state), Some(e)) = (state.upgrade(), entry.upgrade()) else {
+                return;
+            };
+            if !e.lock().used {
+                // Nobody needed this key: let it expire; the next request fetches.
+                return;
+            }
+            let snapshot = snapshots.load_full();
+            let Some(spec) = specs(&snapshot).find(|q| q.key_id() == id).cloned() else {
+                return;
+            };
+            let fetched = {
+                let _fetching = e.fetching.lock().await;
+                let fresh = e.lock().key.as_ref().is_some_and(|h| h.expires > expires);
+                // A request may have fetched a newer key in the meantime.
+                fresh || state.fetch_into(&e, &snapshot, &spec, "").await.is_ok()
+            };
+            if fetched {
+                break;
+            }
+            let retry = Instant::now() + retry_interval(&spec);
+            if retry >= expires {
+                // The key expires before the next try: requests fetch on demand now.
+                return;
+            }
+            drop((state, e));
+            tokio::time::sleep_until(retry).await;
+        }
+    }
+}
+
+fn current_spec(snapshots: &SnapshotHandle, id: u64) -> Option<Arc<QueryToken>> {
+    let snapshot = snapshots.load();
+    let found = specs(&snapshot).find(|q| q.key_id() == id).cloned();
+    found
+}
+
+/// Every fetched `query_token` of a snapshot.
+fn specs(snapshot: &Snapshot) -> impl Iterator<Item = &Arc<QueryToken>> {
+    snapshot
+        .sites
+        .iter()
+        .filter_map(|r| r.query_token.as_ref())
+        .filter(|q| q.source.is_fetched())
+}
+
+/// How soon a failed source is asked again: a fifth of the refresh head start, between
+/// a quarter second and half a minute.
+pub fn retry_interval(spec: &QueryToken) -> Duration {
+    (spec.refresh_before / 5).clamp(Duration::from_millis(250), Duration::from_secs(30))
+}
+
+/// The client's answer when no valid key can be had.
+pub fn unavailable(param: &str, host: &str, why: &str) -> Failure {
+    let for_host = if host.is_empty() {
+        String::new()
+    } else {
+        format!(" for {host}")
+    };
+    Failure::new(
+        502,
+        "query_token_unavailable",
+        format!(
+            "authproxy has no valid key for the `{param}` query parameter{for_host}: {why}. \
+             The request was not sent, so that it is not served as a guest's; it will work \
+             again once the key source answers."
+        ),
+    )
+}
+
+/// Gets one key from the spec's source. The `Err` text names the source and what went
+/// wrong, never the key or a command's output.
+async fn fetch(
+    snapshot: &Snapshot,
+    state: &super::State,
+    spec: &QueryToken,
+) -> Result<String, String> {
+    match &spec.source {
+        KeySource::File { key, .. } => Ok(key.expose().clone()),
+        KeySource::Url(url) => fetch_url(snapshot, state, url).await,
+        KeySource::Command { argv, timeout } => run_command(argv, *timeout).await,
+    }
+}
+
+/// A GET of the key endpoint with the credentials of the rule that matches it.
+async fn fetch_url(
+    snapshot: &Snapshot,
+    state: &super::State,
+    url: &url::Url,
+) -> Result<String, String> {
+    let shown = crate::target::Target::from_absolute(url.as_str().as_bytes())
+        .map(|t| crate::redact::LogUrl(&t, &snapshot.secret_query_names).to_string())
+        .unwrap_or_else(|_| "the key endpoint".to_owned());
+    let mut req = crate::client::SideRequest::get(url.clone());
+    req.basic = true;
+    req.headers.insert(
+        http::header::ACCEPT,
+        http::HeaderValue::from_static("text/plain, application/json;q=0.9"),
+    );
+    let resp = crate::client::send(snapshot, state, req)
+        .await
+        .map_err(|f| {
+            format!(
+                "the key endpoint {shown} could not be reached: {}",
+                f.message.trim_end()
+            )
+        })?;
+    if !resp.status.is_success() {
+        let hint = match resp.status.as_u16() {
+            401 | 403 => " (it refused the credentials of the site that matches it)",
+            _ => "",
+        };
+        return Err(format!(
+            "the key endpoint {shown} answered {}{hint}",
+            resp.status
+        ));
+    }
+    let content_type = resp
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    parse_key(&resp.body, content_type).map_err(|e| format!("the key endpoint {shown} {e}"))
+}
+
+/// Runs the command (no shell: the program and its arguments as configured), bounded by
+/// `timeout` (then killed); its standard output is the key. Its standard error is not
+/// shown: it may hold the key.
+async fn run_command(argv: &[String], timeout: Duration) -> Result<String, String> {
+    let program = argv.first().map_or("", String::as_str);
+    let child = tokio::process::Command::new(program)
+        .args(&argv[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("the command {program} could not be started ({e})"))?;
+    let out = match tokio::time::timeout(timeout, child.wait_with_output()).await {
+        Err(_) => {
+            return Err(format!(
+                "the command {program} did not finish within {timeout:?} (it was stopped)"
+            ))
+        }
+        Ok(Err(e)) => return Err(format!("the command {program} failed ({e})")),
+        Ok(Ok(out)) => out,
+    };
+    if !out.status.success() {
+        return Err(format!(
+            "the command {program} failed ({}; {} bytes on its standard error, not shown \
+             as they may hold the key)",
+            out.status,
+            out.stderr.len()
+        ));
+    }
+    parse_key(&out.stdout, None).map_err(|e| format!("the command {program} {e}"))
+}
+
+/// The key in a key endpoint's answer: the body itself (text, surrounding whitespace
+/// trimmed, used as sent), or a JSON string, or a JSON object with one string field.
+/// Errors say what is wrong, never what the body holds.
+pub fn parse_key(body: &[u8], content_type: Option<&str>) -> Result<String, &'static str> {
+    let text =
+        std::str::from_utf8(body).map_err(|_| "answered with a body that is not UTF-8 text")?;
+    let text = text.trim();
+    let json_type = content_type.is_some_and(|t| {
+        let t = t.trim().to_ascii_lowercase();
+        t.starts_with("application/json")
+            || t.split(';').next().is_some_and(|m| m.ends_with("+json"))
+    });
+    let key = if json_type || text.starts_with('"') || text.starts_with('{') {
+        const SHAPE: &str =
+            "answered with JSON that is neither a string nor an object with one string field";
+        match serde_json::from_str::<serde_json::Value>(text) {
+            Ok(serde_json::Value::String(s)) => s,
+            Ok(serde_json::Value::Object(m)) if m.len() == 1 => match m.into_iter().next() {
+                Some((_, serde_json::Value::String(s))) => s,
+                _ => return Err(SHAPE),
+            },
+            Ok(_) => return Err(SHAPE),
+            Err(_) if json_type => return Err("answered with JSON that does not parse"),
+            Err(_) => text.to_owned(),
+        }
+    } else {
+        text.to_owned()
+    };
+    if key.is_empty() {
+        return Err("answered with an empty key");
+    }
+    if key.len() > MAX_KEY {
+        return Err("answered with more than 16 KiB, which no key is");
+    }
+    if key.chars().any(char::is_control) {
+        return Err("answered with a key that holds line breaks or control characters");
+    }
+    Ok(key)
+}
+
+/// The optional `cache_file`: the key and its expiry (wall clock), so a restart within
+/// the key's lifetime does not fetch again. Created 0600; a file others may read is not
+/// used (the configuration refuses it at load; this checks again at read).
+mod cache {
+    use super::*;
+
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct File {
+        /// The source's [`QueryToken::key_id`]: a key of another source is not used.
+        source: String,
+        /// Milliseconds since the Unix epoch.
+        expires_ms: u64,
+        key: String,
+    }
+
+    pub(super) fn read(path: &std::path::Path, id: u64) -> Option<Held> {
+        let (bytes, meta) = match crate::small_file::read(path, 64 * 1024) {
+            Ok(r) => r,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(e) => {
+                tracing::warn!(
+                    "cannot read the query_token cache_file {}: {e}",
+                    path.display()
+                );
+                return None;
+            }
+        };
+        if meta.permissions().mode() & 0o077 != 0 {
+            tracing::warn!(
+                "the query_token cache_file {} is open to other users; it is not used",
+                path.display()
+            );
+            return None;
+        }
+        let file: File = serde_json::from_slice(&bytes).ok()?;
+        if file.source != id.to_string() {
+            return None;
+        }
+        let expires = UNIX_EPOCH + Duration::from_millis(file.expires_ms);
+        let left = expires.duration_since(SystemTime::now()).ok()?;
+        let key = parse_key(file.key.as_bytes(), None).ok()?;
+        Some(Held {
+            key: Secret::new(key),
+            expires: Instant::now() + left,
+        })
+    }
+
+    pub(super) fn write(
+        path: &std::path::Path,
+        id: u64,
+        key: &Secret<String>,
+        expires: SystemTime,
+    ) -> std::io::Result<()> {
+        let file = File {
+            source: id.to_string(),
+            expires_ms: expires
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            key: key.expose().clone(),
+        };
+        let json = serde_json::to_vec(&file).map_err(std::io::Error::other)?;
+        crate::session::write_atomically(path, &json)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_give_the_key_as_sent() {
+        let key = "AGENT_KEYS6jo+WZ/kx=%2BIX";
+        assert_eq!(
+            parse_key(format!(" {key}\r\n").as_bytes(), None).unwrap(),
+            key
+        );
+        assert_eq!(
+            parse_key(format!("{key}\n").as_bytes(), Some("text/plain")).unwrap(),
+            key
+        );
+        let json = serde_json::to_string(key).unwrap();
+        assert_eq!(parse_key(json.as_bytes(), None).unwrap(), key);
+        let obj = serde_json::json!({ "agentKey": key }).to_string();
+        assert_eq!(
+            parse_key(obj.as_bytes(), Some("application/json; charset=utf-8")).unwrap(),
+            key
+        );
+    }
+
+    #[test]
+    fn bad_bodies_are_explained_without_their_contents() {
+        for (body, ct) in [
+            (&b"{\"a\":\"S3cr3t\",\"b\":\"x\"}"[..], None),
+            (b"{\"a\":1}", None),
+            (b"[\"S3cr3t\"]", Some("application/json")),
+            (b"S3cr3t{", Some("application/json")),
+            (b"  \n", None),
+            (b"S3cr3t\nsecond line", None),
+            (b"\xffS3cr3t", None),
+        ] {
+            let e = parse_key(body, ct).unwrap_err();
+            assert!(!e.contains("S3cr3t"), "{e}");
+        }
+        // Not JSON after all: a key that starts with a brace is used as sent.
+        assert_eq!(parse_key(b"{abc", None).unwrap(), "{abc");
+    }
+
+    #[test]
+    fn the_cache_file_round_trips_only_for_its_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key.json");
+        let key = Secret::new("K3y+/=%2B".to_owned());
+        cache::write(&path, 7, &key, SystemTime::now() + Duration::from_secs(60)).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(cache::read(&path, 7).unwrap().key.expose(), "K3y+/=%2B");
+        assert!(cache::read(&path, 8).is_none());
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert!(cache::read(&path, 7).is_none());
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        cache::write(&path, 7, &key, SystemTime::now() - Duration::from_secs(1)).unwrap();
+        assert!(cache::read(&path, 7).is_none());
+    }
+}
