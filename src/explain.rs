@@ -225,8 +225,9 @@ fn query_token_text(q: &QueryToken) -> String {
     if q.source.is_fetched() {
         let _ = write!(
             s,
-            ", each key used for {:?} and replaced {:?} before that",
-            q.lifetime, q.refresh_before
+            ", each key used for {} and replaced {} before that",
+            duration_text(q.lifetime),
+            duration_text(q.refresh_before)
         );
         if let Some(c) = &q.cache_file {
             let _ = write!(s, ", kept in {}", c.display());
@@ -240,6 +241,18 @@ fn query_token_text(q: &QueryToken) -> String {
         "; a value the client sends is kept"
     });
     s
+}
+
+/// A duration as the configuration writes it: `1h`, `5m`, `4s`, `500ms`.
+fn duration_text(d: std::time::Duration) -> String {
+    let (s, ms) = (d.as_secs(), d.subsec_millis());
+    match (s, ms) {
+        (0, ms) => format!("{ms}ms"),
+        (s, 0) if s % 3600 == 0 => format!("{}h", s / 3600),
+        (s, 0) if s % 60 == 0 => format!("{}m", s / 60),
+        (s, 0) => format!("{s}s"),
+        _ => format!("{}ms", d.as_millis()),
+    }
 }
 
 /// Whether a rule's requests may go upstream as plain http: it matches http URLs and does

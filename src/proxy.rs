@@ -185,8 +185,12 @@ impl ProxyHttp for Forwarder {
         // (the service would take it for a guest's).
         let key = {
             let policy = ctx.policy()?;
-            let presigned = auth::bearer::is_presigned(&policy.upstream.path_and_query);
-            match policy.rules().query_token().filter(|_| !presigned) {
+            let pq = &policy.upstream.path_and_query;
+            let presigned = auth::bearer::is_presigned(pq);
+            let needed = |q: &&Arc<crate::rule::QueryToken>| {
+                !presigned && (q.replace || !auth::query_token::client_has(pq, &q.param))
+            };
+            match policy.rules().query_token().filter(needed) {
                 Some(spec) => {
                     let host = policy.upstream.authority();
                     let got = self

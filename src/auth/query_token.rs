@@ -9,6 +9,17 @@ use percent_encoding::{percent_decode_str, utf8_percent_encode};
 
 use super::query::COMPONENT;
 
+/// Whether the client's `path_and_query` already has a value for `param` (compared
+/// percent-decoded): without `replace`, the client's value is used and no key is needed.
+pub fn client_has(path_and_query: &str, param: &str) -> bool {
+    path_and_query.split_once('?').is_some_and(|(_, q)| {
+        q.split('&').any(|pair| {
+            let raw = pair.split_once('=').map_or(pair, |(n, _)| n);
+            !pair.is_empty() && percent_decode_str(raw).decode_utf8_lossy() == param
+        })
+    })
+}
+
 /// `path_and_query` with `param=<key>` added, or `None` when it stays as it is: a value
 /// of `param` that the client sent is kept, unless `replace`, which removes the client's
 /// values first. Names are compared percent-decoded (`proxy%6Eame` is `proxyname`).
@@ -17,10 +28,7 @@ pub fn add(path_and_query: &str, param: &str, key: &str, replace: bool) -> Optio
         Some((p, q)) => (p, Some(q)),
         None => (path_and_query, None),
     };
-    let is_param = |pair: &&str| {
-        let raw = pair.split_once('=').map_or(*pair, |(n, _)| n);
-        percent_decode_str(raw).decode_utf8_lossy() == param
-    };
+    let is_param = |pair: &&str| client_has(&format!("?{pair}"), param);
     let pairs: Vec<&str> = query
         .map(|q| q.split('&').filter(|p| !p.is_empty()).collect())
         .unwrap_or_default();

@@ -131,7 +131,11 @@ impl Cx<'_> {
             // `./get-key` means the one beside the configuration, not in whatever
             // directory the daemon was started from.
             if argv[0].contains('/') && Path::new(&argv[0]).is_relative() {
-                argv[0] = self.dir.join(&argv[0]).display().to_string();
+                let rel: std::path::PathBuf = Path::new(&argv[0])
+                    .components()
+                    .filter(|c| *c != std::path::Component::CurDir)
+                    .collect();
+                argv[0] = self.dir.join(rel).display().to_string();
             }
             KeySourceSetting::Command {
                 argv,
@@ -218,7 +222,7 @@ mod tests {
         assert_eq!(q.refresh_before.as_millis(), 1000);
         match q.source {
             KeySourceSetting::Command { argv, timeout } => {
-                let program = d.path().join("./get-key").display().to_string();
+                let program = d.path().join("get-key").display().to_string();
                 assert_eq!(argv, vec![program.as_str(), "--user", "a b"]);
                 assert_eq!(timeout.as_millis(), 500);
             }
