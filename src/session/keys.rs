@@ -59,6 +59,8 @@ struct Slot {
     failed: Option<(Instant, Failure)>,
     /// The running refresher.
     refresher: Option<tokio::task::AbortHandle>,
+    /// The host the key is for (the last request's), for the refresher's messages.
+    host: String,
 }
 
 #[derive(Debug)]
@@ -174,6 +176,9 @@ impl super::State {
         if let Some(f) = recent(&entry) {
             return Err(f);
         }
+        if entry.lock().host != host {
+            entry.lock().host = host.to_owned();
+        }
         let _fetching = entry.fetching.lock().await;
         // Another request may have fetched (or failed) while this one waited.
         if let Some(key) = entry.valid(Instant::now()) {
@@ -183,7 +188,7 @@ impl super::State {
         if let Some(f) = recent(&entry) {
             return Err(f);
         }
-        match self.fetch_into(&entry, snapshot, spec, host).await {
+        match self.fetch_into(&entry, snapshot, spec).await {
             Ok(key) => {
                 entry.lock().used = true;
                 self.ensure_refresher(&entry, snapshots);
@@ -200,7 +205,6 @@ impl super::State {
         entry: &Entry,
         snapshot: &Snapshot,
         spec: &QueryToken,
-        host: &str,
     ) -> Result<Secret<String>, Failure> {
         let started = Instant::now();
         let started_wall = SystemTime::now();
@@ -249,7 +253,7 @@ impl super::State {
                         d.as_millis()
                     ))
                 );
-                let f = unavailable(&spec.param, host, &why);
+                let f = unavailable(&spec.param, &slot.host, &why);
                 slot.failed = Some((Instant::now(), f.clone()));
                 Err(f)
             }
@@ -304,7 +308,7 @@ async fn refresh(state: Weak<super::State>, entry: Weak<Entry>, snapshots: Snaps
                 let _fetching = e.fetching.lock().await;
                 let fresh = e.lock().key.as_ref().is_some_and(|h| h.expires > expires);
                 // A request may have fetched a newer key in the meantime.
-                fresh || state.fetch_into(&e, &snapshot, &spec, "").await.is_ok()
+                fresh || state.fetch_into(&e, &snapshot, &spec).await.is_ok()
             };
             if fetched {
                 break;
