@@ -93,11 +93,16 @@ impl Entry {
 
 impl Keys {
     /// Forgets the keys of sources that `snapshot` no longer has, and stops their
-    /// refreshers. Keys of sources it still has are kept.
+    /// refreshers. Keys of sources it still has are kept, and their last failure is
+    /// forgotten: the new configuration may have fixed it (a password file, a
+    /// certificate), so the next request tries at once.
     pub fn retain(&self, snapshot: &Snapshot) {
         let live: Vec<u64> = specs(snapshot).map(|q| q.key_id()).collect();
         let dropped: Vec<Arc<Entry>> = {
             let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+            for e in entries.values() {
+                e.lock().failed = None;
+            }
             let gone: Vec<u64> = entries
                 .keys()
                 .filter(|id| !live.contains(id))

@@ -955,3 +955,55 @@ async fn no_key_or_password_is_ever_printed() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_password_at_the_key_endpoint_is_explained() {
+    let hc = Handcar::new(Duration::from_secs(4), true);
+    let svc = serve_plain(hc.clone()).await;
+    let home = tempfile::tempdir().unwrap();
+    let cfg = config(home.path(), svc, "");
+    write(home.path(), "pw", "Wr0ng-pw-c3d");
+    let proxy = Proxy::start(home.path(), &cfg, false).await;
+    let url = format!("http://{svc}/handcar/services/learning/objectives");
+    let (status, code, body) = proxy.get(&url).await;
+    assert_eq!((status, code.as_str()), (502, "query_token_unavailable"));
+    assert!(
+        body.contains(&format!(
+            "the key endpoint http://{svc}{KEYS_PATH} answered 401 Unauthorized (it refused \
+             the credentials of the site that matches it)"
+        )),
+        "{body}"
+    );
+    assert!(!body.contains("Wr0ng-pw-c3d"), "{body}");
+    // Asked once (the client's next request within the retry interval is not another try).
+    let (status, _, _) = proxy.get(&url).await;
+    assert_eq!(status, 502);
+    assert_eq!(hc.key_requests.load(Ordering::SeqCst), 1);
+    assert_eq!((hc.issued(), hc.served().len()), (0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fixed_password_file_works_at_once() {
+    let hc = Handcar::new(Duration::from_secs(4), true);
+    let svc = serve_plain(hc.clone()).await;
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    let cfg = config(h, svc, "");
+    write(h, "pw", "Wr0ng-pw-c3d");
+    let proxy = Proxy::start(h, &cfg, true).await;
+    let url = format!("http://{svc}/handcar/services/learning/objectives");
+    assert_eq!(proxy.get(&url).await.0, 502);
+    // The reloader takes the fixed file; the failure is not held against the new config.
+    write(h, "pw", PASSWORD);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, _, body) = proxy.get(&url).await;
+        if status == 200 {
+            assert_eq!(body, "agent alice with key 1");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the fixed password was not used");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!((hc.issued(), hc.guests()), (1, 0));
+}

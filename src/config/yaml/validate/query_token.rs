@@ -267,12 +267,17 @@ mod tests {
             ),
             ("{ param: \"\", from_url: \"https://h/\" }", ":3: a query parameter name must not be empty"),
             ("{ param: p, from_url: \"https://h/\", bogus: 1 }", ":3: unknown field `bogus`"),
+            (
+                "{ param: p, from_url: \"https://h/\" }\n    query: { p: x }",
+                ":4: sites[0]: query and query_token both add `p`; keep one",
+            ),
         ];
         for (site, want) in cases {
             let es = parse(d.path(), site).unwrap_err();
+            let (line, msg) = want[1..].split_once(": ").unwrap();
             assert!(
-                es.iter().any(|e| e.starts_with(&format!("{cfg}:3: "))
-                    && e.contains(want.trim_start_matches(":3: "))),
+                es.iter()
+                    .any(|e| e.starts_with(&format!("{cfg}:{line}: ")) && e.contains(msg)),
                 "{site}: {want} not in {es:?}"
             );
             assert!(!es.iter().any(|e| e.contains("S3cr3t")), "{es:?}");

@@ -157,6 +157,20 @@ impl Cx<'_> {
             },
         };
 
+        let query_token = raw.query_token.and_then(|q| self.site_query_token(i, q));
+        if let Some(q) = query_token.as_ref() {
+            if query.iter().any(|(name, _)| *name == q.param) {
+                let l = self.key_line(&site_path(i, &["query", &q.param]));
+                self.error(
+                    l,
+                    format!(
+                        "sites[{i}]: query and query_token both add `{}`; keep one",
+                        q.param
+                    ),
+                );
+            }
+        }
+
         Site {
             id,
             origin: self.origin(line),
@@ -170,7 +184,7 @@ impl Cx<'_> {
             query,
             upstream_proxy,
             redirects: raw.redirects,
-            query_token: raw.query_token.and_then(|q| self.site_query_token(i, q)),
+            query_token,
         }
     }
 
