@@ -17,13 +17,17 @@ the key, and a reload that drops the rule drops the key and stops its refresher
 A key's lifetime counts from the moment its fetch *started*, so the daemon never thinks
 a key valid that the service has already expired. Keys are never logged: log lines
 name the site's `query_token` line and the source, and say how long the key is.
+
+The sources and what counts as a key in their answers are in [`source`]; the optional
+`cache_file` in [`cache`].
 */
 
+mod cache;
+mod source;
+
 use std::collections::HashMap;
-use std::os::unix::fs::PermissionsExt;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
@@ -32,8 +36,7 @@ use crate::failure::Failure;
 use crate::rule::{KeySource, QueryToken};
 use crate::secret::Secret;
 
-/// The largest key accepted: Handcar's are about 80 bytes.
-const MAX_KEY: usize = 16 * 1024;
+pub use source::parse_key;
 
 /// The state of every fetched key, by [`QueryToken::key_id`].
 #[derive(Debug, Default)]
@@ -213,7 +216,7 @@ impl super::State {
     ) -> Result<Secret<String>, Failure> {
         let started = Instant::now();
         let started_wall = SystemTime::now();
-        match fetch(snapshot, self, spec).await {
+        match source::fetch(snapshot, self, spec).await {
             Ok(key) => {
                 let key = Secret::new(key);
                 let expires = started + spec.lifetime;
@@ -366,256 +369,4 @@ pub fn unavailable(param: &str, host: &str, why: &str) -> Failure {
              again once the key source answers."
         ),
     )
-}
-
-/// Gets one key from the spec's source. The `Err` text names the source and what went
-/// wrong, never the key or a command's output.
-async fn fetch(
-    snapshot: &Snapshot,
-    state: &super::State,
-    spec: &QueryToken,
-) -> Result<String, String> {
-    match &spec.source {
-        KeySource::File { key, .. } => Ok(key.expose().clone()),
-        KeySource::Url(url) => fetch_url(snapshot, state, url).await,
-        KeySource::Command { argv, timeout } => run_command(argv, *timeout).await,
-    }
-}
-
-/// A GET of the key endpoint with the credentials of the rule that matches it.
-async fn fetch_url(
-    snapshot: &Snapshot,
-    state: &super::State,
-    url: &url::Url,
-) -> Result<String, String> {
-    let shown = crate::target::Target::from_absolute(url.as_str().as_bytes())
-        .map(|t| crate::redact::LogUrl(&t, &snapshot.secret_query_names).to_string())
-        .unwrap_or_else(|_| "the key endpoint".to_owned());
-    let mut req = crate::client::SideRequest::get(url.clone());
-    req.basic = true;
-    req.headers.insert(
-        http::header::ACCEPT,
-        http::HeaderValue::from_static("text/plain, application/json;q=0.9"),
-    );
-    let resp = crate::client::send(snapshot, state, req)
-        .await
-        .map_err(|f| {
-            format!(
-                "the key endpoint {shown} could not be reached: {}",
-                f.message.trim_end()
-            )
-        })?;
-    if !resp.status.is_success() {
-        let hint = match resp.status.as_u16() {
-            401 | 403 => " (it refused the credentials of the site that matches it)",
-            _ => "",
-        };
-        return Err(format!(
-            "the key endpoint {shown} answered {}{hint}",
-            resp.status
-        ));
-    }
-    let content_type = resp
-        .headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok());
-    parse_key(&resp.body, content_type).map_err(|e| format!("the key endpoint {shown} {e}"))
-}
-
-/// Runs the command (no shell: the program and its arguments as configured), bounded by
-/// `timeout` (then killed); its standard output is the key. Its standard error is not
-/// shown: it may hold the key.
-async fn run_command(argv: &[String], timeout: Duration) -> Result<String, String> {
-    let program = argv.first().map_or("", String::as_str);
-    let child = tokio::process::Command::new(program)
-        .args(&argv[1..])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| format!("the command {program} could not be started ({e})"))?;
-    let out = match tokio::time::timeout(timeout, child.wait_with_output()).await {
-        Err(_) => {
-            return Err(format!(
-                "the command {program} did not finish within {timeout:?} (it was stopped)"
-            ))
-        }
-        Ok(Err(e)) => return Err(format!("the command {program} failed ({e})")),
-        Ok(Ok(out)) => out,
-    };
-    if !out.status.success() {
-        return Err(format!(
-            "the command {program} failed ({}; {} bytes on its standard error, not shown \
-             as they may hold the key)",
-            out.status,
-            out.stderr.len()
-        ));
-    }
-    parse_key(&out.stdout, None).map_err(|e| format!("the command {program} {e}"))
-}
-
-/// The key in a key endpoint's answer: the body itself (text, surrounding whitespace
-/// trimmed, used as sent), or a JSON string, or a JSON object with one string field.
-/// Errors say what is wrong, never what the body holds.
-pub fn parse_key(body: &[u8], content_type: Option<&str>) -> Result<String, &'static str> {
-    let text =
-        std::str::from_utf8(body).map_err(|_| "answered with a body that is not UTF-8 text")?;
-    let text = text.trim();
-    let json_type = content_type.is_some_and(|t| {
-        let t = t.trim().to_ascii_lowercase();
-        t.starts_with("application/json")
-            || t.split(';').next().is_some_and(|m| m.ends_with("+json"))
-    });
-    let key = if json_type || text.starts_with('"') || text.starts_with('{') {
-        const SHAPE: &str =
-            "answered with JSON that is neither a string nor an object with one string field";
-        match serde_json::from_str::<serde_json::Value>(text) {
-            Ok(serde_json::Value::String(s)) => s,
-            Ok(serde_json::Value::Object(m)) if m.len() == 1 => match m.into_iter().next() {
-                Some((_, serde_json::Value::String(s))) => s,
-                _ => return Err(SHAPE),
-            },
-            Ok(_) => return Err(SHAPE),
-            Err(_) if json_type => return Err("answered with JSON that does not parse"),
-            Err(_) => text.to_owned(),
-        }
-    } else {
-        text.to_owned()
-    };
-    if key.is_empty() {
-        return Err("answered with an empty key");
-    }
-    if key.len() > MAX_KEY {
-        return Err("answered with more than 16 KiB, which no key is");
-    }
-    if key.chars().any(char::is_control) {
-        return Err("answered with a key that holds line breaks or control characters");
-    }
-    Ok(key)
-}
-
-/// The optional `cache_file`: the key and its expiry (wall clock), so a restart within
-/// the key's lifetime does not fetch again. Created 0600; a file others may read is not
-/// used (the configuration refuses it at load; this checks again at read).
-mod cache {
-    use super::*;
-
-    #[derive(serde::Serialize, serde::Deserialize)]
-    struct File {
-        /// The source's [`QueryToken::key_id`]: a key of another source is not used.
-        source: String,
-        /// Milliseconds since the Unix epoch.
-        expires_ms: u64,
-        key: String,
-    }
-
-    pub(super) fn read(path: &std::path::Path, id: u64) -> Option<Held> {
-        let (bytes, meta) = match crate::small_file::read(path, 64 * 1024) {
-            Ok(r) => r,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
-            Err(e) => {
-                tracing::warn!(
-                    "cannot read the query_token cache_file {}: {e}",
-                    path.display()
-                );
-                return None;
-            }
-        };
-        if meta.permissions().mode() & 0o077 != 0 {
-            tracing::warn!(
-                "the query_token cache_file {} is open to other users; it is not used",
-                path.display()
-            );
-            return None;
-        }
-        let file: File = serde_json::from_slice(&bytes).ok()?;
-        if file.source != id.to_string() {
-            return None;
-        }
-        let expires = UNIX_EPOCH + Duration::from_millis(file.expires_ms);
-        let left = expires.duration_since(SystemTime::now()).ok()?;
-        let key = parse_key(file.key.as_bytes(), None).ok()?;
-        Some(Held {
-            key: Secret::new(key),
-            expires: Instant::now() + left,
-        })
-    }
-
-    pub(super) fn write(
-        path: &std::path::Path,
-        id: u64,
-        key: &Secret<String>,
-        expires: SystemTime,
-    ) -> std::io::Result<()> {
-        let file = File {
-            source: id.to_string(),
-            expires_ms: expires
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64),
-            key: key.expose().clone(),
-        };
-        let json = serde_json::to_vec(&file).map_err(std::io::Error::other)?;
-        crate::session::write_atomically(path, &json)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bodies_give_the_key_as_sent() {
-        let key = "AGENT_KEYS6jo+WZ/kx=%2BIX";
-        assert_eq!(
-            parse_key(format!(" {key}\r\n").as_bytes(), None).unwrap(),
-            key
-        );
-        assert_eq!(
-            parse_key(format!("{key}\n").as_bytes(), Some("text/plain")).unwrap(),
-            key
-        );
-        let json = serde_json::to_string(key).unwrap();
-        assert_eq!(parse_key(json.as_bytes(), None).unwrap(), key);
-        let obj = serde_json::json!({ "agentKey": key }).to_string();
-        assert_eq!(
-            parse_key(obj.as_bytes(), Some("application/json; charset=utf-8")).unwrap(),
-            key
-        );
-    }
-
-    #[test]
-    fn bad_bodies_are_explained_without_their_contents() {
-        for (body, ct) in [
-            (&b"{\"a\":\"S3cr3t\",\"b\":\"x\"}"[..], None),
-            (b"{\"a\":1}", None),
-            (b"[\"S3cr3t\"]", Some("application/json")),
-            (b"S3cr3t{", Some("application/json")),
-            (b"  \n", None),
-            (b"S3cr3t\nsecond line", None),
-            (b"\xffS3cr3t", None),
-        ] {
-            let e = parse_key(body, ct).unwrap_err();
-            assert!(!e.contains("S3cr3t"), "{e}");
-        }
-        // Not JSON after all: a key that starts with a brace is used as sent.
-        assert_eq!(parse_key(b"{abc", None).unwrap(), "{abc");
-    }
-
-    #[test]
-    fn the_cache_file_round_trips_only_for_its_source() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("key.json");
-        let key = Secret::new("K3y+/=%2B".to_owned());
-        cache::write(&path, 7, &key, SystemTime::now() + Duration::from_secs(60)).unwrap();
-        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o600);
-        assert_eq!(cache::read(&path, 7).unwrap().key.expose(), "K3y+/=%2B");
-        assert!(cache::read(&path, 8).is_none());
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
-        assert!(cache::read(&path, 7).is_none());
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        cache::write(&path, 7, &key, SystemTime::now() - Duration::from_secs(1)).unwrap();
-        assert!(cache::read(&path, 7).is_none());
-    }
 }
