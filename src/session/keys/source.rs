@@ -69,8 +69,9 @@ async fn fetch_url(snapshot: &Snapshot, state: &State, url: &url::Url) -> Result
 /// `timeout` (then killed); its standard output is the key. Its standard error is not
 /// shown: it may hold the key.
 async fn run_command(argv: &[String], timeout: Duration) -> Result<String, String> {
+    use tokio::io::AsyncReadExt;
     let program = argv.first().map_or("", String::as_str);
-    let child = tokio::process::Command::new(program)
+    let mut child = tokio::process::Command::new(program)
         .args(&argv[1..])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -78,24 +79,50 @@ async fn run_command(argv: &[String], timeout: Duration) -> Result<String, Strin
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| format!("the command {program} could not be started ({e})"))?;
-    let out = match tokio::time::timeout(timeout, child.wait_with_output()).await {
+    let (Some(stdout), Some(mut stderr)) = (child.stdout.take(), child.stderr.take()) else {
+        return Err(format!(
+            "the command {program} could not be started (no pipes)"
+        ));
+    };
+    // At most one byte more than a key may be: a command that prints more is stopped
+    // (its output is not kept), and its standard error is only counted.
+    let run = async {
+        let err_bytes = tokio::spawn(async move {
+            let (mut n, mut buf) = (0usize, [0u8; 4096]);
+            while let Ok(k @ 1..) = stderr.read(&mut buf).await {
+                n += k;
+            }
+            n
+        });
+        let mut out = Vec::new();
+        let mut limited = stdout.take(MAX_KEY as u64 + 1);
+        limited.read_to_end(&mut out).await?;
+        if out.len() > MAX_KEY {
+            return Ok((None, out, 0));
+        }
+        let status = child.wait().await?;
+        let err_bytes = err_bytes.await.unwrap_or(0);
+        Ok::<_, std::io::Error>((Some(status), out, err_bytes))
+    };
+    let (status, out, err_bytes) = match tokio::time::timeout(timeout, run).await {
         Err(_) => {
             return Err(format!(
                 "the command {program} did not finish within {timeout:?} (it was stopped)"
             ))
         }
         Ok(Err(e)) => return Err(format!("the command {program} failed ({e})")),
-        Ok(Ok(out)) => out,
+        Ok(Ok(done)) => done,
     };
-    if !out.status.success() {
-        return Err(format!(
-            "the command {program} failed ({}; {} bytes on its standard error, not shown \
-             as they may hold the key)",
-            out.status,
-            out.stderr.len()
-        ));
+    match status {
+        None => Err(format!(
+            "the command {program} printed more than 16 KiB, which no key is (it was stopped)"
+        )),
+        Some(s) if !s.success() => Err(format!(
+            "the command {program} failed ({s}; {err_bytes} bytes on its standard error, not \
+             shown as they may hold the key)"
+        )),
+        Some(_) => parse_key(&out, None).map_err(|e| format!("the command {program} {e}")),
     }
-    parse_key(&out.stdout, None).map_err(|e| format!("the command {program} {e}"))
 }
 
 /// The key in a key endpoint's answer: the body itself (text, surrounding whitespace
@@ -178,5 +205,37 @@ mod tests {
         }
         // Not JSON after all: a key that starts with a brace is used as sent.
         assert_eq!(parse_key(b"{abc", None).unwrap(), "{abc");
+    }
+
+    #[tokio::test]
+    async fn commands_are_bounded_and_their_stderr_is_only_counted() {
+        let argv = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let t = Duration::from_secs(5);
+        let started = std::time::Instant::now();
+        let e = run_command(&argv(&["yes", "S3cr3t"]), t).await.unwrap_err();
+        assert_eq!(
+            e,
+            "the command yes printed more than 16 KiB, which no key is (it was stopped)"
+        );
+        assert!(started.elapsed() < Duration::from_secs(2));
+        let e = run_command(&argv(&["sh", "-c", "echo S3cr3t >&2; exit 4"]), t)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e,
+            "the command sh failed (exit status: 4; 7 bytes on its standard error, not shown \
+             as they may hold the key)"
+        );
+        let e = run_command(&argv(&["/nonexistent/get-key"]), t)
+            .await
+            .unwrap_err();
+        assert!(
+            e.starts_with("the command /nonexistent/get-key could not be started ("),
+            "{e}"
+        );
+        let key = run_command(&argv(&["printf", "  K+/=%%2B\\n"]), t)
+            .await
+            .unwrap();
+        assert_eq!(key, "K+/=%2B");
     }
 }
