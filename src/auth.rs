@@ -4,6 +4,10 @@ Auth methods: what a resolved rule adds to an upstream request.
 Each method is a small unit ([`basic`], [`bearer`], [`handle`], [`query`]); [`apply`]
 runs them in order for one request. Nothing here decides *which* rule applies (that is
 the snapshot's job) or how to reach the host (the upstream module's).
+Each method is a small unit ([`basic`], [`bearer`], [`query`]); [`apply`] runs them in
+order for one request. A `query_token` key is added by [`query_token`] (the proxy gets
+the key first: fetching it may wait). Nothing here decides *which* rule applies (that is the snapshot's
+job) or how to reach the host (the upstream module's).
 */
 
 pub mod basic;
@@ -11,6 +15,7 @@ pub mod bearer;
 pub mod handle;
 pub mod login;
 pub mod query;
+pub mod query_token;
 
 use http::header;
 use pingora::http::RequestHeader;

@@ -14,7 +14,7 @@ use crate::config::load::{self, ConfigPath, Environment};
 use crate::config::snapshot::Resolved;
 use crate::config::{Snapshot, Sourced};
 use crate::redact::LogUrl;
-use crate::rule::{HandleCredential, HandleMethod, ProxyChoice, Rule, TlsSettings};
+use crate::rule::{HandleCredential, HandleMethod, ProxyChoice, QueryToken, Rule, TlsSettings};
 use crate::target::{Scheme, Target};
 
 /// The `check` report and whether the configuration loads.
@@ -197,6 +197,9 @@ fn describe_rule(out: &mut String, rule: &Rule) {
     for (name, _) in &rule.query {
         let _ = writeln!(out, "    query: {name}=***");
     }
+    if let Some(q) = &rule.query_token {
+        let _ = writeln!(out, "    {}", query_token_text(q));
+    }
     let tls = tls_text(&rule.tls);
     if !tls.is_empty() {
         let _ = writeln!(out, "    tls: {tls}");
@@ -246,6 +249,47 @@ fn handle_text(h: &HandleCredential, cleartext: bool) -> String {
              https only (GET and other reads go anonymous)",
             handle::CLIENT_CERT_AUTHORIZATION
         ),
+    }
+}
+
+/// A `query_token` for `check` and `explain`: the parameter and the source, never the key.
+fn query_token_text(q: &QueryToken) -> String {
+    let mut s = format!(
+        "query_token: {}=*** ({}), {}",
+        q.param,
+        q.origin,
+        q.source.shown()
+    );
+    if q.source.is_fetched() {
+        let _ = write!(
+            s,
+            ", each key used for {} and replaced {} before that",
+            duration_text(q.lifetime),
+            duration_text(q.refresh_before)
+        );
+        if let Some(c) = &q.cache_file {
+            let _ = write!(s, ", kept in {}", c.display());
+        }
+    } else {
+        s.push_str(", read again when the file changes");
+    }
+    s.push_str(if q.replace {
+        "; replaces a value the client sends"
+    } else {
+        "; a value the client sends is kept"
+    });
+    s
+}
+
+/// A duration as the configuration writes it: `1h`, `5m`, `4s`, `500ms`.
+fn duration_text(d: std::time::Duration) -> String {
+    let (s, ms) = (d.as_secs(), d.subsec_millis());
+    match (s, ms) {
+        (0, ms) => format!("{ms}ms"),
+        (s, 0) if s % 3600 == 0 => format!("{}h", s / 3600),
+        (s, 0) if s % 60 == 0 => format!("{}m", s / 60),
+        (s, 0) => format!("{s}s"),
+        _ => format!("{}ms", d.as_millis()),
     }
 }
 
@@ -394,6 +438,9 @@ fn fetched(
             Some(subject) => writeln!(out, "login certificate: {subject}"),
             None => writeln!(out, "login certificate: none configured for the login URL"),
         };
+    }
+    if let Some(q) = resolved.query_token() {
+        let _ = writeln!(out, "{}", query_token_text(q));
     }
     let (connect, read) = resolved.timeout_pair();
     let _ = writeln!(out, "timeouts: connect {connect:?}, first byte {read:?}");

@@ -29,6 +29,7 @@ use crate::redact;
 use crate::redirect;
 use crate::resolve;
 use crate::rule::UpstreamProxy;
+use crate::secret::Secret;
 use crate::session::{logins, Jar, LoginGuard, State, Turn};
 use crate::target::{Scheme, Target, TargetError};
 use crate::upstream;
@@ -102,6 +103,8 @@ pub struct RequestCtx {
     /// The servlet said the session was over once already: the request was replayed
     /// after a fresh login, and a second refusal is explained.
     servlet_replayed: bool,
+    /// The key this hop's `query_token` adds, fetched in `upstream_peer`.
+    query_key: Option<Secret<String>>,
 }
 
 /// A Handle Server refusal on its way to the client, unchanged.
@@ -166,6 +169,7 @@ impl ProxyHttp for Forwarder {
             handle_refusal: None,
             servlet: None,
             servlet_replayed: false,
+            query_key: None,
         }
     }
 
@@ -207,6 +211,27 @@ impl ProxyHttp for Forwarder {
             }
             None => None,
         };
+        // The hop's query key, before connecting: without it the request is not sent
+        // (the service would take it for a guest's).
+        let key = {
+            let policy = ctx.policy()?;
+            let pq = &policy.upstream.path_and_query;
+            let presigned = auth::bearer::is_presigned(pq);
+            let needed = |q: &&Arc<crate::rule::QueryToken>| {
+                !presigned && (q.replace || !auth::query_token::client_has(pq, &q.param))
+            };
+            match policy.rules().query_token().filter(needed) {
+                Some(spec) => {
+                    let host = policy.upstream.authority();
+                    let got = self
+                        .state
+                        .query_key(&self.snapshots, policy.snapshot(), spec, &host);
+                    Some(got.await.map_err(|f| f.into_error())?)
+                }
+                None => None,
+            }
+        };
+        ctx.query_key = key;
         // Disjoint borrows: the hop's policy is read while the address list changes.
         let RequestCtx {
             policy,
@@ -324,6 +349,12 @@ impl ProxyHttp for Forwarder {
         }
         let (applied, new_pq) = auth::apply(&resolved, target, req, ctx.challenged)?;
         let pq = new_pq.as_deref().unwrap_or(&target.path_and_query);
+        let keyed = ctx
+            .query_key
+            .as_ref()
+            .zip(resolved.query_token())
+            .and_then(|(key, q)| auth::query_token::add(pq, &q.param, key.expose(), q.replace));
+        let pq = keyed.as_deref().unwrap_or(pq);
         match &ctx.via {
             Some(proxy) if target.scheme == Scheme::Http => {
                 // Absolute-form towards the upstream proxy.

@@ -351,6 +351,11 @@ impl<'a> Resolved<'a> {
         self.site.map_or(&[], |r| &r.query)
     }
 
+    /// The YAML site's `query_token`, if it has one.
+    pub fn query_token(&self) -> Option<&'a Arc<crate::rule::QueryToken>> {
+        self.site.and_then(|r| r.query_token.as_ref())
+    }
+
     /// Why this request's TLS settings cannot be used, if they cannot: the first rule
     /// that says anything about the client certificate or CA decides.
     pub fn tls_unusable(&self) -> Option<&'a str> {

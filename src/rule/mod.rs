@@ -16,9 +16,11 @@ use pingora::utils::tls::{CertKey, WrappedX509};
 pub mod login;
 pub mod pattern;
 pub mod proxy;
+pub mod query_token;
 
 pub use login::LoginStep;
 pub use pattern::{HostPattern, Pattern, PortSpec, SchemePattern, Syntax};
+pub use query_token::{KeySource, QueryToken};
 
 use crate::origin::Origin;
 use crate::secret::Secret;
@@ -234,6 +236,8 @@ pub struct Rule {
     pub handle: Option<HandleCredential>,
     /// YAML `login`: a certificate-plus-login servlet's session step.
     pub login: Option<Arc<LoginStep>>,
+    /// YAML `query_token`: a key added to every request's query.
+    pub query_token: Option<Arc<QueryToken>>,
 }
 
 impl Rule {
@@ -254,6 +258,7 @@ impl Rule {
             pass_redirects: false,
             handle: None,
             login: None,
+            query_token: None,
         }
     }
 

@@ -4,10 +4,12 @@ the servlet sessions.
 
 [`Jar`] keeps every cookie the daemon sees and sends it back to the hosts it belongs to;
 [`netscape`] reads and writes libcurl's cookie-file format, so that curl and the daemon
-can share one jar; [`spawn_writer`] keeps the file within seconds of the jar.
+can share one jar; [`spawn_writer`] keeps the file within seconds of the jar. [`keys`]
+holds the query keys (`query_token`) and refreshes them ahead of their expiry.
 */
 
 pub mod jar;
+pub mod keys;
 pub mod logins;
 pub mod netscape;
 pub mod servlet;
@@ -15,6 +17,7 @@ pub mod servlet;
 use std::sync::Arc;
 
 pub use jar::{default_path, spawn_writer, write_atomically, Jar, JarProblem};
+pub use keys::Keys;
 pub use logins::{LoginGuard, Logins, Turn};
 pub use servlet::Servlets;
 
@@ -25,6 +28,8 @@ pub struct State {
     pub logins: Arc<Logins>,
     /// Sessions at certificate-plus-login servlets (YAML `login`).
     pub servlets: Arc<Servlets>,
+    /// Query keys (`query_token`) and their refreshers.
+    pub keys: Arc<Keys>,
 }
 
 impl State {
@@ -33,6 +38,7 @@ impl State {
             jar,
             logins: Arc::default(),
             servlets: Arc::default(),
+            keys: Arc::default(),
         }
     }
 
@@ -51,6 +57,7 @@ impl State {
     /// (moving cookies between files under a running daemon could lose some), and the
     /// log says so. Returns the warning, if any.
     pub fn reloaded(&self, snapshot: &crate::config::Snapshot) -> Option<String> {
+        self.keys.retain(snapshot);
         let wanted = snapshot.cookie_jar.as_deref()?;
         if self.jar.path() == Some(wanted) {
             return None;

@@ -9,6 +9,7 @@ mod core;
 mod credentials;
 mod dance;
 mod edl;
+mod handcar;
 mod handle;
 mod jar;
 mod leak;

@@ -310,6 +310,37 @@ pub struct Site {
     pub handle: Option<crate::rule::HandleCredential>,
     /// `login`: a certificate-plus-login servlet's session step.
     pub login: Option<crate::rule::LoginStep>,
+    pub query_token: Option<SiteQueryToken>,
+}
+
+/// A site's `query_token`, checked; a `token_file` is read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SiteQueryToken {
+    /// Not percent-encoded.
+    pub param: String,
+    pub source: KeySourceSetting,
+    pub lifetime: Duration,
+    pub refresh_before: Duration,
+    pub replace: bool,
+    pub cache_file: Option<PathBuf>,
+    /// The line of the `query_token` key.
+    pub origin: Origin,
+}
+
+/// Where a `query_token` comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySourceSetting {
+    Url(url::Url),
+    File {
+        path: PathBuf,
+        key: Secret<String>,
+    },
+    /// The program (resolved against the config directory when it is a relative path
+    /// with a `/`) and its arguments.
+    Command {
+        argv: Vec<String>,
+        timeout: Duration,
+    },
 }
 
 /// A site's `tls`. Paths are resolved against the config directory but not read.

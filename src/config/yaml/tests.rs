@@ -273,7 +273,7 @@ bogus: 1
 }
 
 #[test]
-fn later_features_are_rejected_with_their_own_message() {
+fn a_query_token_needs_a_source() {
     let text = "\
 sites:
   - match: c.example
@@ -282,7 +282,9 @@ sites:
     let es = errors(text);
     assert_eq!(
         es,
-        vec!["/etc/authproxy/config.yaml:3: `query_token` is not supported by this version yet",]
+        vec![
+            "/etc/authproxy/config.yaml:3: sites[0].query_token: needs one of from_url, token_file and from_command",
+        ]
     );
 }
 

@@ -8,6 +8,7 @@ The top-level settings and upstream proxies are here; the `sites` entries are in
 */
 
 mod handle;
+mod query_token;
 mod secret_file;
 mod site;
 

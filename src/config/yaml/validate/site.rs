@@ -43,9 +43,6 @@ fn is_reserved_header(name: &str) -> bool {
             .is_some_and(|p| p.eq_ignore_ascii_case("proxy-"))
 }
 
-/// Site keys of the design that later versions will implement.
-const SITE_NOT_YET: &[&str] = &["query_token"];
-
 impl Cx<'_> {
     pub(super) fn sites(&mut self, value: &Value, cfg: &mut YamlConfig) {
         let items = match value {
@@ -63,16 +60,8 @@ impl Cx<'_> {
             return;
         }
         let mut ids: HashMap<String, usize> = HashMap::new();
-        for (i, item) in items.iter().enumerate() {
+        for i in 0..items.len() {
             let line = self.node_line(&[Seg::Key("sites"), Seg::Index(i)]);
-            if let Value::Mapping(m) = item {
-                for &k in SITE_NOT_YET {
-                    if m.contains_key(k) {
-                        let kl = self.key_line(&site_path(i, &[k]));
-                        self.error(kl, format!("`{k}` is not supported by this version yet"));
-                    }
-                }
-            }
             let Some(raw) = self.extract::<RawSite>(&[Seg::Key("sites"), Seg::Index(i)]) else {
                 continue;
             };
@@ -181,6 +170,19 @@ impl Cx<'_> {
         };
 
         let login = raw.login.and_then(|l| self.site_login(i, l));
+        let query_token = raw.query_token.and_then(|q| self.site_query_token(i, q));
+        if let Some(q) = query_token.as_ref() {
+            if query.iter().any(|(name, _)| *name == q.param) {
+                let l = self.key_line(&site_path(i, &["query", &q.param]));
+                self.error(
+                    l,
+                    format!(
+                        "sites[{i}]: query and query_token both add `{}`; keep one",
+                        q.param
+                    ),
+                );
+            }
+        }
 
         Site {
             id,
@@ -197,6 +199,7 @@ impl Cx<'_> {
             redirects: raw.redirects,
             handle,
             login,
+            query_token,
         }
     }
 
