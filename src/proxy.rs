@@ -24,6 +24,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use crate::auth;
 use crate::config::SnapshotHandle;
 use crate::failure::{Failure, ERROR_HEADER};
+use crate::metrics::{self, LoginOutcome};
 use crate::policy::HopPolicy;
 use crate::redact;
 use crate::redirect;
@@ -94,6 +95,16 @@ pub struct RequestCtx {
     /// A login host's 403 with a JSON body is being read, to name its `resolution_url`
     /// in the answer that replaces it.
     needs_browser: Option<NeedsBrowser>,
+    /// When the current hop's peer was chosen: a new connection's latency runs from here.
+    connecting: Option<Instant>,
+    /// When the request's upstream connection was ready, until its first response
+    /// header is counted.
+    awaiting_first_byte: Option<Instant>,
+    /// The first response header was counted: later hops (redirects, logins) are not.
+    first_byte_done: bool,
+    /// A login this request runs, by its site label, until it comes back to the data
+    /// (counted `ok`) or the request ends (counted by its failure).
+    login_site: Option<String>,
 }
 
 /// A login host's refusal being turned into a `login_needs_browser` answer.
@@ -148,6 +159,10 @@ impl ProxyHttp for Forwarder {
             login: None,
             login_url: None,
             needs_browser: None,
+            connecting: None,
+            awaiting_first_byte: None,
+            first_byte_done: false,
+            login_site: None,
         }
     }
 
@@ -224,7 +239,27 @@ impl ProxyHttp for Forwarder {
             )));
         }
         *ctx_via = via;
+        ctx.connecting = Some(Instant::now());
         Ok(Box::new(peer))
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        reused: bool,
+        _peer: &HttpPeer,
+        _fd: std::os::unix::io::RawFd,
+        _digest: Option<&pingora::protocols::Digest>,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let now = Instant::now();
+        if let (false, Some(at)) = (reused, ctx.connecting.take()) {
+            self.state.metrics.upstream_connected(now - at);
+        }
+        if !ctx.first_byte_done {
+            ctx.awaiting_first_byte = Some(now);
+        }
+        Ok(())
     }
 
     fn fail_to_connect(
@@ -317,6 +352,10 @@ impl ProxyHttp for Forwarder {
         response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if let Some(at) = ctx.awaiting_first_byte.take() {
+            self.state.metrics.first_byte(at.elapsed());
+            ctx.first_byte_done = true;
+        }
         let policy = ctx.policy()?;
         let (hop, target) = (&policy.hop, &policy.upstream);
         let status = response.status.as_u16();
@@ -466,6 +505,9 @@ impl ProxyHttp for Forwarder {
             // The login is done: the requests waiting for it may replay.
             ctx.returned = true;
             ctx.login = None;
+            if let Some(site) = ctx.login_site.take() {
+                self.state.metrics.login(&site, LoginOutcome::Ok);
+            }
         }
         let strip = !auth::client_credentials_may_follow(hop, &follow.next);
         if next_is_login {
@@ -476,6 +518,10 @@ impl ProxyHttp for Forwarder {
         ctx.visited.push(next_url);
         ctx.hosts.push(follow.next.authority());
         let next = policy.next(follow.next);
+        if next_is_login && !ctx.login_hop && ctx.login_site.is_none() {
+            // The request enters a login: counted by the login host's rule.
+            ctx.login_site = Some(metrics::site_label(&next.rules()));
+        }
         ctx.strip_client_credentials |= strip;
         ctx.login_hop = next_is_login;
         ctx.redirects += 1;
@@ -632,6 +678,11 @@ impl ProxyHttp for Forwarder {
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let method = session.req_header().method.as_str();
+        let metrics = &self.state.metrics;
+        metrics.request(method, status, ctx.error_code);
+        if let Some(site) = ctx.login_site.take() {
+            metrics.login(&site, LoginOutcome::from_code(ctx.error_code));
+        }
         let ms = ctx.started.elapsed().as_micros() as f64 / 1e3;
         let url = ctx
             .policy
@@ -643,6 +694,7 @@ impl ProxyHttp for Forwarder {
             }));
         let bytes = session.body_bytes_sent();
         let auth = ctx.auth.unwrap_or("-");
+
         match (ctx.error_code, e) {
             (Some(code), _) => tracing::warn!(
                 target: "authproxy::access",

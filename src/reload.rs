@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::config::load::{self, Environment};
 use crate::config::{Snapshot, SnapshotHandle};
+use crate::metrics::ReloadOutcome;
 use crate::session::State;
 
 /// How long to wait for more events before rebuilding.
@@ -120,6 +121,7 @@ async fn run(
                     "configuration reload rejected: TLS files that loaded before do not now; \
                      the previous configuration keeps serving"
                 );
+                counted(&state, ReloadOutcome::Rejected);
             }
             Ok(Ok(snapshot)) => {
                 watches.update(&snapshot);
@@ -134,6 +136,7 @@ async fn run(
                     state.reloaded(&snapshot);
                 }
                 handle.store(Arc::new(snapshot));
+                counted(&state, ReloadOutcome::Ok);
                 tracing::info!(rules, "configuration reloaded");
             }
             Ok(Err(errors)) => {
@@ -144,11 +147,20 @@ async fn run(
                     errors = errors.0.len(),
                     "configuration reload failed; the previous configuration keeps serving"
                 );
+                counted(&state, ReloadOutcome::Failed);
             }
             Err(e) => {
-                tracing::error!(error = %e, "configuration reload panicked; keeping the previous configuration")
+                tracing::error!(error = %e, "configuration reload panicked; keeping the previous configuration");
+                counted(&state, ReloadOutcome::Failed);
             }
         }
+    }
+}
+
+/// Counts a reload in the state's metrics (a reloader without state counts nothing).
+fn counted(state: &Option<Arc<State>>, outcome: ReloadOutcome) {
+    if let Some(state) = state {
+        state.metrics.reload(outcome);
     }
 }
 

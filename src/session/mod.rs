@@ -20,6 +20,8 @@ pub use logins::{LoginGuard, Logins, Turn};
 pub struct State {
     pub jar: Arc<Jar>,
     pub logins: Arc<Logins>,
+    /// The admin listener's counts: a reload must not reset them.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl State {
@@ -27,6 +29,7 @@ impl State {
         State {
             jar,
             logins: Arc::default(),
+            metrics: Arc::default(),
         }
     }
 
