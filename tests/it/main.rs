@@ -11,6 +11,7 @@ mod dance;
 mod edl;
 mod jar;
 mod leak;
+mod metrics;
 mod netrc_safety;
 mod process;
 mod rc_compat;
