@@ -534,6 +534,15 @@ fn status_reports_a_running_daemon_in_words() {
         &format!("admin: {{ listen: \"{admin}\" }}\nsites:\n  - match: data.example\n    basic: {{ username: u, password: Adm1n-S3cret }}\n"),
     );
     let config = config.to_str().unwrap();
+    let check = crate::process::command(home.path())
+        .args(["check", "--config", config])
+        .output()
+        .unwrap();
+    let check = String::from_utf8_lossy(&check.stdout).into_owned();
+    assert!(
+        check.contains(&format!("\nadmin: {admin} (/healthz, /metrics)\n")),
+        "{check}"
+    );
     let mut daemon = crate::process::Daemon::start_in(home.path(), &["--config", config], &[]);
     let admin_port: u16 = admin.rsplit(':').next().unwrap().parse().unwrap();
     let proxy_port: u16 = daemon.addr.rsplit(':').next().unwrap().parse().unwrap();
