@@ -185,7 +185,7 @@ impl Metrics {
         );
         registry.register(
             "upstream_connect_seconds",
-            "Time to open a new upstream connection (TCP, TLS, upstream-proxy CONNECT)",
+            "Time to open a new upstream connection for a proxied request (TCP, TLS, upstream-proxy CONNECT; not tunnels)",
             connect.clone(),
         );
         registry.register(
