@@ -694,7 +694,6 @@ impl ProxyHttp for Forwarder {
             }));
         let bytes = session.body_bytes_sent();
         let auth = ctx.auth.unwrap_or("-");
-
         match (ctx.error_code, e) {
             (Some(code), _) => tracing::warn!(
                 target: "authproxy::access",
