@@ -31,7 +31,8 @@ const MAX_HEAD: usize = 8 * 1024;
 const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Whether this connection may use the admin listener: the same per-connection access
-/// check as the proxy's (peer uid). Everyone on the loopback interface for now.
+/// check as the proxy's (peer uid). Everyone on the loopback interface for now. A
+/// connection refused here is answered 403, not dropped.
 pub fn admit(_sock: &TcpStream) -> bool {
     true
 }
@@ -42,9 +43,6 @@ pub async fn serve(listener: TcpListener, state: Arc<State>) {
     loop {
         match listener.accept().await {
             Ok((sock, _peer)) => {
-                if !admit(&sock) {
-                    continue;
-                }
                 let state = state.clone();
                 tokio::spawn(async move { answer(sock, &state).await });
             }
@@ -58,7 +56,13 @@ pub async fn serve(listener: TcpListener, state: Arc<State>) {
 
 /// Reads one request and writes its response; the connection then closes.
 async fn answer(mut sock: TcpStream, state: &State) {
+    let admitted = admit(&sock);
     let response = match read_head(&mut sock).await {
+        Some(Ok(_)) if !admitted => Response::text(
+            403,
+            "Forbidden",
+            "the admin listener answers only the users the proxy serves\n",
+        ),
         Some(Ok((method, path))) => route(&method, &path, state),
         Some(Err(())) => Response::text(400, "Bad Request", "not a valid HTTP/1.1 request\n"),
         None => return,
