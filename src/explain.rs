@@ -61,6 +61,9 @@ fn describe(out: &mut String, s: &Snapshot) {
         "listen: {}",
         join(s.listen.iter().map(|a| a.to_string()))
     );
+    if let Some(admin) = s.admin {
+        let _ = writeln!(out, "admin: {admin} (/healthz, /metrics)");
+    }
     let _ = writeln!(out, "files read:");
     for f in &s.files {
         let _ = writeln!(out, "  {}", f.display());

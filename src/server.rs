@@ -55,6 +55,7 @@ const MAX_RETRIES: usize = 1000;
 pub struct Daemon {
     proxy: Arc<HttpProxy<Forwarder>>,
     snapshots: SnapshotHandle,
+    state: Arc<State>,
 }
 
 impl Daemon {
@@ -74,10 +75,14 @@ impl Daemon {
             max_retries: MAX_RETRIES,
             ..ServerConf::default()
         };
-        let proxy = http_proxy(&Arc::new(conf), Forwarder::new(snapshots.clone(), state));
+        let proxy = http_proxy(
+            &Arc::new(conf),
+            Forwarder::new(snapshots.clone(), state.clone()),
+        );
         Arc::new(Self {
             proxy: Arc::new(proxy),
             snapshots,
+            state,
         })
     }
 
@@ -114,6 +119,7 @@ impl Daemon {
         }
         tracker.close();
         stopped(&mut shutdown.clone()).await;
+        self.state.metrics.set_draining();
         if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
             tracing::warn!(
                 "{} connections still open after {drain:?}; closing them",
@@ -153,6 +159,7 @@ impl Daemon {
 
     /// The request loop of one client connection.
     async fn serve_connection(&self, sock: tokio::net::TcpStream, shutdown: watch::Receiver<bool>) {
+        let _open = self.state.metrics.client_connection();
         let mut stream: Stream = Box::new(L4Stream::from(sock));
         let mut persistent: Option<HttpPersistentSettings> = None;
         loop {
@@ -174,7 +181,7 @@ impl Daemon {
                 }
                 if &first == b"CONNECT " {
                     let snapshot = self.snapshots.load_full();
-                    tunnel::serve(stream, &snapshot).await;
+                    tunnel::serve(stream, &snapshot, &self.state.metrics).await;
                     return;
                 }
             }
