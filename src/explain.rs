@@ -92,6 +92,9 @@ fn describe(out: &mut String, s: &Snapshot) {
         join(s.listen.iter().map(|a| a.to_string()))
     );
     describe_access(out, &s.access);
+    if let Some(admin) = s.admin {
+        let _ = writeln!(out, "admin: {admin} (/healthz, /metrics)");
+    }
     let _ = writeln!(out, "files read:");
     for f in &s.files {
         let _ = writeln!(out, "  {}", f.display());

@@ -9,6 +9,7 @@ build a [`config::Snapshot`], bind a listener, and call [`server::Daemon::run`].
 #![forbid(unsafe_code)]
 
 pub mod access;
+pub mod admin;
 pub mod auth;
 pub mod client;
 pub mod config;
@@ -16,6 +17,7 @@ pub mod explain;
 pub mod failure;
 pub mod install;
 pub mod lifecycle;
+pub mod metrics;
 pub mod origin;
 pub mod policy;
 pub mod proxy;
@@ -28,6 +30,7 @@ pub mod secret;
 pub mod server;
 pub mod session;
 pub mod small_file;
+pub mod status;
 pub mod target;
 pub mod telemetry;
 pub mod tls;

@@ -56,6 +56,7 @@ const MAX_RETRIES: usize = 1000;
 pub struct Daemon {
     proxy: Arc<HttpProxy<Forwarder>>,
     snapshots: SnapshotHandle,
+    state: Arc<State>,
 }
 
 impl Daemon {
@@ -75,10 +76,14 @@ impl Daemon {
             max_retries: MAX_RETRIES,
             ..ServerConf::default()
         };
-        let proxy = http_proxy(&Arc::new(conf), Forwarder::new(snapshots.clone(), state));
+        let proxy = http_proxy(
+            &Arc::new(conf),
+            Forwarder::new(snapshots.clone(), state.clone()),
+        );
         Arc::new(Self {
             proxy: Arc::new(proxy),
             snapshots,
+            state,
         })
     }
 
@@ -115,6 +120,7 @@ impl Daemon {
         }
         tracker.close();
         stopped(&mut shutdown.clone()).await;
+        self.state.metrics.set_draining();
         if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
             tracing::warn!(
                 "{} connections still open after {drain:?}; closing them",
@@ -154,6 +160,7 @@ impl Daemon {
 
     /// The request loop of one client connection.
     async fn serve_connection(&self, sock: tokio::net::TcpStream, shutdown: watch::Receiver<bool>) {
+        let _open = self.state.metrics.client_connection();
         // Who may use the daemon: decided once per connection, before a byte is read.
         if let (Ok(peer), Ok(local)) = (sock.peer_addr(), sock.local_addr()) {
             let snapshot = self.snapshots.load();
@@ -169,6 +176,10 @@ impl Daemon {
                         "connection refused: {}", failure.message
                     );
                     drop(snapshot);
+                    // Counted with its code; the method was never read.
+                    self.state
+                        .metrics
+                        .request("other", failure.status, Some(failure.code));
                     access::refuse(sock, &failure).await;
                     return;
                 }
@@ -197,7 +208,7 @@ impl Daemon {
                 }
                 if &first == b"CONNECT " {
                     let snapshot = self.snapshots.load_full();
-                    tunnel::serve(stream, &snapshot).await;
+                    tunnel::serve(stream, &snapshot, &self.state.metrics).await;
                     return;
                 }
             }

@@ -15,6 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::access;
 use crate::config::Snapshot;
 use crate::failure::Failure;
+use crate::metrics::Metrics;
 use crate::resolve;
 use crate::rule::UpstreamProxy;
 use crate::target::Target;
@@ -26,7 +27,7 @@ const MAX_HEAD: usize = 16 * 1024;
 const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Serves one CONNECT request on `down` and then the tunnel; consumes the connection.
-pub async fn serve<S>(mut down: S, snapshot: &Snapshot)
+pub async fn serve<S>(mut down: S, snapshot: &Snapshot, metrics: &Metrics)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -36,14 +37,14 @@ where
         Ok(None) => return,
         Err(failure) => {
             let _ = down.write_all(&failure.to_http1()).await;
-            log_failure("-", &failure, started);
+            log_failure("-", &failure, started, metrics);
             return;
         }
     };
     let auth = proxy_auth.iter().map(Vec::as_slice);
     if let Err(failure) = access::check_token(&snapshot.access, auth) {
         let _ = down.write_all(&failure.to_http1()).await;
-        log_failure("-", &failure, started);
+        log_failure("-", &failure, started, metrics);
         return;
     }
     let target = match Target::from_authority(&authority) {
@@ -51,7 +52,7 @@ where
         Err(_) => {
             let failure = Failure::bad_target("CONNECT needs a host:port authority");
             let _ = down.write_all(&failure.to_http1()).await;
-            log_failure("-", &failure, started);
+            log_failure("-", &failure, started, metrics);
             return;
         }
     };
@@ -65,7 +66,7 @@ where
         Ok(up) => up,
         Err(failure) => {
             let _ = down.write_all(&failure.to_http1()).await;
-            log_failure(&target.authority(), &failure, started);
+            log_failure(&target.authority(), &failure, started, metrics);
             return;
         }
     };
@@ -76,6 +77,8 @@ where
     {
         return;
     }
+    metrics.request("CONNECT", 200, None);
+    let _open = metrics.tunnel();
     if !leftover.is_empty() && up.write_all(&leftover).await.is_err() {
         return;
     }
@@ -112,7 +115,8 @@ async fn via_proxy(
         .unwrap_or_else(|| Failure::proxy_refused(&proxy.authority(), &target.authority(), None)))
 }
 
-fn log_failure(host: &str, failure: &Failure, started: Instant) {
+fn log_failure(host: &str, failure: &Failure, started: Instant, metrics: &Metrics) {
+    metrics.request("CONNECT", failure.status, Some(failure.code));
     tracing::warn!(
         target: "authproxy::access",
         method = "CONNECT", url = host, status = failure.status, error = failure.code,

@@ -133,6 +133,7 @@ pub fn load(env: &Environment) -> Result<Snapshot, LoadErrors> {
     let mut snap = Snapshot::default();
     if let Some(y) = &yaml {
         snap.listen = y.listen.clone();
+        snap.admin = y.admin;
         snap.max_hops = y.max_hops;
         snap.netrc_default = y.netrc_default;
         snap.log_level = y.log.level.map(|l| format!("{l:?}").to_ascii_lowercase());

@@ -32,6 +32,8 @@ pub const DEFAULT_DRAIN: Duration = Duration::from_secs(10);
 pub struct Snapshot {
     pub timeouts: Timeouts,
     pub listen: Vec<SocketAddr>,
+    /// YAML `admin.listen`: the admin listener's loopback address; `None`: off.
+    pub admin: Option<SocketAddr>,
     /// YAML `sites`, most specific first (file order among equals).
     pub sites: Vec<Rule>,
     /// rc-file scopes, most specific first.
@@ -107,6 +109,7 @@ impl Default for Snapshot {
         Snapshot {
             timeouts: Timeouts::default(),
             listen: vec![SocketAddr::from(([127, 0, 0, 1], 3128))],
+            admin: None,
             sites: Vec::new(),
             rc: Vec::new(),
             netrc: None,

@@ -476,3 +476,38 @@ async fn with_a_token_it_listens_wide_warns_and_never_logs_the_token() {
     assert!(!log.contains(encoded.trim_start_matches("Basic ")), "{log}");
     assert!(!bodies.contains(TOKEN), "{bodies}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_listener_answers_only_the_users_the_proxy_serves() {
+    assert!(
+        running_as_root(),
+        "this test plays another user with setuid: run it as root"
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let state = std::sync::Arc::<authproxy::session::State>::default();
+    let task = tokio::spawn(authproxy::admin::serve(
+        listener,
+        state,
+        Snapshot::default().into_handle(),
+    ));
+    let url = format!("http://{addr}/healthz");
+    let as_user = |uid: Option<u32>| {
+        let mut cmd = tokio::process::Command::new("curl");
+        cmd.args(["-q", "-sS", "--max-time", "5", "--noproxy", "*", "-i"])
+            .arg(&url)
+            .current_dir("/")
+            .kill_on_drop(true);
+        if let Some(uid) = uid {
+            cmd.uid(uid).gid(uid);
+        }
+        cmd
+    };
+    let other = as_user(Some(OTHER)).output().await.unwrap();
+    let other = String::from_utf8_lossy(&other.stdout).into_owned();
+    assert!(other.starts_with("HTTP/1.1 403 Forbidden\r\n"), "{other}");
+    let mine = as_user(None).output().await.unwrap();
+    let mine = String::from_utf8_lossy(&mine.stdout).into_owned();
+    assert!(mine.starts_with("HTTP/1.1 200"), "{mine}");
+    task.abort();
+}

@@ -14,6 +14,7 @@ mod handcar;
 mod handle;
 mod jar;
 mod leak;
+mod metrics;
 mod netrc_safety;
 mod process;
 mod rc_compat;

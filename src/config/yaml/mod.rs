@@ -3,6 +3,7 @@ The YAML configuration file: what rc files and `.netrc` cannot say.
 
 ```yaml
 listen: ["127.0.0.1:3128"]
+admin: { listen: "127.0.0.1:9129" }    # /healthz and /metrics; off when absent
 access: { allow_uids: [self, 1001], proxy_token_file: tok }
 rc_files: auto                  # or a list of paths, or [] for none
 netrc: auto                     # or a path, or false for none
@@ -105,6 +106,8 @@ pub struct YamlConfig {
     /// The configuration file, as given.
     pub path: PathBuf,
     pub listen: Vec<SocketAddr>,
+    /// `admin.listen`: the loopback address of `/healthz` and `/metrics` (off if `None`).
+    pub admin: Option<SocketAddr>,
     pub access: Access,
     pub rc_files: RcFilesSetting,
     pub netrc: NetrcSetting,
@@ -135,6 +138,7 @@ impl YamlConfig {
         YamlConfig {
             path: path.to_path_buf(),
             listen: vec![SocketAddr::from(([127, 0, 0, 1], 3128))],
+            admin: None,
             access: Access::default(),
             rc_files: RcFilesSetting::Auto,
             netrc: NetrcSetting::Auto,

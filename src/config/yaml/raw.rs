@@ -327,6 +327,12 @@ pub(super) struct RawAccess {
 }
 
 #[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, expecting = "a map with listen")]
+pub(super) struct RawAdmin {
+    pub(super) listen: Option<RawAddr>,
+}
+
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields, expecting = "a map with max_hops")]
 pub(super) struct RawRedirects {
     pub(super) max_hops: Option<RawHops>,

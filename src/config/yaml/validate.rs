@@ -21,8 +21,8 @@ use serde_yaml::Value;
 use super::locate::{clean_message, option_name, show_key, Nav, NodeProbe, Seg, PROBE};
 use super::raw::RawUid;
 use super::raw::{
-    NonEmpty, RawAccess, RawAddr, RawCookieJar, RawHops, RawLog, RawNetrc, RawNoProxy, RawProxy,
-    RawProxyVia, RawRcFiles, RawRedirects, RawShutdown, RawTimeouts,
+    NonEmpty, RawAccess, RawAddr, RawAdmin, RawCookieJar, RawHops, RawLog, RawNetrc, RawNoProxy,
+    RawProxy, RawProxyVia, RawRcFiles, RawRedirects, RawShutdown, RawTimeouts,
 };
 use super::{
     AccessMode, AllowUid, LogSettings, NetrcSetting, RcFilesSetting, SecretEnv, Timeouts,
@@ -33,6 +33,7 @@ use crate::secret::Secret;
 
 const TOP_KEYS: &[&str] = &[
     "listen",
+    "admin",
     "access",
     "rc_files",
     "netrc",
@@ -219,6 +220,23 @@ impl<'a> Cx<'a> {
                         self.error(line, "listen: give at least one address");
                     } else {
                         cfg.listen = list.into_iter().map(|a| a.0).collect();
+                    }
+                }
+            }
+            "admin" => {
+                let listen = self.extract::<Option<RawAdmin>>(&at).flatten();
+                if let Some(addr) = listen.and_then(|a| a.listen).map(|a| a.0) {
+                    if addr.ip().is_loopback() {
+                        cfg.admin = Some(addr);
+                    } else {
+                        let line = self.key_line(&[Seg::Key("admin"), Seg::Key("listen")]);
+                        self.error(
+                            line,
+                            format!(
+                                "admin.listen: {addr} is not a loopback address; the admin \
+                                 listener answers on 127.0.0.1 or [::1] only"
+                            ),
+                        );
                     }
                 }
             }
