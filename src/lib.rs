@@ -12,6 +12,7 @@ pub mod auth;
 pub mod config;
 pub mod explain;
 pub mod failure;
+pub mod intercept;
 pub mod origin;
 pub mod policy;
 pub mod proxy;

@@ -22,6 +22,7 @@ use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
 use crate::config::SnapshotHandle;
+use crate::intercept::Interceptor;
 use crate::proxy::Forwarder;
 use crate::session::State;
 use crate::tunnel;
@@ -54,6 +55,7 @@ const MAX_RETRIES: usize = 1000;
 pub struct Daemon {
     proxy: Arc<HttpProxy<Forwarder>>,
     snapshots: SnapshotHandle,
+    intercept: Interceptor,
 }
 
 impl Daemon {
@@ -77,7 +79,13 @@ impl Daemon {
         Arc::new(Self {
             proxy: Arc::new(proxy),
             snapshots,
+            intercept: Interceptor::default(),
         })
+    }
+
+    /// The https interception state (the CA in use, the leaves minted).
+    pub fn interceptor(&self) -> &Interceptor {
+        &self.intercept
     }
 
     /// Serves every listener until `shutdown` turns true, then waits up to `drain` for
@@ -136,11 +144,14 @@ impl Daemon {
     async fn serve_connection(&self, sock: tokio::net::TcpStream, shutdown: watch::Receiver<bool>) {
         let mut stream: Stream = Box::new(L4Stream::from(sock));
         let mut persistent: Option<HttpPersistentSettings> = None;
+        // Inside an intercepted CONNECT: TLS cannot be peeked, and every request goes
+        // to pingora (which waits for it with its keepalive timeout).
+        let mut intercepted = false;
         loop {
             // Peek at the next request: CONNECT goes to the tunnel, the rest to pingora.
             // Bytes pingora already read past the previous request (a pipelined prefix)
             // are not on the socket, so such a request goes to pingora unpeeked.
-            if !persistent.as_ref().is_some_and(has_pipelined_prefix) {
+            if !intercepted && !persistent.as_ref().is_some_and(has_pipelined_prefix) {
                 let mut first = [0u8; 8];
                 let mut stop = shutdown.clone();
                 let peeked = tokio::select! {
@@ -155,8 +166,25 @@ impl Daemon {
                 }
                 if &first == b"CONNECT " {
                     let snapshot = self.snapshots.load_full();
-                    tunnel::serve(stream, &snapshot).await;
-                    return;
+                    match tunnel::serve(stream, &snapshot).await {
+                        tunnel::Routed::Done => return,
+                        tunnel::Routed::Intercept {
+                            down,
+                            target,
+                            leftover,
+                        } => match self
+                            .intercept
+                            .accept(down, target, leftover, &snapshot)
+                            .await
+                        {
+                            Some(tls) => {
+                                stream = tls;
+                                intercepted = true;
+                                continue;
+                            }
+                            None => return,
+                        },
+                    }
                 }
             }
             let mut session = ServerSession::new_http1(stream);

@@ -9,6 +9,7 @@ mod core;
 mod credentials;
 mod dance;
 mod edl;
+mod intercept;
 mod jar;
 mod leak;
 mod netrc_safety;
