@@ -442,3 +442,137 @@ async fn the_ca_key_reaches_no_log_line_at_trace_level() {
     assert!(!log.contains(PASSWORD));
     assert!(!log.contains("PRIVATE KEY"));
 }
+
+/// A TLS origin the proxy trusts (its CA in a `sites` rule), and a config intercepting
+/// it with `extra` YAML added.
+async fn trusted_origin_config(home: &Path, extra: &str) -> (SocketAddr, PathBuf) {
+    let pki = TestPki::new();
+    let (origin, _seen) = support::tls_origin(&pki).await;
+    let pki_ca = crate::credentials::write(home, "origin-ca.pem", &pki.ca_pem);
+    let config = crate::credentials::yaml(
+        home,
+        &format!(
+            "intercept: [\"127.0.0.1\"]\n{extra}sites:\n  - match: \"127.0.0.1:{}\"\n    tls: {{ ca: \"{}\" }}\n",
+            origin.port(),
+            pki_ca.display()
+        ),
+    );
+    (origin, config)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_constrained_ca_still_verifies_its_hosts() {
+    let home = tempfile::tempdir().unwrap();
+    let (origin, config) =
+        trusted_origin_config(home.path(), "intercept_ca: { name_constraints: true }\n").await;
+    let snap = snapshot(home.path(), Some(&config));
+    let ca = authproxy::intercept::ca::load_or_create(&snap.intercept_ca, &snap.intercept).unwrap();
+    let (_, x) = x509_parser::parse_x509_certificate(&ca.cert_der).unwrap();
+    let nc = x
+        .name_constraints()
+        .unwrap()
+        .expect("the CA carries name constraints");
+    assert!(nc.critical);
+    let permitted = nc.value.permitted_subtrees.as_ref().unwrap();
+    assert_eq!(permitted.len(), 1);
+    assert_eq!(
+        format!("{:?}", permitted[0].base),
+        "IPAddress([127, 0, 0, 1, 255, 255, 255, 255])"
+    );
+    let proxy = Proxy::start(snap).await;
+    let tls = connect_tls(proxy.addr, &origin.to_string(), &ca.cert_pem)
+        .await
+        .unwrap();
+    let (resp, body) = get_inside(tls, "/bytes/7", &origin.to_string()).await;
+    assert_eq!((resp.status().as_u16(), body.len()), (200, 7));
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_and_explain_say_intercepted_or_tunnelled_and_why() {
+    let home = tempfile::tempdir().unwrap();
+    let (origin, config) = trusted_origin_config(home.path(), "").await;
+    let env = crate::credentials::env(home.path(), Some(&config));
+    let (text, ok) = authproxy::explain::check(&env);
+    assert!(ok, "{text}");
+    let ca = home.path().join(".local/share/authproxy/ca/ca.pem");
+    assert!(
+        text.contains(&format!(
+            "https interception (TLS terminated with the local CA):\n  127.0.0.1 ({}:1)\n  CA: {} (made at first need); clients trust it (see `authproxy ca`)\n",
+            config.display(),
+            ca.display()
+        )),
+        "{text}"
+    );
+    let url = format!("https://{origin}/a");
+    let text = authproxy::explain::explain(&env, &url).unwrap();
+    assert!(
+        text.contains(&format!(
+            "intercepted: the intercept pattern 127.0.0.1 ({}:1) names {origin}:",
+            config.display()
+        )),
+        "{text}"
+    );
+    let text = authproxy::explain::explain(&env, "https://localhost:8443/a").unwrap();
+    assert!(
+        text.contains("passes through untouched: no credential, header or certificate is added (no intercept pattern names this authority)"),
+        "{text}"
+    );
+    let bare = crate::credentials::yaml(home.path(), "netrc: false\n");
+    let env = crate::credentials::env(home.path(), Some(&bare));
+    let text = authproxy::explain::explain(&env, "https://localhost:8443/a").unwrap();
+    assert!(text.contains("(YAML intercept names no host)"), "{text}");
+    let (text, _) = authproxy::explain::check(&env);
+    assert!(!text.contains("interception"), "{text}");
+}
+
+#[test]
+fn bad_intercept_settings_are_errors_with_their_lines() {
+    let home = tempfile::tempdir().unwrap();
+    let config = crate::credentials::yaml(
+        home.path(),
+        "intercept:\n  - \"data.example.org\"\n  - \"https://data.example.org/path\"\n  - \"http://plain.example.org\"\n  - \"\"\nintercept_ca: { cert: ca.pem }\n",
+    );
+    let e = authproxy::config::load::load(&crate::credentials::env(home.path(), Some(&config)))
+        .unwrap_err()
+        .to_string();
+    let at = |line: usize| format!("{}:{line}: ", config.display());
+    assert!(
+        e.contains(&format!(
+            "{}intercept: a pattern names hosts, not paths",
+            at(3)
+        )),
+        "{e}"
+    );
+    assert!(
+        e.contains(&format!(
+            "{}intercept: an http:// pattern names no TLS connection",
+            at(4)
+        )),
+        "{e}"
+    );
+    assert!(e.contains(&at(5)), "{e}");
+    assert!(
+        e.contains(&format!(
+            "{}intercept_ca: give both cert and key, or neither",
+            at(6)
+        )),
+        "{e}"
+    );
+    let config = crate::credentials::yaml(
+        home.path(),
+        "intercept_ca: { cert: a, key: b, name_constraints: true }\n",
+    );
+    let e = authproxy::config::load::load(&crate::credentials::env(home.path(), Some(&config)))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("name_constraints applies to the generated CA only"),
+        "{e}"
+    );
+    let config = crate::credentials::yaml(home.path(), "intercept_ca: { cert_file: a }\n");
+    let e = authproxy::config::load::load(&crate::credentials::env(home.path(), Some(&config)))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains(&at(1)) && e.contains("cert_file"), "{e}");
+}
