@@ -576,3 +576,24 @@ fn bad_intercept_settings_are_errors_with_their_lines() {
         .to_string();
     assert!(e.contains(&at(1)) && e.contains("cert_file"), "{e}");
 }
+
+#[test]
+fn the_earthdata_example_config_loads_and_intercepts_the_daac_hosts() {
+    let home = tempfile::tempdir().unwrap();
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("etc/earthdata.yaml");
+    let env = crate::credentials::env(home.path(), Some(&config));
+    let (text, ok) = authproxy::explain::check(&env);
+    assert!(ok, "{text}");
+    let snap = authproxy::config::load::load(&env).unwrap();
+    assert_eq!(snap.intercept.len(), 6);
+    for (url, intercepted) in [
+        ("https://data.lpdaac.earthdatacloud.nasa.gov/x", true),
+        ("https://archive.podaac.earthdata.nasa.gov/x", true),
+        ("https://goldsmr4.gesdisc.eosdis.nasa.gov/opendap/x", true),
+        ("https://n5eil01u.ecs.nsidc.org/x", true),
+        ("https://github.com/x", false),
+    ] {
+        let text = authproxy::explain::explain(&env, url).unwrap();
+        assert_eq!(text.contains("\nintercepted: "), intercepted, "{text}");
+    }
+}
