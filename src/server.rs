@@ -144,14 +144,14 @@ impl Daemon {
     async fn serve_connection(&self, sock: tokio::net::TcpStream, shutdown: watch::Receiver<bool>) {
         let mut stream: Stream = Box::new(L4Stream::from(sock));
         let mut persistent: Option<HttpPersistentSettings> = None;
-        // Inside an intercepted CONNECT: TLS cannot be peeked, and every request goes
-        // to pingora (which waits for it with its keepalive timeout).
+        // Inside an intercepted CONNECT every request goes to pingora: a CONNECT there
+        // is not routed again. (Its peek reads ahead through TLS; see `Intercepted`.)
         let mut intercepted = false;
         loop {
             // Peek at the next request: CONNECT goes to the tunnel, the rest to pingora.
             // Bytes pingora already read past the previous request (a pipelined prefix)
             // are not on the socket, so such a request goes to pingora unpeeked.
-            if !intercepted && !persistent.as_ref().is_some_and(has_pipelined_prefix) {
+            if !persistent.as_ref().is_some_and(has_pipelined_prefix) {
                 let mut first = [0u8; 8];
                 let mut stop = shutdown.clone();
                 let peeked = tokio::select! {
@@ -164,7 +164,7 @@ impl Daemon {
                 if !peeked {
                     return;
                 }
-                if &first == b"CONNECT " {
+                if &first == b"CONNECT " && !intercepted {
                     let snapshot = self.snapshots.load_full();
                     match tunnel::serve(stream, &snapshot).await {
                         tunnel::Routed::Done => return,

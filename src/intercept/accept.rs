@@ -83,6 +83,8 @@ impl AsyncWrite for Prefixed {
 pub struct Intercepted {
     tls: TlsStream<Prefixed>,
     origin: Target,
+    /// Plaintext read ahead by [`Peek::try_peek`], handed out first by reads.
+    ahead: Vec<u8>,
 }
 
 impl std::fmt::Debug for Intercepted {
@@ -120,7 +122,11 @@ pub async fn handshake(
     let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(io))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
-    Ok(Intercepted { tls, origin })
+    Ok(Intercepted {
+        tls,
+        origin,
+        ahead: Vec::new(),
+    })
 }
 
 /// What the proxy phases should take as the target (for pingora's `set_raw_path`, which
@@ -195,6 +201,12 @@ impl AsyncRead for Intercepted {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if !self.ahead.is_empty() {
+            let n = self.ahead.len().min(buf.remaining());
+            buf.put_slice(&self.ahead[..n]);
+            self.ahead.drain(..n);
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(&mut self.tls).poll_read(cx, buf)
     }
 }
@@ -258,8 +270,27 @@ impl GetSocketDigest for Intercepted {
     }
 }
 
-/// No peeking through TLS: the accept loop never peeks an intercepted connection.
-impl Peek for Intercepted {}
+/// TLS cannot be peeked on the socket, so the next plaintext bytes are read ahead and kept
+/// for the following reads. The accept loop peeks between requests to wait for the next
+/// one while watching for shutdown, as on a plain connection.
+#[async_trait]
+impl Peek for Intercepted {
+    async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
+        use tokio::io::AsyncReadExt;
+        if self.ahead.is_empty() {
+            let mut chunk = vec![0u8; buf.len().max(1)];
+            let n = self.tls.read(&mut chunk).await?;
+            if n == 0 {
+                return Ok(false);
+            }
+            chunk.truncate(n);
+            self.ahead = chunk;
+        }
+        let n = self.ahead.len().min(buf.len());
+        buf[..n].copy_from_slice(&self.ahead[..n]);
+        Ok(true)
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -20,7 +20,7 @@ use rcgen::{
     CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, KeyPair,
     KeyUsagePurpose, SanType,
 };
-use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::ServerConfig;
 use tokio::sync::OnceCell;
 
@@ -94,6 +94,32 @@ impl Leaves {
 /// Signs a leaf for `host` and builds its TLS configuration (HTTP/1.1 only: the
 /// requests inside go to pingora's HTTP/1 session).
 fn mint(ca: &Ca, host: &str) -> Result<Leaf, String> {
+    let (cert, key_der) = mint_cert(ca, host)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(vec![cert, ca.cert_der.clone()], key_der)
+        .map_err(|e| e.to_string())?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let renew_at = SystemTime::now()
+        + std::time::Duration::from_secs(
+            (LEAF_LIFETIME - RENEW_BEFORE)
+                .whole_seconds()
+                .unsigned_abs(),
+        );
+    Ok(Leaf {
+        config: Arc::new(config),
+        renew_at,
+    })
+}
+
+/// The leaf certificate for `host` (DER) and its new key.
+fn mint_cert(
+    ca: &Ca,
+    host: &str,
+) -> Result<(CertificateDer<'static>, PrivateKeyDer<'static>), String> {
     let err = |e: rcgen::Error| format!("minting a certificate for {host}: {e}");
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(err)?;
     let mut params = CertificateParams::default();
@@ -112,17 +138,71 @@ fn mint(ca: &Ca, host: &str) -> Result<Leaf, String> {
     params.not_after = now + LEAF_LIFETIME;
     let (issuer, issuer_key) = ca.signer();
     let cert = params.signed_by(&key, issuer, issuer_key).map_err(err)?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
     let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-    let mut config = ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_no_client_auth()
-        .with_single_cert(vec![cert.der().clone(), ca.cert_der.clone()], key_der)
-        .map_err(|e| e.to_string())?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Leaf {
-        config: Arc::new(config),
-        renew_at: SystemTime::from(now + LEAF_LIFETIME - RENEW_BEFORE),
-    })
+    Ok((cert.der().clone(), key_der))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::snapshot::CaSetting;
+
+    fn ca(dir: &std::path::Path) -> Arc<Ca> {
+        let setting = CaSetting::Generated {
+            dir: Some(dir.to_path_buf()),
+            name_constraints: false,
+        };
+        Arc::new(super::super::ca::load_or_create(&setting, &[]).unwrap())
+    }
+
+    #[test]
+    fn a_leaf_names_its_host_for_seven_days_and_is_signed_by_the_ca() {
+        let home = tempfile::tempdir().unwrap();
+        let ca = ca(home.path());
+        for (host, want) in [
+            ("data.example.org", "DNSName(\"data.example.org\")"),
+            ("127.0.0.1", "IPAddress([127, 0, 0, 1])"),
+            (
+                "::1",
+                "IPAddress([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1])",
+            ),
+        ] {
+            let (cert, _) = mint_cert(&ca, host).unwrap();
+            let (_, x) = x509_parser::parse_x509_certificate(&cert).unwrap();
+            let san = x.subject_alternative_name().unwrap().unwrap();
+            assert_eq!(
+                format!("{:?}", san.value.general_names),
+                format!("[{want}]")
+            );
+            let v = x.validity();
+            let secs = v.not_after.timestamp() - v.not_before.timestamp();
+            assert_eq!(secs, (LEAF_LIFETIME + BACKDATE).whole_seconds());
+            let (_, issuer) = x509_parser::parse_x509_certificate(&ca.cert_der).unwrap();
+            assert_eq!(x.issuer(), issuer.subject());
+            x.verify_signature(Some(issuer.public_key())).unwrap();
+            assert!(!x.is_ca());
+        }
+    }
+
+    #[tokio::test]
+    async fn concurrent_callers_share_one_mint_and_the_cache_serves_later_ones() {
+        let home = tempfile::tempdir().unwrap();
+        let minted = Arc::new(AtomicU64::new(0));
+        let leaves = Arc::new(Leaves::new(ca(home.path()), minted.clone()));
+        let calls: Vec<_> = (0..20)
+            .map(|_| {
+                let l = leaves.clone();
+                tokio::spawn(async move { l.config_for("a.example.org").await.unwrap() })
+            })
+            .collect();
+        let mut configs = Vec::new();
+        for c in calls {
+            configs.push(c.await.unwrap());
+        }
+        assert!(configs.iter().all(|c| Arc::ptr_eq(c, &configs[0])));
+        assert_eq!(minted.load(Ordering::Relaxed), 1);
+        leaves.config_for("b.example.org").await.unwrap();
+        leaves.config_for("a.example.org").await.unwrap();
+        assert_eq!(minted.load(Ordering::Relaxed), 2);
+    }
 }

@@ -597,3 +597,44 @@ fn the_earthdata_example_config_loads_and_intercepts_the_daac_hosts() {
         assert_eq!(text.contains("\nintercepted: "), intercepted, "{text}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_reuse_the_intercepted_connection_and_an_idle_one_ends_at_shutdown() {
+    let home = tempfile::tempdir().unwrap();
+    let (origin, config) = trusted_origin_config(home.path(), "").await;
+    let snap = snapshot(home.path(), Some(&config));
+    let ca = authproxy::intercept::ca::load_or_create(&snap.intercept_ca, &snap.intercept).unwrap();
+    let proxy = Proxy::start(snap).await;
+    let authority = origin.to_string();
+    let tls = connect_tls(proxy.addr, &authority, &ca.cert_pem)
+        .await
+        .unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    for n in [1usize, 1000, 70_000] {
+        let req = Request::get(format!("/bytes/{n}"))
+            .header("host", &authority)
+            .body(full(""))
+            .unwrap();
+        sender.ready().await.unwrap();
+        let resp = sender.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let (_, body) = support::body_of(resp).await;
+        assert_eq!(body.to_vec(), support::pattern_bytes(n));
+    }
+    // The connection is idle now; shutting down closes it without waiting for the drain.
+    let started = std::time::Instant::now();
+    proxy.stop().await;
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+    let closed = tokio::time::timeout(Duration::from_secs(2), conn).await;
+    assert!(
+        closed.is_ok(),
+        "the idle intercepted connection was not closed"
+    );
+}
