@@ -190,6 +190,13 @@ impl ProxyHttp for Forwarder {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         ctx.started = Instant::now();
+        // Inside an intercepted CONNECT the request is origin-form: make it the absolute
+        // https URL of the tunnel's authority (or refuse another authority with 421).
+        if let Err(failure) = crate::intercept::make_absolute(session) {
+            respond(session, &failure).await?;
+            ctx.error_code = Some(failure.code);
+            return Ok(true);
+        }
         match Target::from_absolute(session.req_header().raw_path()) {
             Ok(target) => {
                 ctx.data_method = Some(session.req_header().method.clone());

@@ -22,6 +22,7 @@ use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
 use crate::config::SnapshotHandle;
+use crate::intercept::Interceptor;
 use crate::lifecycle::{self, Heartbeat};
 use crate::proxy::Forwarder;
 use crate::session::State;
@@ -56,6 +57,7 @@ pub struct Daemon {
     proxy: Arc<HttpProxy<Forwarder>>,
     snapshots: SnapshotHandle,
     state: Arc<State>,
+    intercept: Interceptor,
 }
 
 impl Daemon {
@@ -83,7 +85,13 @@ impl Daemon {
             proxy: Arc::new(proxy),
             snapshots,
             state,
+            intercept: Interceptor::default(),
         })
+    }
+
+    /// The https interception state (the CA in use, the leaves minted).
+    pub fn interceptor(&self) -> &Interceptor {
+        &self.intercept
     }
 
     /// Serves every listener until `shutdown` turns true, then waits up to `drain` for
@@ -162,6 +170,9 @@ impl Daemon {
         let _open = self.state.metrics.client_connection();
         let mut stream: Stream = Box::new(L4Stream::from(sock));
         let mut persistent: Option<HttpPersistentSettings> = None;
+        // Inside an intercepted CONNECT every request goes to pingora: a CONNECT there
+        // is not routed again. (Its peek reads ahead through TLS; see `Intercepted`.)
+        let mut intercepted = false;
         loop {
             // Peek at the next request: CONNECT goes to the tunnel, the rest to pingora.
             // Bytes pingora already read past the previous request (a pipelined prefix)
@@ -179,10 +190,27 @@ impl Daemon {
                 if !peeked {
                     return;
                 }
-                if &first == b"CONNECT " {
+                if &first == b"CONNECT " && !intercepted {
                     let snapshot = self.snapshots.load_full();
-                    tunnel::serve(stream, &snapshot, &self.state.metrics).await;
-                    return;
+                    match tunnel::serve(stream, &snapshot, &self.state.metrics).await {
+                        tunnel::Routed::Done => return,
+                        tunnel::Routed::Intercept {
+                            down,
+                            target,
+                            leftover,
+                        } => match self
+                            .intercept
+                            .accept(down, target, leftover, &snapshot)
+                            .await
+                        {
+                            Some(tls) => {
+                                stream = tls;
+                                intercepted = true;
+                                continue;
+                            }
+                            None => return,
+                        },
+                    }
                 }
             }
             let mut session = ServerSession::new_http1(stream);

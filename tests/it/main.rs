@@ -11,6 +11,7 @@ mod dance;
 mod edl;
 mod handcar;
 mod handle;
+mod intercept;
 mod jar;
 mod leak;
 mod metrics;
