@@ -16,6 +16,7 @@ pub mod config;
 pub mod explain;
 pub mod failure;
 pub mod install;
+pub mod intercept;
 pub mod lifecycle;
 pub mod metrics;
 pub mod origin;

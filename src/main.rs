@@ -58,6 +58,16 @@ enum Command {
         #[arg(long, value_name = "ADDR")]
         admin: Option<SocketAddr>,
     },
+    /// Print the path of the local CA certificate (PEM) that https interception signs
+    /// with, creating the CA if needed: the file clients must trust.
+    Ca {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Write the system's trusted roots plus the CA into one PEM file and print its
+        /// path instead (for tools that take a single CA file).
+        #[arg(long)]
+        bundle: bool,
+    },
 }
 
 #[derive(clap::Args)]
@@ -128,6 +138,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Install(args) => install(args),
+        Command::Ca { config, bundle } => ca(config.config, bundle),
         Command::Explain { config, url } => {
             let env = Environment::from_process(config.config);
             match explain::explain(&env, &url) {
@@ -181,6 +192,47 @@ fn status(config: ConfigArgs, admin: Option<SocketAddr>) -> ExitCode {
         }
         Err(e) => {
             eprintln!("authproxy status: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `authproxy ca [--bundle]`: the path first on stdout, notes on stderr.
+fn ca(config: Option<PathBuf>, bundle: bool) -> ExitCode {
+    use authproxy::intercept::ca;
+    let env = Environment::from_process(config);
+    let snapshot = match load::load(&env) {
+        Ok(s) => s,
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!("authproxy: the configuration has errors; run `authproxy check` for details");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let loaded = ca::load_or_create(&snapshot.intercept_ca, &snapshot.intercept);
+    let ca = match loaded {
+        Ok(ca) => ca,
+        Err(e) => {
+            eprintln!("authproxy: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if !bundle {
+        println!("{}", ca.cert_path.display());
+        return ExitCode::SUCCESS;
+    }
+    let Some(dir) = load::default_ca_dir(&env) else {
+        eprintln!("authproxy: {}", ca::CaError::NoDir);
+        return ExitCode::FAILURE;
+    };
+    match ca::write_bundle(&ca, &dir) {
+        Ok((path, roots)) => {
+            println!("{}", path.display());
+            eprintln!("{roots} system roots and the authproxy CA");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("authproxy: {e}");
             ExitCode::FAILURE
         }
     }

@@ -192,15 +192,28 @@ impl ProxyHttp for Forwarder {
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         ctx.started = Instant::now();
         let snapshot = self.snapshots.load_full();
-        // The proxy token, when one is configured (the uid was checked per connection);
-        // then TRACE, which would echo the credentials added.
+        // The proxy token, when one is configured (the uid was checked per connection).
+        // A request inside an intercepted CONNECT was admitted with that CONNECT, which
+        // carried the token: clients send Proxy-Authorization to the proxy only there.
+        // Then TRACE, which would echo the credentials added.
+        let intercepted = crate::intercept::origin_of(session.stream()).is_some();
         let req = session.req_header();
         let proxy_auth = req.headers.get_all(header::PROXY_AUTHORIZATION);
-        let refused =
-            access::check_token(&snapshot.access, proxy_auth.iter().map(|v| v.as_bytes()))
-                .err()
-                .or_else(|| (req.method == http::Method::TRACE).then(access::trace_refused));
+        let token = match intercepted {
+            true => Ok(()),
+            false => access::check_token(&snapshot.access, proxy_auth.iter().map(|v| v.as_bytes())),
+        };
+        let refused = token
+            .err()
+            .or_else(|| (req.method == http::Method::TRACE).then(access::trace_refused));
         if let Some(failure) = refused {
+            respond(session, &failure).await?;
+            ctx.error_code = Some(failure.code);
+            return Ok(true);
+        }
+        // Inside an intercepted CONNECT the request is origin-form: make it the absolute
+        // https URL of the tunnel's authority (or refuse another authority with 421).
+        if let Err(failure) = crate::intercept::make_absolute(session) {
             respond(session, &failure).await?;
             ctx.error_code = Some(failure.code);
             return Ok(true);

@@ -23,6 +23,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::access;
 use crate::config::SnapshotHandle;
+use crate::intercept::Interceptor;
 use crate::lifecycle::{self, Heartbeat};
 use crate::proxy::Forwarder;
 use crate::session::State;
@@ -57,6 +58,7 @@ pub struct Daemon {
     proxy: Arc<HttpProxy<Forwarder>>,
     snapshots: SnapshotHandle,
     state: Arc<State>,
+    intercept: Interceptor,
 }
 
 impl Daemon {
@@ -84,7 +86,13 @@ impl Daemon {
             proxy: Arc::new(proxy),
             snapshots,
             state,
+            intercept: Interceptor::default(),
         })
+    }
+
+    /// The https interception state (the CA in use, the leaves minted).
+    pub fn interceptor(&self) -> &Interceptor {
+        &self.intercept
     }
 
     /// Serves every listener until `shutdown` turns true, then waits up to `drain` for
@@ -189,6 +197,9 @@ impl Daemon {
         }
         let mut stream: Stream = Box::new(L4Stream::from(sock));
         let mut persistent: Option<HttpPersistentSettings> = None;
+        // Inside an intercepted CONNECT every request goes to pingora: a CONNECT there
+        // is not routed again. (Its peek reads ahead through TLS; see `Intercepted`.)
+        let mut intercepted = false;
         loop {
             // Peek at the next request: CONNECT goes to the tunnel, the rest to pingora.
             // Bytes pingora already read past the previous request (a pipelined prefix)
@@ -206,10 +217,27 @@ impl Daemon {
                 if !peeked {
                     return;
                 }
-                if &first == b"CONNECT " {
+                if &first == b"CONNECT " && !intercepted {
                     let snapshot = self.snapshots.load_full();
-                    tunnel::serve(stream, &snapshot, &self.state.metrics).await;
-                    return;
+                    match tunnel::serve(stream, &snapshot, &self.state.metrics).await {
+                        tunnel::Routed::Done => return,
+                        tunnel::Routed::Intercept {
+                            down,
+                            target,
+                            leftover,
+                        } => match self
+                            .intercept
+                            .accept(down, target, leftover, &snapshot)
+                            .await
+                        {
+                            Some(tls) => {
+                                stream = tls;
+                                intercepted = true;
+                                continue;
+                            }
+                            None => return,
+                        },
+                    }
                 }
             }
             let mut session = ServerSession::new_http1(stream);

@@ -18,6 +18,7 @@ use arc_swap::ArcSwap;
 
 use crate::config::netrc::{Netrc, NetrcEntry};
 pub use crate::config::yaml::AccessMode;
+pub use crate::config::yaml::InterceptEntry;
 use crate::config::{Diagnostic, Origin, Sourced};
 use crate::failure::Timeouts;
 use crate::rule::{CaSet, HandleCredential, Identity, ProxyChoice, Rule, UpstreamProxy, Value};
@@ -77,6 +78,11 @@ pub struct Snapshot {
     pub unscoped_credentials_ignored: Option<Origin>,
     /// Who may use the daemon (YAML `access`), enforced by [`crate::access`].
     pub access: AccessSettings,
+    /// YAML `intercept`: the https authorities whose TLS authproxy terminates, in file
+    /// order (the first match is the one reported). Empty: every CONNECT is tunnelled.
+    pub intercept: Vec<InterceptEntry>,
+    /// Where the CA that signs intercepted hosts' certificates lives.
+    pub intercept_ca: CaSetting,
 }
 
 /// YAML `access`, resolved at load: uids as numbers, the token read.
@@ -100,6 +106,30 @@ impl Default for AccessSettings {
             proxy_token: None,
             proxy_token_file: None,
             config_file: None,
+        }
+    }
+}
+
+/// The local CA for interception: YAML `intercept_ca: { cert, key }`, else generated on
+/// first need in `dir` (`$XDG_DATA_HOME/authproxy/ca`, default
+/// `~/.local/share/authproxy/ca`; `None` when neither is known).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CaSetting {
+    Generated {
+        dir: Option<PathBuf>,
+        name_constraints: bool,
+    },
+    Files {
+        cert: PathBuf,
+        key: PathBuf,
+    },
+}
+
+impl Default for CaSetting {
+    fn default() -> Self {
+        CaSetting::Generated {
+            dir: None,
+            name_constraints: false,
         }
     }
 }
@@ -130,6 +160,8 @@ impl Default for Snapshot {
             unscoped_credentials_ignored: None,
             cookie_jar: None,
             access: AccessSettings::default(),
+            intercept: Vec::new(),
+            intercept_ca: CaSetting::default(),
         }
     }
 }
@@ -158,6 +190,15 @@ pub type SnapshotHandle = Arc<ArcSwap<Snapshot>>;
 impl Snapshot {
     pub fn into_handle(self) -> SnapshotHandle {
         Arc::new(ArcSwap::from_pointee(self))
+    }
+
+    /// The `intercept` entry that names this CONNECT target, if any: its TLS is then
+    /// terminated here instead of tunnelled.
+    pub fn intercepted(&self, target: &Target) -> Option<&InterceptEntry> {
+        self.intercept.iter().find(|e| {
+            e.pattern
+                .matches_parts("https", &target.host, target.port, "/")
+        })
     }
 
     /// The rules that apply to `target` (as the client asked for it).

@@ -511,3 +511,32 @@ async fn the_admin_listener_answers_only_the_users_the_proxy_serves() {
     assert!(mine.starts_with("HTTP/1.1 200"), "{mine}");
     task.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_intercepted_connect_needs_the_token_once_and_its_requests_none() {
+    use crate::intercept::{connect_tls_with, get_inside, trusted_origin_config};
+    let home = tempfile::tempdir().unwrap();
+    write(home.path(), "tok", &format!("{TOKEN}\n"));
+    let (origin, config) =
+        trusted_origin_config(home.path(), "access: { proxy_token_file: tok }\n").await;
+    let snap = snapshot(home.path(), Some(&config));
+    let ca = authproxy::intercept::ca::load_or_create(&snap.intercept_ca, &snap.intercept).unwrap();
+    let proxy = Proxy::start(snap).await;
+    let authority = origin.to_string();
+    let refused = connect_tls_with(proxy.addr, &authority, &ca.cert_pem, "").await;
+    let Err(refused) = refused else {
+        panic!("a CONNECT without the token was let through");
+    };
+    assert!(
+        refused.starts_with("HTTP/1.1 407 Proxy Authentication Required\r\n"),
+        "{refused}"
+    );
+    let auth = format!("Proxy-Authorization: Bearer {TOKEN}\r\n");
+    let tls = connect_tls_with(proxy.addr, &authority, &ca.cert_pem, &auth)
+        .await
+        .unwrap();
+    // The requests inside carry no Proxy-Authorization (clients send it on the CONNECT).
+    let (resp, body) = get_inside(tls, "/bytes/5", &authority).await;
+    assert_eq!((resp.status().as_u16(), body.len()), (200, 5));
+    proxy.stop().await;
+}

@@ -12,6 +12,7 @@ mod dance;
 mod edl;
 mod handcar;
 mod handle;
+mod intercept;
 mod jar;
 mod leak;
 mod metrics;

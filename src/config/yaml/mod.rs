@@ -14,6 +14,8 @@ redirects: { max_hops: 10 }
 timeouts: { connect: 10s, first_byte: 60s, idle: 5m }
 log: { format: plain, level: info }
 shutdown: { drain: 10s }        # how long SIGTERM waits for requests in flight
+intercept: ["*.earthdata.nasa.gov"]  # https hosts whose TLS authproxy terminates
+intercept_ca: { cert: ca.pem, key: ca-key.pem }  # or { name_constraints: true }; default: generated
 sites:
   - match: "esgf-node.example.org"   # host | host:port | *.domain | http(s)://host[:port]/path | "*"
     name: esgf
@@ -127,6 +129,10 @@ pub struct YamlConfig {
     /// `shutdown.drain`: how long SIGTERM waits for requests in flight (`None`: the
     /// daemon's default).
     pub shutdown_drain: Option<Duration>,
+    /// `intercept`: the https authorities whose TLS authproxy terminates (file order).
+    pub intercept: Vec<InterceptEntry>,
+    /// `intercept_ca`.
+    pub intercept_ca: InterceptCa,
     pub sites: Vec<Site>,
     pub warnings: Vec<Diagnostic>,
     /// Secret files read, for the reload watcher.
@@ -151,11 +157,31 @@ impl YamlConfig {
             timeouts: Timeouts::default(),
             log: LogSettings::default(),
             shutdown_drain: None,
+            intercept: Vec::new(),
+            intercept_ca: InterceptCa::default(),
             sites: Vec::new(),
             warnings: Vec::new(),
             files_read: Vec::new(),
         }
     }
+}
+
+/// One `intercept` entry: a `sites[].match` pattern without a path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InterceptEntry {
+    pub pattern: Pattern,
+    /// As written, for `check` and `explain`.
+    pub written: String,
+    pub origin: Origin,
+}
+
+/// `intercept_ca`: the CA's files, or (both `None`) the generated one.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InterceptCa {
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// The generated CA carries permitted-subtree name constraints for `intercept`.
+    pub name_constraints: bool,
 }
 
 /// Who may use the proxy (enforced by `crate::access`).

@@ -326,6 +326,18 @@ pub(super) struct RawAccess {
     pub(super) mode: Option<AccessMode>,
 }
 
+/// `intercept_ca`: the local CA that signs the leaf certificates of intercepted hosts.
+#[derive(Deserialize, Default)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a map with cert, key and name_constraints"
+)]
+pub(super) struct RawInterceptCa {
+    pub(super) cert: Option<NonEmpty>,
+    pub(super) key: Option<NonEmpty>,
+    pub(super) name_constraints: Option<bool>,
+}
+
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields, expecting = "a map with listen")]
 pub(super) struct RawAdmin {
