@@ -1,14 +1,21 @@
 /*!
 Auth methods: what a resolved rule adds to an upstream request.
 
+Each method is a small unit ([`basic`], [`bearer`], [`handle`], [`query`]); [`apply`]
+runs them in order for one request. Nothing here decides *which* rule applies (that is
+the snapshot's job) or how to reach the host (the upstream module's).
 Each method is a small unit ([`basic`], [`bearer`], [`query`]); [`apply`] runs them in
-order for one request. Nothing here decides *which* rule applies (that is the snapshot's
+order for one request. A `query_token` key is added by [`query_token`] (the proxy gets
+the key first: fetching it may wait). Nothing here decides *which* rule applies (that is the snapshot's
 job) or how to reach the host (the upstream module's).
 */
 
 pub mod basic;
 pub mod bearer;
+pub mod handle;
+pub mod login;
 pub mod query;
+pub mod query_token;
 
 use http::header;
 use pingora::http::RequestHeader;
@@ -59,7 +66,22 @@ pub fn apply(
         .headers()
         .iter()
         .any(|(name, _)| name == header::AUTHORIZATION);
-    if may_authorize && !configured_header {
+    if let Some(cred) = resolved.handle() {
+        // A Handle Server site decides its Authorization alone: writes carry the handle
+        // credential, reads go anonymous (no rc or .netrc password is added to them).
+        let tls = target.scheme == Scheme::Https;
+        if let Some((value, name)) = handle::authorization(cred, &req.method, tls)
+            .filter(|_| may_authorize && !configured_header)
+        {
+            req.insert_header(header::AUTHORIZATION, value.expose())?;
+            applied.authorization = Some(name);
+            tracing::debug!(
+                target: "authproxy::handle",
+                method = %req.method, user = cred.username.as_deref().unwrap_or("-"), auth = name,
+                "Handle Server credential added to a write request"
+            );
+        }
+    } else if may_authorize && !configured_header {
         if let Some(token) = resolved.bearer() {
             req.insert_header(header::AUTHORIZATION, bearer::header(token.expose()))?;
             applied.authorization = Some("bearer");

@@ -9,12 +9,12 @@ certificate subjects appear. A URL that does not parse is not repeated.
 
 use std::fmt::Write;
 
-use crate::auth::bearer;
+use crate::auth::{bearer, handle};
 use crate::config::load::{self, ConfigPath, Environment};
 use crate::config::snapshot::Resolved;
 use crate::config::{Snapshot, Sourced};
 use crate::redact::LogUrl;
-use crate::rule::{ProxyChoice, Rule, TlsSettings};
+use crate::rule::{HandleCredential, HandleMethod, ProxyChoice, QueryToken, Rule, TlsSettings};
 use crate::target::{Scheme, Target};
 
 /// The `check` report and whether the configuration loads.
@@ -183,6 +183,13 @@ fn describe_rule(out: &mut String, rule: &Rule) {
     if rule.bearer.is_some() {
         let _ = writeln!(out, "    bearer: ***");
     }
+    if let Some(h) = &rule.handle {
+        let _ = writeln!(
+            out,
+            "    handle: {}",
+            handle_text(h, may_go_over_http(rule))
+        );
+    }
     // Values are never shown, inline ones included: only the names.
     for (name, _) in &rule.headers {
         let _ = writeln!(out, "    header: {name}: ***");
@@ -190,9 +197,15 @@ fn describe_rule(out: &mut String, rule: &Rule) {
     for (name, _) in &rule.query {
         let _ = writeln!(out, "    query: {name}=***");
     }
+    if let Some(q) = &rule.query_token {
+        let _ = writeln!(out, "    {}", query_token_text(q));
+    }
     let tls = tls_text(&rule.tls);
     if !tls.is_empty() {
         let _ = writeln!(out, "    tls: {tls}");
+    }
+    if let Some(l) = &rule.login {
+        let _ = writeln!(out, "    login: {}", login_text(l));
     }
     match &rule.proxy {
         ProxyChoice::Inherit => {}
@@ -208,6 +221,75 @@ fn describe_rule(out: &mut String, rule: &Rule) {
     }
     if let Some(t) = rule.read_timeout {
         let _ = writeln!(out, "    timeout: {t:?}");
+    }
+}
+
+/// A Handle Server credential for `check` and `explain`: user, method, what is sent when.
+fn handle_text(h: &HandleCredential, cleartext: bool) -> String {
+    let user = h.username.as_deref().map_or(String::new(), |u| {
+        format!("user {u:?} (sent as {:?}), ", handle::quote(u))
+    });
+    let from = h
+        .credentials_file
+        .as_ref()
+        .map_or(String::new(), |p| format!(", from {}", p.display()));
+    match &h.method {
+        HandleMethod::Password { encoding, .. } => format!(
+            "Basic, {user}password *** ({} encoding){from}, on PUT and DELETE only \
+             (GET and other reads go anonymous){}",
+            encoding.as_str(),
+            if cleartext {
+                " — sent in cleartext over http"
+            } else {
+                ""
+            }
+        ),
+        HandleMethod::ClientCert => format!(
+            "client certificate, {user}Authorization: {}{from}, on PUT and DELETE over \
+             https only (GET and other reads go anonymous)",
+            handle::CLIENT_CERT_AUTHORIZATION
+        ),
+    }
+}
+
+/// A `query_token` for `check` and `explain`: the parameter and the source, never the key.
+fn query_token_text(q: &QueryToken) -> String {
+    let mut s = format!(
+        "query_token: {}=*** ({}), {}",
+        q.param,
+        q.origin,
+        q.source.shown()
+    );
+    if q.source.is_fetched() {
+        let _ = write!(
+            s,
+            ", each key used for {} and replaced {} before that",
+            duration_text(q.lifetime),
+            duration_text(q.refresh_before)
+        );
+        if let Some(c) = &q.cache_file {
+            let _ = write!(s, ", kept in {}", c.display());
+        }
+    } else {
+        s.push_str(", read again when the file changes");
+    }
+    s.push_str(if q.replace {
+        "; replaces a value the client sends"
+    } else {
+        "; a value the client sends is kept"
+    });
+    s
+}
+
+/// A duration as the configuration writes it: `1h`, `5m`, `4s`, `500ms`.
+fn duration_text(d: std::time::Duration) -> String {
+    let (s, ms) = (d.as_secs(), d.subsec_millis());
+    match (s, ms) {
+        (0, ms) => format!("{ms}ms"),
+        (s, 0) if s % 3600 == 0 => format!("{}h", s / 3600),
+        (s, 0) if s % 60 == 0 => format!("{}m", s / 60),
+        (s, 0) => format!("{s}s"),
+        _ => format!("{}ms", d.as_millis()),
     }
 }
 
@@ -343,8 +425,41 @@ fn fetched(
     for (name, _) in resolved.query() {
         let _ = writeln!(out, "query: {name}=***");
     }
+    if let Some(l) = crate::auth::login::step(resolved, target) {
+        let _ = writeln!(out, "login: {}", login_text(l));
+        // The login is a request of its own, with its own URL's rules.
+        let identity = Target::from_absolute(l.url.as_str().as_bytes())
+            .ok()
+            .and_then(|t| {
+                let r = resolved.snapshot.resolve(&t);
+                r.identity().map(|i| i.subject.clone())
+            });
+        let _ = match identity {
+            Some(subject) => writeln!(out, "login certificate: {subject}"),
+            None => writeln!(out, "login certificate: none configured for the login URL"),
+        };
+    }
+    if let Some(q) = resolved.query_token() {
+        let _ = writeln!(out, "{}", query_token_text(q));
+    }
     let (connect, read) = resolved.timeout_pair();
     let _ = writeln!(out, "timeouts: connect {connect:?}, first byte {read:?}");
+}
+
+/// A login step in words (the body is never shown).
+fn login_text(l: &crate::rule::LoginStep) -> String {
+    use crate::rule::login::shown;
+    let when = join(l.when.iter().map(u16::to_string));
+    let mut text = format!(
+        "{} {}{} before the first request, and once more when the site answers {when}",
+        l.method,
+        shown(&l.url),
+        if l.body.is_some() { " (body ***)" } else { "" },
+    );
+    if let Some(out) = &l.logout_url {
+        text.push_str(&format!("; POST {} at shutdown", shown(out)));
+    }
+    text
 }
 
 fn tls_summary(r: &Resolved<'_>) -> String {
@@ -386,6 +501,16 @@ fn auth_summary(r: &Resolved<'_>, upstream: &Target, tls: bool) -> String {
             "the Authorization header of the YAML site{site}: ***{cleartext} \
              (a client's own Authorization is kept instead)"
         );
+    }
+    if let Some(h) = r.handle() {
+        let over = match (&h.method, tls) {
+            (HandleMethod::ClientCert, false) => {
+                " — this URL goes over plain http, where no certificate is presented, so \
+                 nothing is added; use tls: { upgrade: true }"
+            }
+            _ => cleartext,
+        };
+        return format!("Handle Server {}{over}", handle_text(h, false));
     }
     if r.bearer().is_some() {
         return format!("Bearer ***{cleartext}");

@@ -9,9 +9,12 @@ build a [`config::Snapshot`], bind a listener, and call [`server::Daemon::run`].
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod client;
 pub mod config;
 pub mod explain;
 pub mod failure;
+pub mod install;
+pub mod lifecycle;
 pub mod origin;
 pub mod policy;
 pub mod proxy;

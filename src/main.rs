@@ -12,6 +12,8 @@ use tokio::sync::watch;
 
 use authproxy::config::load::{self, Environment};
 use authproxy::explain;
+use authproxy::install;
+use authproxy::lifecycle::{self, Pulse, Signals};
 use authproxy::reload::Reloader;
 use authproxy::session::{self, Jar, State};
 use authproxy::telemetry::{self, LogFormat};
@@ -19,6 +21,9 @@ use authproxy::{Daemon, Tuning};
 
 /// Exit status for a configuration that does not load (EX_CONFIG).
 const EXIT_CONFIG: u8 = 78;
+
+/// How long shutdown waits for servlets to answer their logouts.
+const LOGOUT_LIMIT: Duration = Duration::from_secs(3);
 
 /// A local authenticating forward proxy for tools that cannot log in by themselves.
 #[derive(Parser)]
@@ -42,6 +47,25 @@ enum Command {
         /// The URL a client would request.
         url: String,
     },
+    /// Install the daemon as a systemd service running this binary: write the unit,
+    /// then `systemctl daemon-reload` and `enable --now` (when systemctl exists).
+    Install(InstallArgs),
+}
+
+#[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("scope").required(true).args(["user", "system"])))]
+struct InstallArgs {
+    /// A user service (`systemctl --user`), in $XDG_CONFIG_HOME/systemd/user/.
+    #[arg(long)]
+    user: bool,
+    /// A system service (run as root), in /etc/systemd/system/.
+    #[arg(long)]
+    system: bool,
+    /// Print the unit; write and start nothing.
+    #[arg(long)]
+    dry_run: bool,
+    #[command(flatten)]
+    config: ConfigArgs,
 }
 
 #[derive(clap::Args)]
@@ -69,9 +93,10 @@ struct ServeArgs {
     /// Worker threads (default: one per CPU).
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
-    /// How long SIGTERM waits for requests in flight.
-    #[arg(long, value_name = "SECONDS", default_value_t = 10)]
-    drain_seconds: u64,
+    /// How long SIGTERM waits for requests in flight (default: the config's
+    /// `shutdown.drain`, else 10).
+    #[arg(long, value_name = "SECONDS")]
+    drain_seconds: Option<u64>,
 }
 
 fn main() -> ExitCode {
@@ -94,6 +119,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
+        Command::Install(args) => install(args),
         Command::Explain { config, url } => {
             let env = Environment::from_process(config.config);
             match explain::explain(&env, &url) {
@@ -152,42 +178,157 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if let Some(n) = args.threads {
         tuning.threads = n.max(1);
     }
+    // Sockets systemd bound for us (socket activation) replace `listen`.
+    let inherited = lifecycle::inherited_listeners().context("socket activation")?;
+    let drain = args
+        .drain_seconds
+        .map_or(snapshot.shutdown_drain, Duration::from_secs);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(tuning.threads)
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    runtime.block_on(async move {
-        let mut listeners = Vec::new();
-        for addr in &listen {
+    let code = runtime.block_on(async move {
+        // Caught before anything can be connected to: a SIGHUP (reload) that arrives
+        // once the port answers must not kill the daemon.
+        let signals = Signals::install().context("catching signals")?;
+        let listeners = listeners(&listen, inherited).await?;
+        let rules = snapshot.sites.len() + snapshot.rc.len();
+        tracing::info!(rules, files = snapshot.files.len(), "configuration loaded");
+        let jar = open_jar(&snapshot);
+        let snapshots = snapshot.into_handle();
+        let state = Arc::new(State::with_jar(jar.clone()));
+        // The watchdog vouches for every accept loop and the reloader (lifecycle.rs).
+        let watchdog = lifecycle::watchdog_timeout();
+        let pulse = Pulse::new(watchdog);
+        let hearts = listeners
+            .iter()
+            .map(|l| match l.local_addr() {
+                Ok(a) => pulse.heart(format!("accept loop on {a}")),
+                Err(_) => pulse.heart("accept loop"),
+            })
+            .collect();
+        let reloader = Reloader::start_watched(
+            env,
+            snapshots.clone(),
+            Some(state.clone()),
+            pulse.heart("configuration reloader"),
+        );
+        let current = snapshots.clone();
+        let daemon = Daemon::with_state(snapshots, state.clone(), &tuning);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        // The jar writer stops after the drain: responses still streaming set cookies.
+        let (flush_tx, flush_rx) = watch::channel(false);
+        let writer = session::spawn_writer(jar, flush_rx);
+
+        tokio::spawn(async move {
+            let signal = signals.stop(|| reloader.trigger()).await;
+            lifecycle::notify_stopping();
+            tracing::info!(
+                "{signal}: shutting down; waiting up to {drain:?} for requests in flight"
+            );
+            let _ = stop_tx.send(true);
+        });
+        lifecycle::notify_ready();
+        if let Some(timeout) = watchdog {
+            lifecycle::spawn_watchdog(pulse, timeout, stop_rx.clone());
+        }
+        daemon.run_watched(listeners, hearts, stop_rx, drain).await;
+        // Servlet sessions end with a logout (bounded): after the drain (no request
+        // still needs a session), before the jar's last save (a logout's Set-Cookie
+        // clears the session cookie).
+        state.logout_all(&current.load_full(), LOGOUT_LIMIT).await;
+
+        // The writer saves the jar once more as it stops.
+        let _ = flush_tx.send(true);
+        let _ = writer.await;
+        tracing::info!("stopped");
+        anyhow::Ok(ExitCode::SUCCESS)
+    });
+    // Tasks still running (connections past the drain, a blocking save) must not hold
+    // the exit.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    code
+}
+
+/// The sockets systemd passed (socket activation), else `listen` bound here.
+async fn listeners(
+    listen: &[SocketAddr],
+    inherited: Vec<std::net::TcpListener>,
+) -> anyhow::Result<Vec<tokio::net::TcpListener>> {
+    let mut listeners = Vec::new();
+    if inherited.is_empty() {
+        for addr in listen {
             let l = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("cannot listen on {addr}"))?;
             tracing::info!(%addr, "listening");
             listeners.push(l);
         }
-        let rules = snapshot.sites.len() + snapshot.rc.len();
-        tracing::info!(rules, files = snapshot.files.len(), "configuration loaded");
-        let jar = open_jar(&snapshot);
-        let snapshots = snapshot.into_handle();
-        let state = Arc::new(State::with_jar(jar.clone()));
-        let reloader = Reloader::start_with_state(env, snapshots.clone(), Some(state.clone()));
-        let daemon = Daemon::with_state(snapshots, state, &tuning);
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let writer = session::spawn_writer(jar, stop_rx.clone());
-        tokio::spawn(async move {
-            signals(&reloader).await;
-            tracing::info!("shutting down");
-            let _ = stop_tx.send(true);
-        });
-        daemon
-            .run(listeners, stop_rx, Duration::from_secs(args.drain_seconds))
-            .await;
-        // The writer saves the jar once more at shutdown.
-        let _ = writer.await;
-        tracing::info!("stopped");
-        Ok(ExitCode::SUCCESS)
-    })
+        return Ok(listeners);
+    }
+    let not_bound = listen.iter().map(ToString::to_string).collect::<Vec<_>>();
+    for l in inherited {
+        let l = tokio::net::TcpListener::from_std(l).context("socket activation")?;
+        match l.local_addr() {
+            Ok(addr) => tracing::info!(
+                %addr,
+                "listening on a socket from the service manager (LISTEN_FDS); \
+                 `listen` ({}) is not bound",
+                not_bound.join(", ")
+            ),
+            Err(e) => tracing::warn!(error = %e, "an inherited socket has no address"),
+        }
+        listeners.push(l);
+    }
+    Ok(listeners)
+}
+
+/// `authproxy install`: see `authproxy::install`.
+fn install(args: InstallArgs) -> ExitCode {
+    let scope = if args.system {
+        install::Scope::System
+    } else {
+        install::Scope::User
+    };
+    let exe = match std::env::current_exe() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("authproxy: cannot tell where this binary is: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let env = Environment::from_process(args.config.config);
+    let proxy = load::load(&env)
+        .ok()
+        .and_then(|s| s.listen.first().copied())
+        .map_or("127.0.0.1:3128".to_owned(), |a| a.to_string());
+    let var = |name: &str| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    let job = install::Install {
+        scope,
+        exe,
+        xdg_config_home: var("XDG_CONFIG_HOME"),
+        home: var("HOME"),
+        proxy,
+    };
+    if args.dry_run {
+        print!("{}", job.unit());
+        return ExitCode::SUCCESS;
+    }
+    match job.run() {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(text) => {
+            eprintln!("authproxy: {text}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// The cookie jar: the configured file, else the default under `$XDG_STATE_HOME`, else
@@ -211,22 +352,4 @@ fn open_jar(snapshot: &authproxy::config::Snapshot) -> Arc<Jar> {
     }
     tracing::info!(path = %path.display(), cookies = jar.len(), "cookie jar");
     Arc::new(jar)
-}
-
-/// Returns on SIGTERM or SIGINT; SIGHUP reloads the configuration.
-async fn signals(reloader: &Reloader) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
-    loop {
-        tokio::select! {
-            _ = term.recv() => return,
-            _ = int.recv() => return,
-            _ = hup.recv() => {
-                tracing::info!("SIGHUP: reloading the configuration");
-                reloader.trigger();
-            }
-        }
-    }
 }

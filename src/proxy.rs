@@ -29,6 +29,7 @@ use crate::redact;
 use crate::redirect;
 use crate::resolve;
 use crate::rule::UpstreamProxy;
+use crate::secret::Secret;
 use crate::session::{logins, Jar, LoginGuard, State, Turn};
 use crate::target::{Scheme, Target, TargetError};
 use crate::upstream;
@@ -94,6 +95,23 @@ pub struct RequestCtx {
     /// A login host's 403 with a JSON body is being read, to name its `resolution_url`
     /// in the answer that replaces it.
     needs_browser: Option<NeedsBrowser>,
+    /// A Handle Server's 401 or 403 being passed to the client, its JSON body copied
+    /// aside to log the likely cause of its `responseCode`.
+    handle_refusal: Option<HandleRefusal>,
+    /// The generation of the servlet session this hop is sent under (YAML `login`).
+    servlet: Option<u64>,
+    /// The servlet said the session was over once already: the request was replayed
+    /// after a fresh login, and a second refusal is explained.
+    servlet_replayed: bool,
+    /// The key this hop's `query_token` adds, fetched in `upstream_peer`.
+    query_key: Option<Secret<String>>,
+}
+
+/// A Handle Server refusal on its way to the client, unchanged.
+struct HandleRefusal {
+    host: String,
+    status: u16,
+    body: Vec<u8>,
 }
 
 /// A login host's refusal being turned into a `login_needs_browser` answer.
@@ -148,6 +166,10 @@ impl ProxyHttp for Forwarder {
             login: None,
             login_url: None,
             needs_browser: None,
+            handle_refusal: None,
+            servlet: None,
+            servlet_replayed: false,
+            query_key: None,
         }
     }
 
@@ -177,7 +199,39 @@ impl ProxyHttp for Forwarder {
         _session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        ctx.policy()?;
+        // A servlet's session first (YAML `login`): one login, however many requests.
+        let policy = ctx.policy()?;
+        ctx.servlet = match auth::login::step(&policy.rules(), &policy.hop).cloned() {
+            Some(step) => {
+                let policy = policy.clone();
+                let g = auth::login::ensure(policy.snapshot(), &self.state, &step, &policy.hop)
+                    .await
+                    .map_err(Failure::into_error)?;
+                Some(g)
+            }
+            None => None,
+        };
+        // The hop's query key, before connecting: without it the request is not sent
+        // (the service would take it for a guest's).
+        let key = {
+            let policy = ctx.policy()?;
+            let pq = &policy.upstream.path_and_query;
+            let presigned = auth::bearer::is_presigned(pq);
+            let needed = |q: &&Arc<crate::rule::QueryToken>| {
+                !presigned && (q.replace || !auth::query_token::client_has(pq, &q.param))
+            };
+            match policy.rules().query_token().filter(needed) {
+                Some(spec) => {
+                    let host = policy.upstream.authority();
+                    let got = self
+                        .state
+                        .query_key(&self.snapshots, policy.snapshot(), spec, &host);
+                    Some(got.await.map_err(|f| f.into_error())?)
+                }
+                None => None,
+            }
+        };
+        ctx.query_key = key;
         // Disjoint borrows: the hop's policy is read while the address list changes.
         let RequestCtx {
             policy,
@@ -295,6 +349,12 @@ impl ProxyHttp for Forwarder {
         }
         let (applied, new_pq) = auth::apply(&resolved, target, req, ctx.challenged)?;
         let pq = new_pq.as_deref().unwrap_or(&target.path_and_query);
+        let keyed = ctx
+            .query_key
+            .as_ref()
+            .zip(resolved.query_token())
+            .and_then(|(key, q)| auth::query_token::add(pq, &q.param, key.expose(), q.replace));
+        let pq = keyed.as_deref().unwrap_or(pq);
         match &ctx.via {
             Some(proxy) if target.scheme == Scheme::Http => {
                 // Absolute-form towards the upstream proxy.
@@ -317,9 +377,23 @@ impl ProxyHttp for Forwarder {
         response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        let status = response.status.as_u16();
+        // A Handle Server's refusal of a write that carried the handle credential is
+        // passed on unchanged; its body is read on the way (response_body_filter) for the
+        // seed's "Common problems" diagnosis.
+        let handle_refusal = {
+            let p = ctx.policy()?;
+            let sent_handle = ctx.auth.is_some_and(|a| a.starts_with("handle-"));
+            let refused = matches!(status, 401 | 403) && !ctx.login_hop;
+            (refused && sent_handle && p.rules().handle().is_some()).then(|| HandleRefusal {
+                host: p.upstream.authority(),
+                status,
+                body: Vec::new(),
+            })
+        };
+        ctx.handle_refusal = handle_refusal;
         let policy = ctx.policy()?;
         let (hop, target) = (&policy.hop, &policy.upstream);
-        let status = response.status.as_u16();
         // Every response's cookies go to the jar; a login hop's never reach the client.
         if response.headers.contains_key(header::SET_COOKIE) {
             if let Ok(url) = url::Url::parse(&redirect::full_url(target)) {
@@ -338,6 +412,31 @@ impl ProxyHttp for Forwarder {
             }
         }
         let replayable = !session.as_ref().retry_buffer_truncated();
+        let servlet = auth::login::step(&policy.rules(), hop)
+            .filter(|step| auth::login::no_session(step, status))
+            .cloned()
+            .zip(ctx.servlet);
+        if let Some((step, generation)) = servlet {
+            // The servlet has no session for this request: that one is over.
+            self.state
+                .servlets
+                .expired(auth::login::key(&step), generation)
+                .await;
+            if ctx.servlet_replayed {
+                let login = crate::rule::login::shown(&step.url);
+                let f = auth::login::session_refused(hop, status, &login);
+                return Err(f.into_error());
+            }
+            if !replayable {
+                return Err(auth::login::expired_body_too_large(hop).into_error());
+            }
+            // Log in once more (upstream_peer) and send the request again.
+            ctx.servlet_replayed = true;
+            ctx.auth = None;
+            let mut e = Error::explain(FOLLOW, "logging in to a servlet again");
+            e.set_retry(true);
+            return Err(e);
+        }
         let answer_challenge = response.status.as_u16() == 401
             && !ctx.challenged
             && replayable
@@ -555,6 +654,17 @@ impl ProxyHttp for Forwarder {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<Duration>> {
+        if let Some(r) = ctx.handle_refusal.as_mut() {
+            if let Some(chunk) = body.as_ref() {
+                let room = REFUSAL_BODY_LIMIT.saturating_sub(r.body.len());
+                r.body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            }
+            if end_of_stream {
+                let r = ctx.handle_refusal.take().expect("checked above");
+                log_handle_refusal(&r, ctx.policy.as_ref());
+            }
+            return Ok(None);
+        }
         let Some(nb) = ctx.needs_browser.as_mut() else {
             return Ok(None);
         };
@@ -623,6 +733,7 @@ impl ProxyHttp for Forwarder {
             Ok(()) => failure.status,
             Err(_) => 0,
         };
+        linger(session).await;
         FailToProxy {
             error_code: code,
             can_reuse_downstream: false,
@@ -664,12 +775,52 @@ impl ProxyHttp for Forwarder {
 }
 
 /// Whether the client's request carries a body.
+/// How long, and how many body bytes, an error answer given before the client finished
+/// sending waits for the rest of the body.
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 16 << 20;
+
+/// Reads and drops what is left of the request body (bounded), after an error answer
+/// given before the client finished sending it. Closing with unread bytes would make the
+/// kernel reset the connection, and a reset can destroy the answer before the client
+/// reads it: the lingering close of Apache and nginx.
+async fn linger(session: &mut Session) {
+    let drain = async {
+        let mut read = 0;
+        while !session.is_body_done() && read < LINGER_BYTES {
+            match session.read_request_body().await {
+                Ok(Some(chunk)) => read += chunk.len(),
+                _ => break,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
+}
+
 fn has_body(req: &RequestHeader) -> bool {
     req.headers.contains_key(header::TRANSFER_ENCODING)
         || req
             .headers
             .get(header::CONTENT_LENGTH)
             .is_some_and(|v| v.as_bytes() != b"0")
+}
+
+/// One log line naming the likely cause of a Handle Server's refusal, when its JSON
+/// `responseCode` is one the seed's "Common problems" explain.
+fn log_handle_refusal(r: &HandleRefusal, policy: Option<&HopPolicy>) {
+    let Some(cred) = policy.and_then(|p| p.rules().handle()) else {
+        return;
+    };
+    let Some(code) = auth::handle::response_code(&r.body) else {
+        return;
+    };
+    if let Some(why) = auth::handle::diagnosis(r.status, code, cred) {
+        tracing::warn!(
+            target: "authproxy::handle",
+            host = %r.host, status = r.status, response_code = code,
+            "{why}"
+        );
+    }
 }
 
 /// Whether a response is JSON.

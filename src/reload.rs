@@ -6,6 +6,9 @@ file it looked for (an rc file or config created after start is picked up), beca
 editors and config managers replace files by rename. Events are debounced; the new
 snapshot is built off the request path and swapped in atomically. A snapshot that fails
 to build is rejected whole and logged with file:line; the old one keeps serving.
+
+systemd is told `RELOADING=1` when a rebuild is asked for and `READY=1` when it is over
+(taken or rejected), and the loop beats a [`Heartbeat`] for the watchdog.
 */
 
 use std::collections::HashSet;
@@ -18,6 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::config::load::{self, Environment};
 use crate::config::{Snapshot, SnapshotHandle};
+use crate::lifecycle::{self, Heartbeat};
 use crate::session::State;
 
 /// How long to wait for more events before rebuilding.
@@ -40,6 +44,27 @@ impl Reloader {
         env: Environment,
         handle: SnapshotHandle,
         state: Option<Arc<State>>,
+    ) -> Reloader {
+        Reloader::spawn(env, handle, state, None)
+    }
+
+    /// The daemon's reloader: [`Reloader::start_with_state`] whose loop beats `heart`
+    /// for the systemd watchdog and tells the service manager `RELOADING=1`/`READY=1`
+    /// around each rebuild (the others tell nobody: a test's reloader is no service's).
+    pub fn start_watched(
+        env: Environment,
+        handle: SnapshotHandle,
+        state: Option<Arc<State>>,
+        heart: Heartbeat,
+    ) -> Reloader {
+        Reloader::spawn(env, handle, state, Some(heart))
+    }
+
+    fn spawn(
+        env: Environment,
+        handle: SnapshotHandle,
+        state: Option<Arc<State>>,
+        heart: Option<Heartbeat>,
     ) -> Reloader {
         let (tx, rx) = mpsc::unbounded_channel();
         let (stop, stopped) = oneshot::channel();
@@ -71,7 +96,7 @@ impl Reloader {
             watched,
         };
         watches.update(&handle.load());
-        tokio::spawn(run(env, handle, state, rx, stopped, watches));
+        tokio::spawn(run(env, handle, state, rx, stopped, watches, heart));
         Reloader {
             trigger: tx,
             _stop: stop,
@@ -100,11 +125,19 @@ async fn run(
     mut rx: mpsc::UnboundedReceiver<()>,
     mut stopped: oneshot::Receiver<()>,
     mut watches: Watches,
+    mut heart: Option<Heartbeat>,
 ) {
+    let service = heart.is_some();
     loop {
         tokio::select! {
             got = rx.recv() => if got.is_none() { return },
             _ = &mut stopped => return,
+            _ = lifecycle::pace(&mut heart) => continue,
+        }
+        // Told at once, before the debounce: `systemctl reload` (kill -HUP) returns
+        // immediately, and systemd should see the reload start as near to it as can be.
+        if service {
+            lifecycle::notify_reloading();
         }
         tokio::time::sleep(DEBOUNCE).await;
         while rx.try_recv().is_ok() {}
@@ -148,6 +181,10 @@ async fn run(
             Err(e) => {
                 tracing::error!(error = %e, "configuration reload panicked; keeping the previous configuration")
             }
+        }
+        // Whether the new snapshot was taken or rejected, the daemon serves again.
+        if service {
+            lifecycle::notify_ready();
         }
     }
 }

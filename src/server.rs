@@ -22,6 +22,7 @@ use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
 use crate::config::SnapshotHandle;
+use crate::lifecycle::{self, Heartbeat};
 use crate::proxy::Forwarder;
 use crate::session::State;
 use crate::tunnel;
@@ -88,12 +89,28 @@ impl Daemon {
         shutdown: watch::Receiver<bool>,
         drain: Duration,
     ) {
+        self.run_watched(listeners, Vec::new(), shutdown, drain)
+            .await
+    }
+
+    /// [`Daemon::run`], each accept loop beating its heart (the `n`th listener's is
+    /// `hearts[n]`) for the systemd watchdog ([`crate::lifecycle`]).
+    pub async fn run_watched(
+        self: Arc<Self>,
+        listeners: Vec<TcpListener>,
+        hearts: Vec<Heartbeat>,
+        shutdown: watch::Receiver<bool>,
+        drain: Duration,
+    ) {
         let tracker = TaskTracker::new();
+        let mut hearts = hearts.into_iter();
         for listener in listeners {
             let daemon = self.clone();
             let shutdown = shutdown.clone();
             let conns = tracker.clone();
-            tracker.spawn(async move { daemon.accept_loop(listener, shutdown, conns).await });
+            let heart = hearts.next();
+            tracker
+                .spawn(async move { daemon.accept_loop(listener, heart, shutdown, conns).await });
         }
         tracker.close();
         stopped(&mut shutdown.clone()).await;
@@ -108,12 +125,14 @@ impl Daemon {
     async fn accept_loop(
         self: Arc<Self>,
         listener: TcpListener,
+        mut heart: Option<Heartbeat>,
         shutdown: watch::Receiver<bool>,
         conns: TaskTracker,
     ) {
         let mut stop = shutdown.clone();
         loop {
             tokio::select! {
+                _ = lifecycle::pace(&mut heart) => {}
                 accepted = listener.accept() => match accepted {
                     Ok((sock, _peer)) => {
                         let _ = sock.set_nodelay(true);

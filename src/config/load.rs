@@ -137,6 +137,9 @@ pub fn load(env: &Environment) -> Result<Snapshot, LoadErrors> {
         snap.netrc_default = y.netrc_default;
         snap.log_level = y.log.level.map(|l| format!("{l:?}").to_ascii_lowercase());
         snap.log_json = y.log.format.map(|f| f == yaml::LogFormat::Json);
+        if let Some(d) = y.shutdown_drain {
+            snap.shutdown_drain = d;
+        }
         snap.no_proxy = y
             .no_proxy
             .iter()
@@ -175,8 +178,10 @@ pub fn load(env: &Environment) -> Result<Snapshot, LoadErrors> {
                 snap.sites.push(rule);
             }
         }
-        let names = y.sites.iter().flat_map(|s| &s.query);
-        snap.secret_query_names = names.map(|(n, _)| n.to_lowercase()).collect();
+        let names = y.sites.iter().flat_map(|s| &s.query).map(|(n, _)| n);
+        let keys = y.sites.iter().filter_map(|s| s.query_token.as_ref());
+        let names = names.chain(keys.map(|q| &q.param));
+        snap.secret_query_names = names.map(|n| n.to_lowercase()).collect();
         snap.secret_query_names.sort();
         snap.secret_query_names.dedup();
     }
@@ -459,6 +464,9 @@ impl Builder {
         });
         rule.bearer = site.bearer.clone().map(Value::Secret);
         rule.pass_redirects = site.redirects == Some(yaml::RedirectMode::Pass);
+        rule.handle = site.handle.clone();
+        rule.login = site.login.clone().map(Arc::new);
+        rule.query_token = site.query_token.as_ref().map(query_token);
         for (name, value) in &site.headers {
             match http::HeaderName::from_bytes(name.as_bytes()) {
                 Ok(n) => rule.headers.push((n, param(value))),
@@ -868,6 +876,30 @@ fn param(v: &yaml::ParamValue) -> Value {
         yaml::ParamValue::Plain(s) => Value::Plain(s.clone()),
         yaml::ParamValue::Secret(s) => Value::Secret(s.clone()),
     }
+}
+
+fn query_token(q: &yaml::SiteQueryToken) -> Arc<crate::rule::QueryToken> {
+    use crate::rule::KeySource;
+    use yaml::KeySourceSetting as S;
+    Arc::new(crate::rule::QueryToken {
+        param: q.param.clone(),
+        source: match &q.source {
+            S::Url(u) => KeySource::Url(u.clone()),
+            S::File { path, key } => KeySource::File {
+                path: path.clone(),
+                key: key.clone(),
+            },
+            S::Command { argv, timeout } => KeySource::Command {
+                argv: argv.clone(),
+                timeout: *timeout,
+            },
+        },
+        lifetime: q.lifetime,
+        refresh_before: q.refresh_before,
+        replace: q.replace,
+        cache_file: q.cache_file.clone(),
+        origin: q.origin.clone(),
+    })
 }
 
 fn proxy_from_yaml(p: &yaml::UpstreamProxy) -> UpstreamProxy {

@@ -19,9 +19,12 @@ use arc_swap::ArcSwap;
 use crate::config::netrc::{Netrc, NetrcEntry};
 use crate::config::{Diagnostic, Origin, Sourced};
 use crate::failure::Timeouts;
-use crate::rule::{CaSet, Identity, ProxyChoice, Rule, UpstreamProxy, Value};
+use crate::rule::{CaSet, HandleCredential, Identity, ProxyChoice, Rule, UpstreamProxy, Value};
 use crate::secret::Secret;
 use crate::target::{Scheme, Target};
+
+/// How long SIGTERM waits for requests in flight unless YAML `shutdown.drain` says.
+pub const DEFAULT_DRAIN: Duration = Duration::from_secs(10);
 
 /// Everything a request needs to know, built once per (re)load.
 #[derive(Debug)]
@@ -51,6 +54,9 @@ pub struct Snapshot {
     pub log_level: Option<String>,
     /// YAML `log.format: json`, applied at start.
     pub log_json: Option<bool>,
+    /// YAML `shutdown.drain`: how long SIGTERM waits for requests in flight (default
+    /// 10 s). Read at start.
+    pub shutdown_drain: Duration,
     /// Every file the snapshot was built from.
     pub files: Vec<PathBuf>,
     /// Files that were looked for and may appear later (rc files, config, netrc).
@@ -84,6 +90,7 @@ impl Default for Snapshot {
             secret_query_names: Vec::new(),
             log_level: None,
             log_json: None,
+            shutdown_drain: DEFAULT_DRAIN,
             files: Vec::new(),
             watch: Vec::new(),
             warnings: Vec::new(),
@@ -288,7 +295,7 @@ impl<'a> Resolved<'a> {
     ///   over TLS or to a loopback host.
     pub fn challenge_basic(&self, upstream: &Target) -> Option<BasicRef<'a>> {
         let tls = upstream.scheme == Scheme::Https;
-        if self.basic().is_some() {
+        if self.basic().is_some() || self.handle().is_some() {
             return None;
         }
         // A YAML site's `basic: { preemptive: false }`: the user named the host.
@@ -325,6 +332,12 @@ impl<'a> Resolved<'a> {
         })
     }
 
+    /// The YAML site's Handle Server credential: when there is one, it alone decides
+    /// the `Authorization` of this URL's requests.
+    pub fn handle(&self) -> Option<&'a HandleCredential> {
+        self.site.and_then(|r| r.handle.as_ref())
+    }
+
     /// Whether this URL's redirects go to the client (YAML `redirects: pass`).
     pub fn pass_redirects(&self) -> bool {
         self.site.is_some_and(|r| r.pass_redirects)
@@ -336,6 +349,11 @@ impl<'a> Resolved<'a> {
 
     pub fn query(&self) -> &'a [(String, Value)] {
         self.site.map_or(&[], |r| &r.query)
+    }
+
+    /// The YAML site's `query_token`, if it has one.
+    pub fn query_token(&self) -> Option<&'a Arc<crate::rule::QueryToken>> {
+        self.site.and_then(|r| r.query_token.as_ref())
     }
 
     /// Why this request's TLS settings cannot be used, if they cannot: the first rule

@@ -13,10 +13,14 @@ use std::time::Duration;
 
 use pingora::utils::tls::{CertKey, WrappedX509};
 
+pub mod login;
 pub mod pattern;
 pub mod proxy;
+pub mod query_token;
 
+pub use login::LoginStep;
 pub use pattern::{HostPattern, Pattern, PortSpec, SchemePattern, Syntax};
+pub use query_token::{KeySource, QueryToken};
 
 use crate::origin::Origin;
 use crate::secret::Secret;
@@ -56,6 +60,51 @@ pub struct BasicCredential {
     /// over TLS or to a loopback host: an rc credential without a `[prefix]`, under
     /// `rc_unscoped_credentials: challenge`.
     pub only_on_challenge: bool,
+}
+
+/// How a Handle Server password goes into the Basic credential (see
+/// [`crate::auth::handle`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PasswordEncoding {
+    /// As written: pyhandle's `create_authentication_string`.
+    #[default]
+    Raw,
+    /// Percent-encoded like the username: b2handle's `create_authentication_string`.
+    Percent,
+}
+
+impl PasswordEncoding {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PasswordEncoding::Raw => "raw",
+            PasswordEncoding::Percent => "percent",
+        }
+    }
+}
+
+/// How a Handle Server write request proves who it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HandleMethod {
+    /// HTTP Basic with the `index:prefix/suffix` username and the HS_SECKEY password.
+    Password {
+        password: Secret<String>,
+        encoding: PasswordEncoding,
+    },
+    /// The rule's TLS client certificate (HS_PUBKEY), announced with
+    /// `Authorization: Handle clientCert="true"`; https only.
+    ClientCert,
+}
+
+/// A Handle Server REST API credential (YAML `handle:`), sent only on the methods that
+/// write (see [`crate::auth::handle::needs_auth`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HandleCredential {
+    /// `index:prefix/suffix`; with a client certificate it is optional (the certificate
+    /// names the user) and only shown.
+    pub username: Option<String>,
+    pub method: HandleMethod,
+    /// The pyhandle/b2handle credentials JSON it was imported from, if any.
+    pub credentials_file: Option<std::path::PathBuf>,
 }
 
 /// A client certificate with its key, parsed and checked at load.
@@ -183,6 +232,12 @@ pub struct Rule {
     pub netrc: Option<usize>,
     /// YAML `redirects: pass`: this site's 3xx go to the client instead of being followed.
     pub pass_redirects: bool,
+    /// YAML `handle`: a Handle Server credential, which decides this site's Authorization.
+    pub handle: Option<HandleCredential>,
+    /// YAML `login`: a certificate-plus-login servlet's session step.
+    pub login: Option<Arc<LoginStep>>,
+    /// YAML `query_token`: a key added to every request's query.
+    pub query_token: Option<Arc<QueryToken>>,
 }
 
 impl Rule {
@@ -201,6 +256,9 @@ impl Rule {
             read_timeout: None,
             netrc: None,
             pass_redirects: false,
+            handle: None,
+            login: None,
+            query_token: None,
         }
     }
 

@@ -96,12 +96,15 @@ impl Daemon {
             .unwrap()
     }
 
-    /// SIGTERM, wait for exit (bounded), return stderr (then stdout, if anything was
+    /// SIGTERM (unless it has exited), wait for exit (bounded), return stderr (then stdout, if anything was
     /// written there) and whether it exited cleanly.
     pub fn stop(&mut self) -> (bool, String) {
-        let _ = Command::new("kill")
-            .arg(self.child.id().to_string())
-            .status();
+        // Not to a child already reaped: its pid may belong to another process by now.
+        if let Ok(None) = self.child.try_wait() {
+            let _ = Command::new("kill")
+                .arg(self.child.id().to_string())
+                .status();
+        }
         let deadline = Instant::now() + Duration::from_secs(20);
         let status = loop {
             if let Some(s) = self.child.try_wait().unwrap() {

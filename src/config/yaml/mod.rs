@@ -12,6 +12,7 @@ no_proxy: [".internal.example", "localhost"]
 redirects: { max_hops: 10 }
 timeouts: { connect: 10s, first_byte: 60s, idle: 5m }
 log: { format: plain, level: info }
+shutdown: { drain: 10s }        # how long SIGTERM waits for requests in flight
 sites:
   - match: "esgf-node.example.org"   # host | host:port | *.domain | http(s)://host[:port]/path | "*"
     name: esgf
@@ -21,6 +22,9 @@ sites:
     query: { apikey: { value_file: k }, format: nc }
     upstream_proxy: direct
     redirects: follow
+  - match: "hdl.example.org:8000"
+    handle: { username: "300:foo/bar", password_file: hs.pw }   # or { client_cert: true },
+                                          # or { credentials_file: creds.json }
 ```
 
 Entry points: [`parse_file`], [`parse_str`]. The result is a validated [`YamlConfig`]; every
@@ -117,6 +121,9 @@ pub struct YamlConfig {
     pub max_hops: u8,
     pub timeouts: Timeouts,
     pub log: LogSettings,
+    /// `shutdown.drain`: how long SIGTERM waits for requests in flight (`None`: the
+    /// daemon's default).
+    pub shutdown_drain: Option<Duration>,
     pub sites: Vec<Site>,
     pub warnings: Vec<Diagnostic>,
     /// Secret files read, for the reload watcher.
@@ -139,6 +146,7 @@ impl YamlConfig {
             max_hops: DEFAULT_MAX_HOPS,
             timeouts: Timeouts::default(),
             log: LogSettings::default(),
+            shutdown_drain: None,
             sites: Vec::new(),
             warnings: Vec::new(),
             files_read: Vec::new(),
@@ -297,6 +305,42 @@ pub struct Site {
     pub query: Vec<(String, QueryValue)>,
     pub upstream_proxy: ProxyChoice,
     pub redirects: Option<RedirectMode>,
+    /// `handle`: a Handle Server credential, from the YAML or its credentials JSON (whose
+    /// certificate, CA and verification settings are in `tls`).
+    pub handle: Option<crate::rule::HandleCredential>,
+    /// `login`: a certificate-plus-login servlet's session step.
+    pub login: Option<crate::rule::LoginStep>,
+    pub query_token: Option<SiteQueryToken>,
+}
+
+/// A site's `query_token`, checked; a `token_file` is read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SiteQueryToken {
+    /// Not percent-encoded.
+    pub param: String,
+    pub source: KeySourceSetting,
+    pub lifetime: Duration,
+    pub refresh_before: Duration,
+    pub replace: bool,
+    pub cache_file: Option<PathBuf>,
+    /// The line of the `query_token` key.
+    pub origin: Origin,
+}
+
+/// Where a `query_token` comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySourceSetting {
+    Url(url::Url),
+    File {
+        path: PathBuf,
+        key: Secret<String>,
+    },
+    /// The program (resolved against the config directory when it is a relative path
+    /// with a `/`) and its arguments.
+    Command {
+        argv: Vec<String>,
+        timeout: Duration,
+    },
 }
 
 /// A site's `tls`. Paths are resolved against the config directory but not read.

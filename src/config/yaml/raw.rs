@@ -10,7 +10,7 @@ use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
 use super::scalar::{parse_duration, parse_match};
@@ -139,7 +139,8 @@ deserialize_from_scalar!(
     RawMatch,
     RawCookieJar,
     HeaderName,
-    QueryName
+    QueryName,
+    RawKeyUrl
 );
 
 pub(super) struct RawUid(pub(super) AllowUid);
@@ -327,6 +328,13 @@ pub(super) struct RawTimeouts {
     pub(super) idle: Option<RawDuration>,
 }
 
+/// `shutdown`: how SIGTERM ends the daemon.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, expecting = "a map with drain")]
+pub(super) struct RawShutdown {
+    pub(super) drain: Option<RawDuration>,
+}
+
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields, expecting = "a map with format and level")]
 pub(super) struct RawLog {
@@ -474,6 +482,29 @@ pub(super) struct RawBasic {
     pub(super) preemptive: Option<bool>,
 }
 
+/// A site's `handle`: a Handle Server REST API credential (see [`crate::auth::handle`]).
+#[derive(Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a map with username and password_file, client_cert: true, or credentials_file"
+)]
+pub(super) struct RawHandle {
+    pub(super) username: Option<String>,
+    pub(super) password: Option<String>,
+    pub(super) password_file: Option<NonEmpty>,
+    pub(super) password_encoding: Option<RawPasswordEncoding>,
+    pub(super) client_cert: Option<bool>,
+    pub(super) credentials_file: Option<NonEmpty>,
+}
+
+/// `handle.password_encoding`.
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+pub(super) enum RawPasswordEncoding {
+    Raw,
+    Percent,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a map with token_file")]
 pub(super) struct RawBearer {
@@ -571,11 +602,100 @@ pub(super) struct RawSite {
     pub(super) query: Option<RawParams<QueryName>>,
     pub(super) upstream_proxy: Option<RawProxy>,
     pub(super) redirects: Option<RedirectMode>,
-    // Later issues; reported with their own message, see SITE_NOT_YET.
-    #[allow(dead_code)]
-    pub(super) login: Option<IgnoredAny>,
-    #[allow(dead_code)]
-    pub(super) handle: Option<IgnoredAny>,
-    #[allow(dead_code)]
-    pub(super) query_token: Option<IgnoredAny>,
+    pub(super) handle: Option<RawHandle>,
+    pub(super) login: Option<RawLogin>,
+    pub(super) query_token: Option<RawQueryToken>,
+}
+
+/// A site's `query_token` (Handcar agent keys): the parameter and exactly one source.
+#[derive(Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a map with param and one of from_url, token_file and from_command"
+)]
+pub(super) struct RawQueryToken {
+    pub(super) param: QueryName,
+    pub(super) from_url: Option<RawKeyUrl>,
+    pub(super) token_file: Option<NonEmpty>,
+    pub(super) from_command: Option<RawCommand>,
+    pub(super) lifetime: Option<RawDuration>,
+    pub(super) refresh_before: Option<RawDuration>,
+    pub(super) replace: Option<bool>,
+    pub(super) cache_file: Option<NonEmpty>,
+    pub(super) timeout: Option<RawDuration>,
+}
+
+/// `query_token.from_url`: an absolute http(s) URL without user information (the
+/// credentials are those of the rule that matches it). Errors do not repeat it.
+pub(super) struct RawKeyUrl(pub(super) url::Url);
+impl FromScalar for RawKeyUrl {
+    const EXPECTING: &'static str = "an http:// or https:// URL";
+    fn from_scalar(s: &str) -> Result<Self, String> {
+        let u = url::Url::parse(s.trim()).map_err(|e| format!("not a valid URL ({e})"))?;
+        if !matches!(u.scheme(), "http" | "https") || u.host_str().is_none() {
+            return Err("must be an http:// or https:// URL with a host".into());
+        }
+        if !u.username().is_empty() || u.password().is_some() {
+            return Err(
+                "must not contain user information: the credentials of the site \
+                        that matches the URL are used (basic, tls.client_cert)"
+                    .into(),
+            );
+        }
+        if u.fragment().is_some() {
+            return Err("must not have a #fragment".into());
+        }
+        Ok(RawKeyUrl(u))
+    }
+}
+
+/// `query_token.from_command`: a list of arguments, or one string split as a POSIX
+/// shell splits words (quotes and backslashes; no expansion, no shell is run).
+pub(super) struct RawCommand(pub(super) Vec<String>);
+impl<'de> Deserialize<'de> for RawCommand {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawCommand;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a command: a list of arguments, or one string")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawCommand, E> {
+                match shlex::split(v) {
+                    Some(argv) if !argv.is_empty() => Ok(RawCommand(argv)),
+                    Some(_) => Err(E::custom("the command is empty")),
+                    None => Err(E::custom(
+                        "the command has an unclosed quote or a trailing backslash",
+                    )),
+                }
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<RawCommand, A::Error> {
+                let mut argv = Vec::new();
+                while let Some(arg) = seq.next_element::<String>()? {
+                    argv.push(arg);
+                }
+                match argv.first() {
+                    Some(p) if !p.is_empty() => Ok(RawCommand(argv)),
+                    _ => Err(de::Error::custom("the command needs a program")),
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `sites[].login`: a certificate-plus-login servlet (checked in `validate/site.rs`).
+#[derive(Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a map with url, method, body or body_file, logout_url and when"
+)]
+pub(super) struct RawLogin {
+    pub(super) url: NonEmpty,
+    pub(super) method: Option<NonEmpty>,
+    pub(super) body: Option<String>,
+    /// A body that holds a secret (a password field): read like every `*_file`.
+    pub(super) body_file: Option<NonEmpty>,
+    pub(super) logout_url: Option<NonEmpty>,
+    pub(super) when: Option<Vec<u16>>,
 }

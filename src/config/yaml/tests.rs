@@ -273,14 +273,9 @@ bogus: 1
 }
 
 #[test]
-fn later_features_are_rejected_with_their_own_message() {
+fn a_query_token_needs_a_source() {
     let text = "\
 sites:
-  - match: a.example
-    login: { url: \"https://a.example/login\", method: POST }
-  - match: b.example
-    handle:
-      username: x
   - match: c.example
     query_token: { param: p }
 ";
@@ -288,9 +283,7 @@ sites:
     assert_eq!(
         es,
         vec![
-            "/etc/authproxy/config.yaml:3: `login` is not supported by this version yet",
-            "/etc/authproxy/config.yaml:5: `handle` is not supported by this version yet",
-            "/etc/authproxy/config.yaml:8: `query_token` is not supported by this version yet",
+            "/etc/authproxy/config.yaml:3: sites[0].query_token: needs one of from_url, token_file and from_command",
         ]
     );
 }
@@ -514,6 +507,13 @@ sites:
         es[0].contains(":1: ") && es[0].contains("longer than zero"),
         "{es:?}"
     );
+    let es = errors("shutdown: { drain: 0s }\n");
+    assert!(
+        es[0].contains(":1: ") && es[0].contains("longer than zero"),
+        "{es:?}"
+    );
+    let es = errors("shutdown: { drian: 5s }\n");
+    assert!(es[0].contains("`drian`"), "{es:?}");
     let es = errors("redirects: { max_hops: 51 }\n");
     assert!(es[0].contains("between 1 and 50"), "{es:?}");
 }
@@ -731,4 +731,14 @@ fn hostile_inputs_do_not_panic() {
     ] {
         let _ = parse(text);
     }
+}
+
+#[test]
+fn shutdown_drain_is_read_and_defaults_to_none() {
+    let c = parse("shutdown: { drain: 2500ms }\n").unwrap();
+    assert_eq!(c.shutdown_drain, Some(Duration::from_millis(2500)));
+    assert_eq!(
+        parse("listen: [\"127.0.0.1:1\"]\n").unwrap().shutdown_drain,
+        None
+    );
 }

@@ -3,9 +3,12 @@ Turning the raw values into the validated [`YamlConfig`]: the context [`Cx`] col
 errors and warnings as it goes, each with its line (found through [`super::locate`]).
 
 The top-level settings and upstream proxies are here; the `sites` entries are in
-[`site`], and paths and `*_file` secrets in [`secret_file`].
+[`site`] (their `handle` and its pyhandle credentials JSON in [`handle`]), and paths and
+`*_file` secrets in [`secret_file`].
 */
 
+mod handle;
+mod query_token;
 mod secret_file;
 mod site;
 
@@ -18,7 +21,7 @@ use serde_yaml::Value;
 use super::locate::{clean_message, option_name, show_key, Nav, NodeProbe, Seg, PROBE};
 use super::raw::{
     NonEmpty, RawAccess, RawAddr, RawCookieJar, RawHops, RawLog, RawNetrc, RawNoProxy, RawProxy,
-    RawProxyVia, RawRcFiles, RawRedirects, RawTimeouts,
+    RawProxyVia, RawRcFiles, RawRedirects, RawShutdown, RawTimeouts,
 };
 use super::{
     LogSettings, NetrcSetting, RcFilesSetting, SecretEnv, Timeouts, UnscopedCredentials,
@@ -40,6 +43,7 @@ const TOP_KEYS: &[&str] = &[
     "redirects",
     "timeouts",
     "log",
+    "shutdown",
     "sites",
 ];
 
@@ -272,6 +276,11 @@ impl<'a> Cx<'a> {
                         format: raw.format,
                         level: raw.level,
                     };
+                }
+            }
+            "shutdown" => {
+                if let Some(raw) = self.extract::<Option<RawShutdown>>(&at).flatten() {
+                    cfg.shutdown_drain = raw.drain.map(|d| d.0);
                 }
             }
             "sites" => self.sites(value, cfg),

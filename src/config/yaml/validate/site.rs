@@ -10,9 +10,12 @@ use serde_yaml::Value;
 use super::Cx;
 use crate::config::yaml::locate::{show_key, site_path, Seg};
 use crate::config::yaml::raw::{
-    HeaderName, QueryName, RawBasic, RawBearer, RawMatch, RawParamValue, RawProxy, RawSite, RawTls,
+    HeaderName, QueryName, RawBasic, RawBearer, RawLogin, RawMatch, RawParamValue, RawProxy,
+    RawSite, RawTls,
 };
 use crate::config::yaml::{ParamValue, ProxyChoice, Site, SiteTls, YamlConfig, MAX_SITES};
+use crate::rule::login::DEFAULT_WHEN;
+use crate::rule::LoginStep;
 use crate::secret::Secret;
 
 /// Header names a site's `headers` may not set (compared ignoring case): hop-by-hop
@@ -40,9 +43,6 @@ fn is_reserved_header(name: &str) -> bool {
             .is_some_and(|p| p.eq_ignore_ascii_case("proxy-"))
 }
 
-/// Site keys of the design that later versions will implement.
-const SITE_NOT_YET: &[&str] = &["login", "handle", "query_token"];
-
 impl Cx<'_> {
     pub(super) fn sites(&mut self, value: &Value, cfg: &mut YamlConfig) {
         let items = match value {
@@ -60,16 +60,8 @@ impl Cx<'_> {
             return;
         }
         let mut ids: HashMap<String, usize> = HashMap::new();
-        for (i, item) in items.iter().enumerate() {
+        for i in 0..items.len() {
             let line = self.node_line(&[Seg::Key("sites"), Seg::Index(i)]);
-            if let Value::Mapping(m) = item {
-                for &k in SITE_NOT_YET {
-                    if m.contains_key(k) {
-                        let kl = self.key_line(&site_path(i, &[k]));
-                        self.error(kl, format!("`{k}` is not supported by this version yet"));
-                    }
-                }
-            }
             let Some(raw) = self.extract::<RawSite>(&[Seg::Key("sites"), Seg::Index(i)]) else {
                 continue;
             };
@@ -99,7 +91,17 @@ impl Cx<'_> {
             Some(n) => n.0.trim().to_string(),
             None => format!("sites[{i}]"),
         };
-        let tls = self.site_tls(i, raw.tls.unwrap_or_default(), &pattern_text);
+        let mut tls = self.site_tls(i, raw.tls.unwrap_or_default(), &pattern_text);
+        let handle = raw
+            .handle
+            .and_then(|h| self.site_handle(i, h, &mut tls, &pattern, &pattern_text));
+        if handle.is_some() && (raw.basic.is_some() || raw.bearer.is_some()) {
+            let l = self.key_line(&site_path(i, &["handle"]));
+            self.error(
+                l,
+                format!("sites[{i}]: give handle or basic/bearer, not both"),
+            );
+        }
 
         if raw.basic.is_some() && raw.bearer.is_some() {
             let l = self.key_line(&site_path(i, &["bearer"]));
@@ -138,6 +140,16 @@ impl Cx<'_> {
                 self.error(l, format!("sites[{i}].headers: `{name}` is given twice"));
             }
             seen.push(name);
+            if handle.is_some() && name.eq_ignore_ascii_case("authorization") {
+                let l = self.key_line(&site_path(i, &["headers", name]));
+                self.error(
+                    l,
+                    format!(
+                        "sites[{i}].headers: `{name}` cannot be set on a handle site: \
+                         the handle credential is its Authorization"
+                    ),
+                );
+            }
         }
         let query = raw.query.map_or_else(Vec::new, |q| {
             q.0.into_iter()
@@ -157,6 +169,21 @@ impl Cx<'_> {
             },
         };
 
+        let login = raw.login.and_then(|l| self.site_login(i, l));
+        let query_token = raw.query_token.and_then(|q| self.site_query_token(i, q));
+        if let Some(q) = query_token.as_ref() {
+            if query.iter().any(|(name, _)| *name == q.param) {
+                let l = self.key_line(&site_path(i, &["query", &q.param]));
+                self.error(
+                    l,
+                    format!(
+                        "sites[{i}]: query and query_token both add `{}`; keep one",
+                        q.param
+                    ),
+                );
+            }
+        }
+
         Site {
             id,
             origin: self.origin(line),
@@ -170,7 +197,106 @@ impl Cx<'_> {
             query,
             upstream_proxy,
             redirects: raw.redirects,
+            handle,
+            login,
+            query_token,
         }
+    }
+
+    /// `sites[i].login`: absolute http(s) URLs without userinfo (http only with a
+    /// warning: the session cookie would travel in cleartext), POST or GET, statuses
+    /// that are client or server errors.
+    fn site_login(&mut self, i: usize, l: RawLogin) -> Option<LoginStep> {
+        let url = self.login_url(i, "url", &l.url.0);
+        let logout_url = l
+            .logout_url
+            .and_then(|u| self.login_url(i, "logout_url", &u.0));
+        let method = match l.method.as_ref().map(|m| m.0.trim().to_ascii_uppercase()) {
+            None => Some(http::Method::POST),
+            Some(m) if m == "POST" => Some(http::Method::POST),
+            Some(m) if m == "GET" => Some(http::Method::GET),
+            Some(_) => {
+                let at = self.key_line(&site_path(i, &["login", "method"]));
+                self.error(at, format!("sites[{i}].login.method: must be POST or GET"));
+                None
+            }
+        };
+        let when = match l.when {
+            None => DEFAULT_WHEN.to_vec(),
+            Some(list) => {
+                if list.is_empty() || list.iter().any(|s| !(400..=599).contains(s)) {
+                    let at = self.key_line(&site_path(i, &["login", "when"]));
+                    self.error(
+                        at,
+                        format!(
+                            "sites[{i}].login.when: a non-empty list of statuses from 400 to \
+                             599 (the answers that mean \"log in first\"), such as [401]"
+                        ),
+                    );
+                    return None;
+                }
+                list
+            }
+        };
+        let body = match (l.body, l.body_file) {
+            (Some(_), Some(_)) => {
+                let at = self.key_line(&site_path(i, &["login", "body_file"]));
+                self.error(
+                    at,
+                    format!("sites[{i}].login: give body or body_file, not both"),
+                );
+                return None;
+            }
+            (Some(b), None) => Some(Secret::new(b)),
+            (None, Some(f)) => {
+                Some(self.read_secret(&f.0, &site_path(i, &["login", "body_file"]))?)
+            }
+            (None, None) => None,
+        };
+        Some(LoginStep {
+            url: url?,
+            method: method?,
+            body,
+            logout_url,
+            when,
+        })
+    }
+
+    fn login_url(&mut self, i: usize, key: &str, text: &str) -> Option<url::Url> {
+        let at = self.key_line(&site_path(i, &["login", key]));
+        let url = match url::Url::parse(text.trim()) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => u,
+            _ => {
+                self.error(
+                    at,
+                    format!(
+                        "sites[{i}].login.{key}: must be an absolute URL such as \
+                         https://host:8443/s2dr/login"
+                    ),
+                );
+                return None;
+            }
+        };
+        if !url.username().is_empty() || url.password().is_some() {
+            self.error(
+                at,
+                format!(
+                    "sites[{i}].login.{key}: must not hold a user or password; the client \
+                     certificate (tls.client_cert) or basic proves who logs in"
+                ),
+            );
+            return None;
+        }
+        if url.scheme() == "http" {
+            self.warn(
+                at,
+                format!(
+                    "sites[{i}].login.{key} is plain http: the session cookie travels in \
+                     cleartext and no client certificate can be presented"
+                ),
+            );
+        }
+        Some(url)
     }
 
     fn site_tls(&mut self, i: usize, t: RawTls, pattern_text: &str) -> SiteTls {
