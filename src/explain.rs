@@ -11,7 +11,7 @@ use std::fmt::Write;
 
 use crate::auth::{bearer, handle};
 use crate::config::load::{self, ConfigPath, Environment};
-use crate::config::snapshot::Resolved;
+use crate::config::snapshot::{CaSetting, Resolved};
 use crate::config::{Snapshot, Sourced};
 use crate::redact::LogUrl;
 use crate::rule::{HandleCredential, HandleMethod, ProxyChoice, QueryToken, Rule, TlsSettings};
@@ -61,6 +61,9 @@ fn describe(out: &mut String, s: &Snapshot) {
         "listen: {}",
         join(s.listen.iter().map(|a| a.to_string()))
     );
+    if let Some(admin) = s.admin {
+        let _ = writeln!(out, "admin: {admin} (/healthz, /metrics)");
+    }
     let _ = writeln!(out, "files read:");
     for f in &s.files {
         let _ = writeln!(out, "  {}", f.display());
@@ -89,6 +92,7 @@ fn describe(out: &mut String, s: &Snapshot) {
     for rule in s.sites.iter().chain(&s.rc) {
         describe_rule(out, rule);
     }
+    describe_intercept(out, s);
     if let Some(n) = &s.netrc {
         let _ = writeln!(
             out,
@@ -126,6 +130,54 @@ fn describe(out: &mut String, s: &Snapshot) {
             let _ = writeln!(out, "  {w}");
         }
     }
+}
+
+/// `intercept` and the CA: which https hosts are intercepted, and what clients trust.
+/// Nothing when no host is (the default: every https URL is tunnelled).
+fn describe_intercept(out: &mut String, s: &Snapshot) {
+    if s.intercept.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "https interception (TLS terminated with the local CA):"
+    );
+    for e in &s.intercept {
+        let _ = writeln!(out, "  {} ({})", e.written, e.origin);
+    }
+    let _ = match &s.intercept_ca {
+        CaSetting::Files { cert, key } => writeln!(
+            out,
+            "  CA: {} (key {}, never printed)",
+            cert.display(),
+            key.display()
+        ),
+        CaSetting::Generated {
+            dir: Some(dir),
+            name_constraints,
+        } => {
+            let cert = dir.join(crate::intercept::ca::CERT_FILE);
+            let state = if cert.exists() {
+                "exists"
+            } else {
+                "made at first need"
+            };
+            let constrained = if *name_constraints {
+                ", name-constrained to these patterns"
+            } else {
+                ""
+            };
+            writeln!(
+                out,
+                "  CA: {} ({state}{constrained}); clients trust it (see `authproxy ca`)",
+                cert.display()
+            )
+        }
+        CaSetting::Generated { dir: None, .. } => writeln!(
+            out,
+            "  CA: none: neither XDG_DATA_HOME nor HOME is set; name one with intercept_ca"
+        ),
+    };
 }
 
 /// One line per file: `path: KEY (lines 2, 10), other.key (line 11)`, keys as written,
@@ -347,13 +399,33 @@ pub fn explain(env: &Environment, url: &str) -> Result<String, String> {
         .upstream_target(&target)
         .unwrap_or_else(|| target.clone());
     let tls = upstream.scheme == Scheme::Https;
-    if target.scheme == Scheme::Https {
+    if let Some(entry) = (target.scheme == Scheme::Https)
+        .then(|| snapshot.intercepted(&target))
+        .flatten()
+    {
+        // An intercepted https:// URL: served like an http one, over TLS both ways.
+        let _ = writeln!(
+            out,
+            "intercepted: the intercept pattern {} ({}) names {}: authproxy answers the \
+             client's CONNECT with a certificate from its local CA and serves the requests \
+             inside as below",
+            entry.written,
+            entry.origin,
+            target.authority()
+        );
+        fetched(&mut out, &resolved, &target, &upstream, tls);
+    } else if target.scheme == Scheme::Https {
         // What happens to a client's https:// request: a tunnel, nothing added.
         let _ = writeln!(
             out,
             "tunnelled: a client sends https:// URLs as CONNECT {}, which authproxy passes \
-             through untouched: no credential, header or certificate is added",
-            target.authority()
+             through untouched: no credential, header or certificate is added ({})",
+            target.authority(),
+            if snapshot.intercept.is_empty() {
+                "YAML intercept names no host"
+            } else {
+                "no intercept pattern names this authority"
+            }
         );
         let _ = match resolved.proxy(&target.host) {
             Some(p) => writeln!(out, "via: upstream proxy {p:?} (CONNECT)"),

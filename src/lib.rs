@@ -8,13 +8,16 @@ build a [`config::Snapshot`], bind a listener, and call [`server::Daemon::run`].
 */
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod auth;
 pub mod client;
 pub mod config;
 pub mod explain;
 pub mod failure;
 pub mod install;
+pub mod intercept;
 pub mod lifecycle;
+pub mod metrics;
 pub mod origin;
 pub mod policy;
 pub mod proxy;
@@ -27,6 +30,7 @@ pub mod secret;
 pub mod server;
 pub mod session;
 pub mod small_file;
+pub mod status;
 pub mod target;
 pub mod telemetry;
 pub mod tls;

@@ -50,6 +50,24 @@ enum Command {
     /// Install the daemon as a systemd service running this binary: write the unit,
     /// then `systemctl daemon-reload` and `enable --now` (when systemctl exists).
     Install(InstallArgs),
+    /// Ask the running daemon's admin listener how it is doing, and say it in words.
+    Status {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// The admin listener's address (default: the config's `admin.listen`).
+        #[arg(long, value_name = "ADDR")]
+        admin: Option<SocketAddr>,
+    },
+    /// Print the path of the local CA certificate (PEM) that https interception signs
+    /// with, creating the CA if needed: the file clients must trust.
+    Ca {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Write the system's trusted roots plus the CA into one PEM file and print its
+        /// path instead (for tools that take a single CA file).
+        #[arg(long)]
+        bundle: bool,
+    },
 }
 
 #[derive(clap::Args)]
@@ -120,6 +138,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Install(args) => install(args),
+        Command::Ca { config, bundle } => ca(config.config, bundle),
         Command::Explain { config, url } => {
             let env = Environment::from_process(config.config);
             match explain::explain(&env, &url) {
@@ -132,6 +151,89 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+        Command::Status { config, admin } => status(config, admin),
+    }
+}
+
+/// `authproxy status`: the admin listener's report, or why there is none.
+fn status(config: ConfigArgs, admin: Option<SocketAddr>) -> ExitCode {
+    let addr = match admin {
+        Some(a) => a,
+        None => match load::load(&Environment::from_process(config.config)) {
+            Ok(snapshot) => match snapshot.admin {
+                Some(a) => a,
+                None => {
+                    eprintln!(
+                        "authproxy status: the admin listener is off: the configuration has no \
+                         `admin: {{ listen: \"{}\" }}`; add it and restart the daemon, or pass \
+                         --admin ADDR",
+                        authproxy::admin::DEFAULT_ADDR
+                    );
+                    return ExitCode::FAILURE;
+                }
+            },
+            Err(errors) => {
+                for e in &errors.0 {
+                    eprintln!("authproxy: {e}");
+                }
+                eprintln!(
+                    "authproxy status: the configuration does not load (run `authproxy check`), \
+                     so the admin address is unknown; pass --admin ADDR"
+                );
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    match authproxy::status::report(addr) {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("authproxy status: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `authproxy ca [--bundle]`: the path first on stdout, notes on stderr.
+fn ca(config: Option<PathBuf>, bundle: bool) -> ExitCode {
+    use authproxy::intercept::ca;
+    let env = Environment::from_process(config);
+    let snapshot = match load::load(&env) {
+        Ok(s) => s,
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!("authproxy: the configuration has errors; run `authproxy check` for details");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let loaded = ca::load_or_create(&snapshot.intercept_ca, &snapshot.intercept);
+    let ca = match loaded {
+        Ok(ca) => ca,
+        Err(e) => {
+            eprintln!("authproxy: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if !bundle {
+        println!("{}", ca.cert_path.display());
+        return ExitCode::SUCCESS;
+    }
+    let Some(dir) = load::default_ca_dir(&env) else {
+        eprintln!("authproxy: {}", ca::CaError::NoDir);
+        return ExitCode::FAILURE;
+    };
+    match ca::write_bundle(&ca, &dir) {
+        Ok((path, roots)) => {
+            println!("{}", path.display());
+            eprintln!("{roots} system roots and the authproxy CA");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("authproxy: {e}");
+            ExitCode::FAILURE
         }
     }
 }
@@ -196,8 +298,16 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let rules = snapshot.sites.len() + snapshot.rc.len();
         tracing::info!(rules, files = snapshot.files.len(), "configuration loaded");
         let jar = open_jar(&snapshot);
+        let admin = snapshot.admin;
         let snapshots = snapshot.into_handle();
         let state = Arc::new(State::with_jar(jar.clone()));
+        if let Some(addr) = admin {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (admin)"))?;
+            tracing::info!(%addr, "admin listening: /healthz, /metrics");
+            tokio::spawn(authproxy::admin::serve(l, state.clone()));
+        }
         // The watchdog vouches for every accept loop and the reloader (lifecycle.rs).
         let watchdog = lifecycle::watchdog_timeout();
         let pulse = Pulse::new(watchdog);

@@ -24,6 +24,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use crate::auth;
 use crate::config::SnapshotHandle;
 use crate::failure::{Failure, ERROR_HEADER};
+use crate::metrics::{self, LoginOutcome};
 use crate::policy::HopPolicy;
 use crate::redact;
 use crate::redirect;
@@ -105,6 +106,16 @@ pub struct RequestCtx {
     servlet_replayed: bool,
     /// The key this hop's `query_token` adds, fetched in `upstream_peer`.
     query_key: Option<Secret<String>>,
+    /// When the current hop's peer was chosen: a new connection's latency runs from here.
+    connecting: Option<Instant>,
+    /// When the request's upstream connection was ready, until its first response
+    /// header is counted.
+    awaiting_first_byte: Option<Instant>,
+    /// The first response header was counted: later hops (redirects, logins) are not.
+    first_byte_done: bool,
+    /// A login this request runs, by its site label, until it comes back to the data
+    /// (counted `ok`) or the request ends (counted by its failure).
+    login_site: Option<String>,
 }
 
 /// A Handle Server refusal on its way to the client, unchanged.
@@ -170,11 +181,22 @@ impl ProxyHttp for Forwarder {
             servlet: None,
             servlet_replayed: false,
             query_key: None,
+            connecting: None,
+            awaiting_first_byte: None,
+            first_byte_done: false,
+            login_site: None,
         }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         ctx.started = Instant::now();
+        // Inside an intercepted CONNECT the request is origin-form: make it the absolute
+        // https URL of the tunnel's authority (or refuse another authority with 421).
+        if let Err(failure) = crate::intercept::make_absolute(session) {
+            respond(session, &failure).await?;
+            ctx.error_code = Some(failure.code);
+            return Ok(true);
+        }
         match Target::from_absolute(session.req_header().raw_path()) {
             Ok(target) => {
                 ctx.data_method = Some(session.req_header().method.clone());
@@ -278,7 +300,27 @@ impl ProxyHttp for Forwarder {
             )));
         }
         *ctx_via = via;
+        ctx.connecting = Some(Instant::now());
         Ok(Box::new(peer))
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        reused: bool,
+        _peer: &HttpPeer,
+        _fd: std::os::unix::io::RawFd,
+        _digest: Option<&pingora::protocols::Digest>,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let now = Instant::now();
+        if let (false, Some(at)) = (reused, ctx.connecting.take()) {
+            self.state.metrics.upstream_connected(now - at);
+        }
+        if !ctx.first_byte_done {
+            ctx.awaiting_first_byte = Some(now);
+        }
+        Ok(())
     }
 
     fn fail_to_connect(
@@ -392,6 +434,10 @@ impl ProxyHttp for Forwarder {
             })
         };
         ctx.handle_refusal = handle_refusal;
+        if let Some(at) = ctx.awaiting_first_byte.take() {
+            self.state.metrics.first_byte(at.elapsed());
+            ctx.first_byte_done = true;
+        }
         let policy = ctx.policy()?;
         let (hop, target) = (&policy.hop, &policy.upstream);
         // Every response's cookies go to the jar; a login hop's never reach the client.
@@ -565,6 +611,9 @@ impl ProxyHttp for Forwarder {
             // The login is done: the requests waiting for it may replay.
             ctx.returned = true;
             ctx.login = None;
+            if let Some(site) = ctx.login_site.take() {
+                self.state.metrics.login(&site, LoginOutcome::Ok);
+            }
         }
         let strip = !auth::client_credentials_may_follow(hop, &follow.next);
         if next_is_login {
@@ -575,6 +624,10 @@ impl ProxyHttp for Forwarder {
         ctx.visited.push(next_url);
         ctx.hosts.push(follow.next.authority());
         let next = policy.next(follow.next);
+        if next_is_login && !ctx.login_hop && ctx.login_site.is_none() {
+            // The request enters a login: counted by the login host's rule.
+            ctx.login_site = Some(metrics::site_label(&next.rules()));
+        }
         ctx.strip_client_credentials |= strip;
         ctx.login_hop = next_is_login;
         ctx.redirects += 1;
@@ -743,6 +796,11 @@ impl ProxyHttp for Forwarder {
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let method = session.req_header().method.as_str();
+        let metrics = &self.state.metrics;
+        metrics.request(method, status, ctx.error_code);
+        if let Some(site) = ctx.login_site.take() {
+            metrics.login(&site, LoginOutcome::from_code(ctx.error_code));
+        }
         let ms = ctx.started.elapsed().as_micros() as f64 / 1e3;
         let url = ctx
             .policy

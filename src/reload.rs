@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::load::{self, Environment};
 use crate::config::{Snapshot, SnapshotHandle};
 use crate::lifecycle::{self, Heartbeat};
+use crate::metrics::ReloadOutcome;
 use crate::session::State;
 
 /// How long to wait for more events before rebuilding.
@@ -153,6 +154,7 @@ async fn run(
                     "configuration reload rejected: TLS files that loaded before do not now; \
                      the previous configuration keeps serving"
                 );
+                counted(&state, ReloadOutcome::Rejected);
             }
             Ok(Ok(snapshot)) => {
                 watches.update(&snapshot);
@@ -167,6 +169,7 @@ async fn run(
                     state.reloaded(&snapshot);
                 }
                 handle.store(Arc::new(snapshot));
+                counted(&state, ReloadOutcome::Ok);
                 tracing::info!(rules, "configuration reloaded");
             }
             Ok(Err(errors)) => {
@@ -177,15 +180,24 @@ async fn run(
                     errors = errors.0.len(),
                     "configuration reload failed; the previous configuration keeps serving"
                 );
+                counted(&state, ReloadOutcome::Failed);
             }
             Err(e) => {
-                tracing::error!(error = %e, "configuration reload panicked; keeping the previous configuration")
+                tracing::error!(error = %e, "configuration reload panicked; keeping the previous configuration");
+                counted(&state, ReloadOutcome::Failed);
             }
         }
         // Whether the new snapshot was taken or rejected, the daemon serves again.
         if service {
             lifecycle::notify_ready();
         }
+    }
+}
+
+/// Counts a reload in the state's metrics (a reloader without state counts nothing).
+fn counted(state: &Option<Arc<State>>, outcome: ReloadOutcome) {
+    if let Some(state) = state {
+        state.metrics.reload(outcome);
     }
 }
 

@@ -22,6 +22,7 @@ use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
 use crate::config::SnapshotHandle;
+use crate::intercept::Interceptor;
 use crate::lifecycle::{self, Heartbeat};
 use crate::proxy::Forwarder;
 use crate::session::State;
@@ -55,6 +56,8 @@ const MAX_RETRIES: usize = 1000;
 pub struct Daemon {
     proxy: Arc<HttpProxy<Forwarder>>,
     snapshots: SnapshotHandle,
+    state: Arc<State>,
+    intercept: Interceptor,
 }
 
 impl Daemon {
@@ -74,11 +77,21 @@ impl Daemon {
             max_retries: MAX_RETRIES,
             ..ServerConf::default()
         };
-        let proxy = http_proxy(&Arc::new(conf), Forwarder::new(snapshots.clone(), state));
+        let proxy = http_proxy(
+            &Arc::new(conf),
+            Forwarder::new(snapshots.clone(), state.clone()),
+        );
         Arc::new(Self {
             proxy: Arc::new(proxy),
             snapshots,
+            state,
+            intercept: Interceptor::default(),
         })
+    }
+
+    /// The https interception state (the CA in use, the leaves minted).
+    pub fn interceptor(&self) -> &Interceptor {
+        &self.intercept
     }
 
     /// Serves every listener until `shutdown` turns true, then waits up to `drain` for
@@ -114,6 +127,7 @@ impl Daemon {
         }
         tracker.close();
         stopped(&mut shutdown.clone()).await;
+        self.state.metrics.set_draining();
         if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
             tracing::warn!(
                 "{} connections still open after {drain:?}; closing them",
@@ -153,8 +167,12 @@ impl Daemon {
 
     /// The request loop of one client connection.
     async fn serve_connection(&self, sock: tokio::net::TcpStream, shutdown: watch::Receiver<bool>) {
+        let _open = self.state.metrics.client_connection();
         let mut stream: Stream = Box::new(L4Stream::from(sock));
         let mut persistent: Option<HttpPersistentSettings> = None;
+        // Inside an intercepted CONNECT every request goes to pingora: a CONNECT there
+        // is not routed again. (Its peek reads ahead through TLS; see `Intercepted`.)
+        let mut intercepted = false;
         loop {
             // Peek at the next request: CONNECT goes to the tunnel, the rest to pingora.
             // Bytes pingora already read past the previous request (a pipelined prefix)
@@ -172,10 +190,27 @@ impl Daemon {
                 if !peeked {
                     return;
                 }
-                if &first == b"CONNECT " {
+                if &first == b"CONNECT " && !intercepted {
                     let snapshot = self.snapshots.load_full();
-                    tunnel::serve(stream, &snapshot).await;
-                    return;
+                    match tunnel::serve(stream, &snapshot, &self.state.metrics).await {
+                        tunnel::Routed::Done => return,
+                        tunnel::Routed::Intercept {
+                            down,
+                            target,
+                            leftover,
+                        } => match self
+                            .intercept
+                            .accept(down, target, leftover, &snapshot)
+                            .await
+                        {
+                            Some(tls) => {
+                                stream = tls;
+                                intercepted = true;
+                                continue;
+                            }
+                            None => return,
+                        },
+                    }
                 }
             }
             let mut session = ServerSession::new_http1(stream);

@@ -6,6 +6,9 @@ whose next request starts with `CONNECT ` here before pingora sees it. The reque
 is read and parsed (httparse), the target connected, `200 Connection established` sent,
 and bytes copied both ways until either side closes. Failures are HTTP responses with
 the same bodies and `X-Authproxy-Error` codes as proxied requests.
+
+A `CONNECT` to an authority YAML `intercept` names is not tunnelled: [`serve`] hands the
+connection back ([`Routed::Intercept`]) for [`crate::intercept`] to terminate its TLS.
 */
 
 use std::time::{Duration, Instant};
@@ -14,6 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::config::Snapshot;
 use crate::failure::Failure;
+use crate::metrics::Metrics;
 use crate::resolve;
 use crate::rule::UpstreamProxy;
 use crate::target::Target;
@@ -24,19 +28,33 @@ const MAX_HEAD: usize = 16 * 1024;
 /// How long a client may take to send its CONNECT head.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Serves one CONNECT request on `down` and then the tunnel; consumes the connection.
-pub async fn serve<S>(mut down: S, snapshot: &Snapshot)
+/// What became of a CONNECT.
+pub enum Routed<S> {
+    /// Tunnelled (or answered with an error) and finished.
+    Done,
+    /// Named by `intercept`: not answered yet; `leftover` is what the client sent after
+    /// its CONNECT head.
+    Intercept {
+        down: S,
+        target: Target,
+        leftover: Vec<u8>,
+    },
+}
+
+/// Serves one CONNECT request on `down` and then the tunnel, or hands the connection
+/// back when its authority is to be intercepted.
+pub async fn serve<S>(mut down: S, snapshot: &Snapshot, metrics: &Metrics) -> Routed<S>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let started = Instant::now();
     let (authority, leftover) = match read_head(&mut down).await {
         Ok(Some(parsed)) => parsed,
-        Ok(None) => return,
+        Ok(None) => return Routed::Done,
         Err(failure) => {
             let _ = down.write_all(&failure.to_http1()).await;
-            log_failure("-", &failure, started);
-            return;
+            log_failure("-", &failure, started, metrics);
+            return Routed::Done;
         }
     };
     let target = match Target::from_authority(&authority) {
@@ -44,10 +62,17 @@ where
         Err(_) => {
             let failure = Failure::bad_target("CONNECT needs a host:port authority");
             let _ = down.write_all(&failure.to_http1()).await;
-            log_failure("-", &failure, started);
-            return;
+            log_failure("-", &failure, started, metrics);
+            return Routed::Done;
         }
     };
+    if snapshot.intercepted(&target).is_some() {
+        return Routed::Intercept {
+            down,
+            target,
+            leftover,
+        };
+    }
     let resolved = snapshot.resolve(&target);
     let timeouts = resolved.timeouts();
     let connected = match resolved.proxy(&target.host) {
@@ -58,8 +83,8 @@ where
         Ok(up) => up,
         Err(failure) => {
             let _ = down.write_all(&failure.to_http1()).await;
-            log_failure(&target.authority(), &failure, started);
-            return;
+            log_failure(&target.authority(), &failure, started, metrics);
+            return Routed::Done;
         }
     };
     if down
@@ -67,10 +92,12 @@ where
         .await
         .is_err()
     {
-        return;
+        return Routed::Done;
     }
+    metrics.request("CONNECT", 200, None);
+    let _open = metrics.tunnel();
     if !leftover.is_empty() && up.write_all(&leftover).await.is_err() {
-        return;
+        return Routed::Done;
     }
     let result = tokio::io::copy_bidirectional(&mut down, &mut up).await;
     let (sent, received) = result.unwrap_or((0, 0));
@@ -81,6 +108,7 @@ where
         ms = started.elapsed().as_micros() as f64 / 1e3,
         "tunnel closed"
     );
+    Routed::Done
 }
 
 /// A tunnel through the upstream proxy: `CONNECT` there, with its credentials.
@@ -105,7 +133,8 @@ async fn via_proxy(
         .unwrap_or_else(|| Failure::proxy_refused(&proxy.authority(), &target.authority(), None)))
 }
 
-fn log_failure(host: &str, failure: &Failure, started: Instant) {
+fn log_failure(host: &str, failure: &Failure, started: Instant, metrics: &Metrics) {
+    metrics.request("CONNECT", failure.status, Some(failure.code));
     tracing::warn!(
         target: "authproxy::access",
         method = "CONNECT", url = host, status = failure.status, error = failure.code,

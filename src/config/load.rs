@@ -18,7 +18,7 @@ use pingora::utils::tls::{parse_x509, CertKey, WrappedX509};
 
 use crate::config::netrc::{self, Netrc};
 use crate::config::rcfile::{self, RcEnv, RcRule, RcScope};
-use crate::config::snapshot::TlsProblem;
+use crate::config::snapshot::{CaSetting, TlsProblem};
 use crate::config::yaml::{
     self, NetrcSetting, ProxyChoice as YamlProxy, RcFilesSetting, SecretEnv, Site,
     UnscopedCredentials, YamlConfig,
@@ -39,6 +39,8 @@ pub struct Environment {
     pub xdg_config_home: Option<PathBuf>,
     /// `$HOME`.
     pub home: Option<PathBuf>,
+    /// `$XDG_DATA_HOME` (the generated interception CA lives under it).
+    pub xdg_data_home: Option<PathBuf>,
     /// `$NETRC`.
     pub netrc: Option<OsString>,
     /// The system-wide config path (`/etc/authproxy/config.yaml`).
@@ -55,6 +57,7 @@ impl Environment {
             authproxy_config: var("AUTHPROXY_CONFIG").map(PathBuf::from),
             xdg_config_home: var("XDG_CONFIG_HOME").map(PathBuf::from),
             home: var("HOME").map(PathBuf::from),
+            xdg_data_home: var("XDG_DATA_HOME").map(PathBuf::from),
             netrc: var("NETRC"),
             system_config: Some(PathBuf::from("/etc/authproxy/config.yaml")),
             secrets: SecretEnv::from_process_env(),
@@ -126,13 +129,46 @@ impl fmt::Display for LoadErrors {
 
 impl std::error::Error for LoadErrors {}
 
+/// Where the generated interception CA lives: `$XDG_DATA_HOME/authproxy/ca`, else
+/// `~/.local/share/authproxy/ca`. A relative `XDG_DATA_HOME` is ignored, as the XDG
+/// spec says.
+pub fn default_ca_dir(env: &Environment) -> Option<PathBuf> {
+    let base = match &env.xdg_data_home {
+        Some(x) if x.is_absolute() => x.clone(),
+        _ => env
+            .home
+            .as_ref()
+            .filter(|h| !h.as_os_str().is_empty())?
+            .join(".local/share"),
+    };
+    Some(base.join("authproxy").join("ca"))
+}
+
 /// Builds the snapshot, or reports every error found.
 pub fn load(env: &Environment) -> Result<Snapshot, LoadErrors> {
     let mut b = Builder::default();
     let yaml = b.yaml(env);
-    let mut snap = Snapshot::default();
+    let mut snap = Snapshot {
+        intercept_ca: CaSetting::Generated {
+            dir: default_ca_dir(env),
+            name_constraints: false,
+        },
+        ..Snapshot::default()
+    };
     if let Some(y) = &yaml {
+        snap.intercept = y.intercept.clone();
+        snap.intercept_ca = match (&y.intercept_ca.cert, &y.intercept_ca.key) {
+            (Some(cert), Some(key)) => CaSetting::Files {
+                cert: cert.clone(),
+                key: key.clone(),
+            },
+            _ => CaSetting::Generated {
+                dir: default_ca_dir(env),
+                name_constraints: y.intercept_ca.name_constraints,
+            },
+        };
         snap.listen = y.listen.clone();
+        snap.admin = y.admin;
         snap.max_hops = y.max_hops;
         snap.netrc_default = y.netrc_default;
         snap.log_level = y.log.level.map(|l| format!("{l:?}").to_ascii_lowercase());

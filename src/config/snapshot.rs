@@ -17,6 +17,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 
 use crate::config::netrc::{Netrc, NetrcEntry};
+pub use crate::config::yaml::InterceptEntry;
 use crate::config::{Diagnostic, Origin, Sourced};
 use crate::failure::Timeouts;
 use crate::rule::{CaSet, HandleCredential, Identity, ProxyChoice, Rule, UpstreamProxy, Value};
@@ -31,6 +32,8 @@ pub const DEFAULT_DRAIN: Duration = Duration::from_secs(10);
 pub struct Snapshot {
     pub timeouts: Timeouts,
     pub listen: Vec<SocketAddr>,
+    /// YAML `admin.listen`: the admin listener's loopback address; `None`: off.
+    pub admin: Option<SocketAddr>,
     /// YAML `sites`, most specific first (file order among equals).
     pub sites: Vec<Rule>,
     /// rc-file scopes, most specific first.
@@ -72,6 +75,35 @@ pub struct Snapshot {
     pub cookie_jar: Option<PathBuf>,
     /// Where an rc credential without a `[prefix]` was left unused (`explain` says why).
     pub unscoped_credentials_ignored: Option<Origin>,
+    /// YAML `intercept`: the https authorities whose TLS authproxy terminates, in file
+    /// order (the first match is the one reported). Empty: every CONNECT is tunnelled.
+    pub intercept: Vec<InterceptEntry>,
+    /// Where the CA that signs intercepted hosts' certificates lives.
+    pub intercept_ca: CaSetting,
+}
+
+/// The local CA for interception: YAML `intercept_ca: { cert, key }`, else generated on
+/// first need in `dir` (`$XDG_DATA_HOME/authproxy/ca`, default
+/// `~/.local/share/authproxy/ca`; `None` when neither is known).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CaSetting {
+    Generated {
+        dir: Option<PathBuf>,
+        name_constraints: bool,
+    },
+    Files {
+        cert: PathBuf,
+        key: PathBuf,
+    },
+}
+
+impl Default for CaSetting {
+    fn default() -> Self {
+        CaSetting::Generated {
+            dir: None,
+            name_constraints: false,
+        }
+    }
 }
 
 impl Default for Snapshot {
@@ -79,6 +111,7 @@ impl Default for Snapshot {
         Snapshot {
             timeouts: Timeouts::default(),
             listen: vec![SocketAddr::from(([127, 0, 0, 1], 3128))],
+            admin: None,
             sites: Vec::new(),
             rc: Vec::new(),
             netrc: None,
@@ -98,6 +131,8 @@ impl Default for Snapshot {
             unsupported: Vec::new(),
             unscoped_credentials_ignored: None,
             cookie_jar: None,
+            intercept: Vec::new(),
+            intercept_ca: CaSetting::default(),
         }
     }
 }
@@ -126,6 +161,15 @@ pub type SnapshotHandle = Arc<ArcSwap<Snapshot>>;
 impl Snapshot {
     pub fn into_handle(self) -> SnapshotHandle {
         Arc::new(ArcSwap::from_pointee(self))
+    }
+
+    /// The `intercept` entry that names this CONNECT target, if any: its TLS is then
+    /// terminated here instead of tunnelled.
+    pub fn intercepted(&self, target: &Target) -> Option<&InterceptEntry> {
+        self.intercept.iter().find(|e| {
+            e.pattern
+                .matches_parts("https", &target.host, target.port, "/")
+        })
     }
 
     /// The rules that apply to `target` (as the client asked for it).

@@ -30,6 +30,8 @@ pub struct State {
     pub servlets: Arc<Servlets>,
     /// Query keys (`query_token`) and their refreshers.
     pub keys: Arc<Keys>,
+    /// The admin listener's counts: a reload must not reset them.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl State {
@@ -39,6 +41,7 @@ impl State {
             logins: Arc::default(),
             servlets: Arc::default(),
             keys: Arc::default(),
+            metrics: Arc::default(),
         }
     }
 

@@ -3,6 +3,7 @@ The YAML configuration file: what rc files and `.netrc` cannot say.
 
 ```yaml
 listen: ["127.0.0.1:3128"]
+admin: { listen: "127.0.0.1:9129" }    # /healthz and /metrics; off when absent
 access: { allow_uids: [self, 1001], proxy_token_file: tok }
 rc_files: auto                  # or a list of paths, or [] for none
 netrc: auto                     # or a path, or false for none
@@ -13,6 +14,8 @@ redirects: { max_hops: 10 }
 timeouts: { connect: 10s, first_byte: 60s, idle: 5m }
 log: { format: plain, level: info }
 shutdown: { drain: 10s }        # how long SIGTERM waits for requests in flight
+intercept: ["*.earthdata.nasa.gov"]  # https hosts whose TLS authproxy terminates
+intercept_ca: { cert: ca.pem, key: ca-key.pem }  # or { name_constraints: true }; default: generated
 sites:
   - match: "esgf-node.example.org"   # host | host:port | *.domain | http(s)://host[:port]/path | "*"
     name: esgf
@@ -105,6 +108,8 @@ pub struct YamlConfig {
     /// The configuration file, as given.
     pub path: PathBuf,
     pub listen: Vec<SocketAddr>,
+    /// `admin.listen`: the loopback address of `/healthz` and `/metrics` (off if `None`).
+    pub admin: Option<SocketAddr>,
     pub access: Access,
     pub rc_files: RcFilesSetting,
     pub netrc: NetrcSetting,
@@ -124,6 +129,10 @@ pub struct YamlConfig {
     /// `shutdown.drain`: how long SIGTERM waits for requests in flight (`None`: the
     /// daemon's default).
     pub shutdown_drain: Option<Duration>,
+    /// `intercept`: the https authorities whose TLS authproxy terminates (file order).
+    pub intercept: Vec<InterceptEntry>,
+    /// `intercept_ca`.
+    pub intercept_ca: InterceptCa,
     pub sites: Vec<Site>,
     pub warnings: Vec<Diagnostic>,
     /// Secret files read, for the reload watcher.
@@ -135,6 +144,7 @@ impl YamlConfig {
         YamlConfig {
             path: path.to_path_buf(),
             listen: vec![SocketAddr::from(([127, 0, 0, 1], 3128))],
+            admin: None,
             access: Access::default(),
             rc_files: RcFilesSetting::Auto,
             netrc: NetrcSetting::Auto,
@@ -147,11 +157,31 @@ impl YamlConfig {
             timeouts: Timeouts::default(),
             log: LogSettings::default(),
             shutdown_drain: None,
+            intercept: Vec::new(),
+            intercept_ca: InterceptCa::default(),
             sites: Vec::new(),
             warnings: Vec::new(),
             files_read: Vec::new(),
         }
     }
+}
+
+/// One `intercept` entry: a `sites[].match` pattern without a path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InterceptEntry {
+    pub pattern: Pattern,
+    /// As written, for `check` and `explain`.
+    pub written: String,
+    pub origin: Origin,
+}
+
+/// `intercept_ca`: the CA's files, or (both `None`) the generated one.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InterceptCa {
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// The generated CA carries permitted-subtree name constraints for `intercept`.
+    pub name_constraints: bool,
 }
 
 /// Who may use the proxy (enforced elsewhere).

@@ -311,6 +311,24 @@ pub(super) struct RawAccess {
     pub(super) proxy_token_file: Option<NonEmpty>,
 }
 
+/// `intercept_ca`: the local CA that signs the leaf certificates of intercepted hosts.
+#[derive(Deserialize, Default)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a map with cert, key and name_constraints"
+)]
+pub(super) struct RawInterceptCa {
+    pub(super) cert: Option<NonEmpty>,
+    pub(super) key: Option<NonEmpty>,
+    pub(super) name_constraints: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, expecting = "a map with listen")]
+pub(super) struct RawAdmin {
+    pub(super) listen: Option<RawAddr>,
+}
+
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields, expecting = "a map with max_hops")]
 pub(super) struct RawRedirects {

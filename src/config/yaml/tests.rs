@@ -742,3 +742,26 @@ fn shutdown_drain_is_read_and_defaults_to_none() {
         None
     );
 }
+
+#[test]
+fn admin_listens_on_loopback_only_and_is_off_by_default() {
+    assert_eq!(parse("listen: [\"127.0.0.1:1\"]\n").unwrap().admin, None);
+    let c = parse("admin: { listen: \"127.0.0.1:9129\" }\n").unwrap();
+    assert_eq!(c.admin, Some("127.0.0.1:9129".parse().unwrap()));
+    let c = parse("admin:\n  listen: \"[::1]:9129\"\n").unwrap();
+    assert_eq!(c.admin, Some("[::1]:9129".parse().unwrap()));
+    let es = errors("sites: []\nadmin:\n  listen: \"0.0.0.0:9129\"\n");
+    assert_eq!(
+        es,
+        vec![
+            "/etc/authproxy/config.yaml:3: admin.listen: 0.0.0.0:9129 is not a loopback \
+             address; the admin listener answers on 127.0.0.1 or [::1] only"
+        ]
+    );
+    let es = errors("admin: { listen: nonsense, port: 1 }\n");
+    assert!(es[0].starts_with("/etc/authproxy/config.yaml:1:"), "{es:?}");
+    assert!(
+        es[0].contains("unknown field `port`") || es[0].contains("not a socket address"),
+        "{es:?}"
+    );
+}

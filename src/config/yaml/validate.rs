@@ -20,18 +20,20 @@ use serde_yaml::Value;
 
 use super::locate::{clean_message, option_name, show_key, Nav, NodeProbe, Seg, PROBE};
 use super::raw::{
-    NonEmpty, RawAccess, RawAddr, RawCookieJar, RawHops, RawLog, RawNetrc, RawNoProxy, RawProxy,
-    RawProxyVia, RawRcFiles, RawRedirects, RawShutdown, RawTimeouts,
+    NonEmpty, RawAccess, RawAddr, RawAdmin, RawCookieJar, RawHops, RawInterceptCa, RawLog,
+    RawMatch, RawNetrc, RawNoProxy, RawProxy, RawProxyVia, RawRcFiles, RawRedirects, RawShutdown,
+    RawTimeouts,
 };
 use super::{
-    LogSettings, NetrcSetting, RcFilesSetting, SecretEnv, Timeouts, UnscopedCredentials,
-    UpstreamProxy, YamlConfig,
+    InterceptCa, InterceptEntry, LogSettings, NetrcSetting, RcFilesSetting, SecretEnv, Timeouts,
+    UnscopedCredentials, UpstreamProxy, YamlConfig,
 };
 use crate::config::{Diagnostic, Origin};
 use crate::secret::Secret;
 
 const TOP_KEYS: &[&str] = &[
     "listen",
+    "admin",
     "access",
     "rc_files",
     "netrc",
@@ -44,6 +46,8 @@ const TOP_KEYS: &[&str] = &[
     "timeouts",
     "log",
     "shutdown",
+    "intercept",
+    "intercept_ca",
     "sites",
 ];
 
@@ -191,6 +195,23 @@ impl<'a> Cx<'a> {
                     }
                 }
             }
+            "admin" => {
+                let listen = self.extract::<Option<RawAdmin>>(&at).flatten();
+                if let Some(addr) = listen.and_then(|a| a.listen).map(|a| a.0) {
+                    if addr.ip().is_loopback() {
+                        cfg.admin = Some(addr);
+                    } else {
+                        let line = self.key_line(&[Seg::Key("admin"), Seg::Key("listen")]);
+                        self.error(
+                            line,
+                            format!(
+                                "admin.listen: {addr} is not a loopback address; the admin \
+                                 listener answers on 127.0.0.1 or [::1] only"
+                            ),
+                        );
+                    }
+                }
+            }
             "access" => {
                 if let Some(raw) = self.extract::<Option<RawAccess>>(&at).flatten() {
                     if let Some(uids) = raw.allow_uids {
@@ -283,6 +304,12 @@ impl<'a> Cx<'a> {
                     cfg.shutdown_drain = raw.drain.map(|d| d.0);
                 }
             }
+            "intercept" => self.intercept(value, cfg),
+            "intercept_ca" => {
+                if let Some(raw) = self.extract::<Option<RawInterceptCa>>(&at).flatten() {
+                    self.intercept_ca(raw, cfg);
+                }
+            }
             "sites" => self.sites(value, cfg),
             _ => {
                 let line = self.key_line(&at);
@@ -300,6 +327,76 @@ impl<'a> Cx<'a> {
                 );
             }
         }
+    }
+
+    /// `intercept: [pattern, ...]`: each entry is read on its own, so every bad one is
+    /// reported with its line. A pattern with a path or an `http://` scheme names no
+    /// TLS connection and is refused.
+    fn intercept(&mut self, value: &Value, cfg: &mut YamlConfig) {
+        let at = [Seg::Key("intercept")];
+        let items = match value {
+            Value::Null => return,
+            Value::Sequence(items) => items.len(),
+            _ => {
+                let line = self.node_line(&at);
+                self.error(line, "intercept: expected a list of host patterns");
+                return;
+            }
+        };
+        for i in 0..items {
+            let at = [Seg::Key("intercept"), Seg::Index(i)];
+            let Some(RawMatch(pattern, written)) = self.extract::<Option<RawMatch>>(&at).flatten()
+            else {
+                continue;
+            };
+            let line = self.node_line(&at);
+            if pattern.path.is_some() {
+                self.error(
+                    line,
+                    "intercept: a pattern names hosts, not paths (TLS is terminated per connection)",
+                );
+            } else if pattern.scheme == crate::rule::SchemePattern::Is(crate::target::Scheme::Http)
+            {
+                self.error(
+                    line,
+                    "intercept: an http:// pattern names no TLS connection",
+                );
+            } else {
+                cfg.intercept.push(InterceptEntry {
+                    pattern,
+                    written,
+                    origin: self.origin(line),
+                });
+            }
+        }
+    }
+
+    fn intercept_ca(&mut self, raw: RawInterceptCa, cfg: &mut YamlConfig) {
+        let at = [Seg::Key("intercept_ca")];
+        let line = self.key_line(&at);
+        let name_constraints = raw.name_constraints.unwrap_or(false);
+        match (&raw.cert, &raw.key) {
+            (Some(_), None) | (None, Some(_)) => {
+                self.error(line, "intercept_ca: give both cert and key, or neither");
+                return;
+            }
+            (Some(_), Some(_)) if name_constraints => {
+                self.error(
+                    line,
+                    "intercept_ca: name_constraints applies to the generated CA only; \
+                     remove it or remove cert and key",
+                );
+                return;
+            }
+            _ => {}
+        }
+        let cert = self.path_option(raw.cert, &[Seg::Key("intercept_ca"), Seg::Key("cert")]);
+        let key = self.path_option(raw.key, &[Seg::Key("intercept_ca"), Seg::Key("key")]);
+        cfg.intercept_ca = InterceptCa {
+            cert,
+            key,
+            name_constraints,
+        };
     }
 
     fn proxy(&mut self, via: RawProxyVia, at: &[Seg<'_>]) -> Option<UpstreamProxy> {
