@@ -286,6 +286,85 @@ async fn fault_origin(listener: TcpListener) {
     }
 }
 
+/// A Handcar-like service (seed 004): an agentkeys endpoint behind Basic issues keys that
+/// last [`KEY_LIFETIME`]; the learning service serves the data only for an unexpired key
+/// in `proxyname`, and otherwise answers as the guest `MC3GUE$T`.
+#[derive(Default)]
+struct Handcar {
+    keys: Mutex<Vec<(String, Instant)>>,
+    issued: AtomicU64,
+    guests: AtomicU64,
+}
+
+const KEY_LIFETIME: Duration = Duration::from_secs(4);
+const HANDCAR_USER: &str = "alice";
+const HANDCAR_PASSWORD: &str = "handcar-Pw-7z";
+/// What the learning service answers a guest: not the data.
+const GUEST: &[u8] = b"MC3GUE$T";
+
+async fn handcar_origin(listener: TcpListener, hc: Arc<Handcar>, keys: bool) {
+    use base64::Engine;
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD
+            .encode(format!("{HANDCAR_USER}:{HANDCAR_PASSWORD}"))
+    );
+    loop {
+        let Ok((sock, _)) = listener.accept().await else {
+            continue;
+        };
+        let (hc, basic) = (hc.clone(), basic.clone());
+        tokio::spawn(async move {
+            let svc = service_fn(move |req: hyper::Request<Incoming>| {
+                let (hc, basic) = (hc.clone(), basic.clone());
+                async move {
+                    let body = if keys {
+                        let authorized = req
+                            .headers()
+                            .get(http::header::AUTHORIZATION)
+                            .is_some_and(|v| v.as_bytes() == basic.as_bytes());
+                        if !authorized {
+                            let mut r = hyper::Response::new(Full::new(Bytes::from_static(b"no")));
+                            *r.status_mut() = http::StatusCode::UNAUTHORIZED;
+                            return Ok::<_, std::convert::Infallible>(r);
+                        }
+                        let n = hc.issued.fetch_add(1, Ordering::Relaxed);
+                        // Keys hold the characters that must be encoded once: + / = %.
+                        let key = format!("AGENT_KEY{n}x+Q/z=%2BIX");
+                        hc.keys
+                            .lock()
+                            .unwrap()
+                            .push((key.clone(), Instant::now() + KEY_LIFETIME));
+                        Bytes::from(key)
+                    } else {
+                        let key = req.uri().query().and_then(|q| {
+                            url::form_urlencoded::parse(q.as_bytes())
+                                .find(|(k, _)| k == "proxyname")
+                                .map(|(_, v)| v.into_owned())
+                        });
+                        let now = Instant::now();
+                        let valid = key.is_some_and(|k| {
+                            let mut keys = hc.keys.lock().unwrap();
+                            keys.retain(|(_, until)| *until > now);
+                            keys.iter().any(|(issued, _)| *issued == k)
+                        });
+                        if valid {
+                            Bytes::from(pattern(1500))
+                        } else {
+                            hc.guests.fetch_add(1, Ordering::Relaxed);
+                            Bytes::from_static(GUEST)
+                        }
+                    };
+                    Ok(hyper::Response::new(Full::new(body)))
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(sock), svc)
+                .await;
+        });
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // The daemon
 // ---------------------------------------------------------------------------------------
@@ -320,7 +399,14 @@ struct Setup {
     bad: String,
 }
 
-fn setup(home: &Path, world: &World, pki: &Pki, mtls_port: u16, fault_port: u16) -> Setup {
+struct Ports {
+    mtls: u16,
+    fault: u16,
+    handcar: u16,
+    handcar_keys: u16,
+}
+
+fn setup(home: &Path, world: &World, pki: &Pki, ports: &Ports) -> Setup {
     let netrc = world.netrc(home);
     let edl_ca = world.write_ca(home);
     let write = |name: &str, text: &str, mode: u32| {
@@ -333,6 +419,7 @@ fn setup(home: &Path, world: &World, pki: &Pki, mtls_port: u16, fault_port: u16)
     let ca = write("soak-ca.pem", &pki.ca_pem, 0o644);
     let cert = write("client.pem", &pki.client_cert_pem, 0o644);
     let key = write("client.key", &pki.client_key_pem, 0o600);
+    let handcar_pw = write("handcar.pw", HANDCAR_PASSWORD, 0o600);
     let jar = home.join("jar.txt");
     let dir = home.join(".config").join("authproxy");
     std::fs::create_dir_all(&dir).unwrap();
@@ -341,18 +428,25 @@ fn setup(home: &Path, world: &World, pki: &Pki, mtls_port: u16, fault_port: u16)
         format!(
             "cookie_jar: \"{jar}\"\nnetrc: \"{netrc}\"\nrc_files: []\n\
              timeouts: {{ connect: 5s, first_byte: 3s, idle: 5s }}\n\
+             intercept: [\"127.0.0.1:{data_tls}\"]\n\
              sites:\n\
              \x20 - match: \"localhost:{login}\"\n    tls: {{ ca: \"{edl_ca}\" }}\n\
              \x20 - match: \"127.0.0.1:{data_tls}\"\n    tls: {{ ca: \"{edl_ca}\" }}\n\
              \x20 - match: \"127.0.0.1:{mtls}\"\n    tls: {{ upgrade: true, ca: \"{ca}\", client_cert: \"{cert}\", client_key: \"{key}\" }}\n\
              \x20   headers: {{ X-Soak-Edit: \"{marker}\" }}\n\
-             \x20 - match: \"127.0.0.1:{fault}\"\n    headers: {{ X-Soak-Fault: \"yes\" }}\n",
+             \x20 - match: \"127.0.0.1:{fault}\"\n    headers: {{ X-Soak-Fault: \"yes\" }}\n\
+             \x20 - match: \"127.0.0.1:{handcar}\"\n    query_token: {{ param: proxyname, from_url: \"http://127.0.0.1:{keys}/agentkeys/alice\", lifetime: 4s, refresh_before: 1s }}\n\
+             \x20 - match: \"127.0.0.1:{keys}\"\n    basic: {{ username: {user}, password_file: \"{handcar_pw}\" }}\n",
             jar = jar.display(),
             netrc = netrc.display(),
             login = world.login_port(),
             data_tls = world.data_tls_port(),
-            mtls = mtls_port,
-            fault = fault_port,
+            mtls = ports.mtls,
+            fault = ports.fault,
+            handcar = ports.handcar,
+            keys = ports.handcar_keys,
+            user = HANDCAR_USER,
+            handcar_pw = handcar_pw.display(),
             edl_ca = edl_ca.display(),
             ca = ca.display(),
             cert = cert.display(),
@@ -376,22 +470,50 @@ fn setup(home: &Path, world: &World, pki: &Pki, mtls_port: u16, fault_port: u16)
     }
 }
 
-fn start_daemon(binary: &Path, setup: &Setup) -> Daemon {
-    let port = free_port();
-    let log = setup.home.join("daemon.log");
-    let out = std::fs::File::create(&log).unwrap();
-    let child = Command::new(binary)
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .arg("--config")
-        .arg(&setup.config)
-        .env_clear()
+/// The binary with the soak's environment: its own HOME and XDG directories.
+fn authproxy(binary: &Path, setup: &Setup) -> Command {
+    let mut cmd = Command::new(binary);
+    cmd.env_clear()
         .env("HOME", &setup.home)
         .env("XDG_CONFIG_HOME", setup.home.join(".config"))
         .env("XDG_STATE_HOME", setup.home.join(".state"))
         .env("XDG_DATA_HOME", setup.home.join(".data"))
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("RUST_LOG", "info")
-        .current_dir(&setup.home)
+        .current_dir(&setup.home);
+    cmd
+}
+
+/// `authproxy ca`: the interception CA's certificate, which the https clients trust.
+fn interception_ca(binary: &Path, setup: &Setup) -> PathBuf {
+    let out = authproxy(binary, setup)
+        .arg("ca")
+        .arg("--config")
+        .arg(&setup.config)
+        .output()
+        .expect("authproxy ca runs");
+    assert!(
+        out.status.success(),
+        "authproxy ca: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    PathBuf::from(
+        text.lines()
+            .next()
+            .expect("authproxy ca prints a path")
+            .trim(),
+    )
+}
+
+fn start_daemon(binary: &Path, setup: &Setup) -> Daemon {
+    let port = free_port();
+    let log = setup.home.join("daemon.log");
+    let out = std::fs::File::create(&log).unwrap();
+    let child = authproxy(binary, setup)
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--config")
+        .arg(&setup.config)
         .stdin(Stdio::null())
         .stdout(out.try_clone().unwrap())
         .stderr(out)
@@ -418,6 +540,8 @@ enum Kind {
     Dance,
     Mtls,
     Tunnel,
+    Intercepted,
+    Handcar,
     Fault,
 }
 
@@ -577,8 +701,76 @@ async fn tunnel(proxy: u16, authority: &str, path: &str, n: usize) -> (Outcome, 
     }
 }
 
+/// A CONNECT to the https data server, which `intercept` names: TLS with authproxy's
+/// minted leaf (the client trusts only the interception CA), then one request that runs
+/// through the login dance like a plain-http one.
+async fn intercepted(t: &Targets, path: &str) -> (Outcome, String) {
+    let authority = format!("127.0.0.1:{}", t.data_tls);
+    let Ok(mut sock) = TcpStream::connect(("127.0.0.1", t.proxy)).await else {
+        return (Outcome::Unanswered, "cannot connect to authproxy".into());
+    };
+    let head = format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n");
+    if sock.write_all(head.as_bytes()).await.is_err() {
+        return (Outcome::Unanswered, "CONNECT not sent".into());
+    }
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        match sock.read(&mut byte).await {
+            Ok(1) => buf.push(byte[0]),
+            _ => {
+                return (
+                    Outcome::Unanswered,
+                    "no answer to an intercepted CONNECT".into(),
+                )
+            }
+        }
+    }
+    if !buf.starts_with(b"HTTP/1.1 200") {
+        return (Outcome::Wrong, "intercepted CONNECT refused".into());
+    }
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let tls = match t.tls.connect(name, sock).await {
+        Ok(tls) => tls,
+        Err(e) => return (Outcome::Wrong, format!("intercepted TLS: {e}")),
+    };
+    let Some(mut sender) = handshake(tls).await else {
+        return (
+            Outcome::Unanswered,
+            "no HTTP inside the intercepted TLS".into(),
+        );
+    };
+    if sender.ready().await.is_err() {
+        return (Outcome::Unanswered, "intercepted connection closed".into());
+    }
+    let req = hyper::Request::get(path)
+        .header(http::header::HOST, &authority)
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    match sender.send_request(req).await {
+        Ok(resp) => {
+            let status = resp.status().as_u16();
+            match resp.into_body().collect().await.map(|b| b.to_bytes()) {
+                Ok(b) if status == 200 && b[..] == pattern(t.dance_size)[..] => {
+                    (Outcome::Right, String::new())
+                }
+                Ok(b) => (
+                    Outcome::Wrong,
+                    format!("intercepted: {status}, {} bytes", b.len()),
+                ),
+                Err(e) => (Outcome::Truncated, format!("intercepted body: {e}")),
+            }
+        }
+        Err(e) => (Outcome::Unanswered, format!("intercepted request: {e}")),
+    }
+}
+
 struct Targets {
     proxy: u16,
+    data_tls: u16,
+    handcar: u16,
+    /// Trusts the interception CA only.
+    tls: tokio_rustls::TlsConnector,
     plain: u16,
     mtls: u16,
     fault: u16,
@@ -593,17 +785,25 @@ async fn client(id: usize, t: Arc<Targets>, tally: Arc<Tally>, stop: Arc<AtomicB
     let mut n: usize = id;
     while !stop.load(Ordering::Relaxed) {
         n = n.wrapping_add(1);
-        // Weights out of 20: plain 8, dance 5, mTLS 3, tunnel 2, fault 2.
-        let kind = match n % 20 {
+        // Weights out of 24: plain 8, dance 4, mTLS 3, tunnel 2, intercepted https 3,
+        // Handcar 2, fault 2.
+        let kind = match n % 24 {
             0..=7 => Kind::Plain,
-            8..=12 => Kind::Dance,
-            13..=15 => Kind::Mtls,
-            16 | 17 => Kind::Tunnel,
+            8..=11 => Kind::Dance,
+            12..=14 => Kind::Mtls,
+            15 | 16 => Kind::Tunnel,
+            17..=19 => Kind::Intercepted,
+            20 | 21 => Kind::Handcar,
             _ => Kind::Fault,
         };
         let started = Instant::now();
         let deadline = Duration::from_secs(30);
-        let (outcome, detail) = if kind == Kind::Tunnel {
+        let (outcome, detail) = if kind == Kind::Intercepted {
+            let path = format!("/soak/secure-{}.nc", n % 5);
+            tokio::time::timeout(deadline, intercepted(&t, &path))
+                .await
+                .unwrap_or((Outcome::Unanswered, "intercepted: no answer in 30 s".into()))
+        } else if kind == Kind::Tunnel {
             let size = 1000 + (n % 7) * 1000;
             tokio::time::timeout(
                 deadline,
@@ -641,6 +841,14 @@ async fn client(id: usize, t: Arc<Targets>, tally: Arc<Tally>, stop: Arc<AtomicB
                 Kind::Dance => (
                     format!("{}{}.nc", t.dance_url_base, n % 5),
                     Some((200, t.dance_size)),
+                ),
+                Kind::Handcar => (
+                    format!(
+                        "http://127.0.0.1:{}/handcar/services/learning/objectives/{}",
+                        t.handcar,
+                        n % 9
+                    ),
+                    Some((200, 1500)),
                 ),
                 Kind::Mtls => {
                     let size = 500 + (n % 3) * 5000;
@@ -783,14 +991,48 @@ async fn main() {
     let pki = pki();
     let bind = || async { TcpListener::bind("127.0.0.1:0").await.unwrap() };
     let (plain, mtls, fault) = (bind().await, bind().await, bind().await);
+    let (handcar, handcar_keys) = (bind().await, bind().await);
     let port = |l: &TcpListener| l.local_addr().unwrap().port();
     let (plain_port, mtls_port, fault_port) = (port(&plain), port(&mtls), port(&fault));
+    let ports = Ports {
+        mtls: mtls_port,
+        fault: fault_port,
+        handcar: port(&handcar),
+        handcar_keys: port(&handcar_keys),
+    };
+    let hc = Arc::new(Handcar::default());
+    tokio::spawn(handcar_origin(handcar, hc.clone(), false));
+    tokio::spawn(handcar_origin(handcar_keys, hc.clone(), true));
     let plain_hits = Arc::new(AtomicU64::new(0));
     let mtls_hits = Arc::new(AtomicU64::new(0));
     tokio::spawn(plain_origin(plain, plain_hits.clone()));
     tokio::spawn(mtls_origin(mtls, pki.server.clone(), mtls_hits.clone()));
     tokio::spawn(fault_origin(fault));
-    let setup = Arc::new(setup(&home, &world, &pki, mtls_port, fault_port));
+    let setup = Arc::new(setup(&home, &world, &pki, &ports));
+    let ca_path = interception_ca(&a.authproxy, &setup);
+    let tls = {
+        let mut roots = rustls::RootCertStore::empty();
+        let pem = std::fs::read_to_string(&ca_path).unwrap();
+        let der = base64::Engine::decode(
+            &base64::engine::general_purpose::STANDARD,
+            pem.lines()
+                .filter(|l| !l.starts_with("-----"))
+                .collect::<String>(),
+        )
+        .unwrap();
+        roots
+            .add(rustls::pki_types::CertificateDer::from(der))
+            .unwrap();
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+    };
+    let ca_key = std::fs::read_to_string(ca_path.with_file_name("ca-key.pem")).unwrap_or_default();
     let daemon = start_daemon(&a.authproxy, &setup);
     let pid = daemon.child.id();
     let baseline_fds = fds(pid);
@@ -802,6 +1044,9 @@ async fn main() {
 
     let targets = Arc::new(Targets {
         proxy: daemon.port,
+        data_tls: world.data_tls_port(),
+        handcar: ports.handcar,
+        tls,
         plain: plain_port,
         mtls: mtls_port,
         fault: fault_port,
@@ -901,6 +1146,9 @@ async fn main() {
     let reloads_refused = log.matches("configuration reload failed").count();
     let secrets = [
         PASSWORD.to_owned(),
+        HANDCAR_PASSWORD.to_owned(),
+        "AGENT_KEY".to_owned(),
+        ca_key.lines().nth(1).unwrap_or("").to_owned(),
         pki.client_key_pem.lines().nth(1).unwrap_or("").to_owned(),
     ];
     let secret_hits: usize = secrets
@@ -925,6 +1173,8 @@ async fn main() {
         Kind::Dance,
         Kind::Mtls,
         Kind::Tunnel,
+        Kind::Intercepted,
+        Kind::Handcar,
         Kind::Fault,
     ] {
         let c = |o| counts.get(&(kind, o)).copied().unwrap_or(0);
@@ -970,6 +1220,19 @@ async fn main() {
     );
     println!(
         "config edits: {good_edits} good, {bad_edits} bad; log: {reloads_ok} reloaded, {reloads_refused} refused"
+    );
+    let key_fetches = hc.issued.load(Ordering::Relaxed);
+    let handcar_requests: u64 = counts
+        .iter()
+        .filter(|((k, _), _)| *k == Kind::Handcar)
+        .map(|(_, n)| n)
+        .sum();
+    // A 4 s key renewed 1 s before it ends: one fetch about every 3 s, plus the fetches
+    // a reload that changes the site may cause.
+    let key_budget = (traffic_secs / 3.0).ceil() as u64 + 2 + good_edits;
+    println!(
+        "Handcar: {handcar_requests} requests, {key_fetches} key fetches (budget {key_budget}), {} served as the guest",
+        hc.guests.load(Ordering::Relaxed)
     );
     for ex in tally.examples.lock().unwrap().iter() {
         println!("  example: {ex}");
@@ -1029,6 +1292,11 @@ async fn main() {
             "no secret in the log",
             secret_hits == 0,
             format!("{secret_hits}"),
+        ),
+        (
+            "Handcar keys refreshed, not fetched per request; never the guest",
+            key_fetches <= key_budget && hc.guests.load(Ordering::Relaxed) == 0 && key_fetches > 0,
+            format!("{key_fetches} fetches for {handcar_requests} requests"),
         ),
         (
             "no credential at a host it does not belong to",
