@@ -10,8 +10,11 @@ build a [`config::Snapshot`], bind a listener, and call [`server::Daemon::run`].
 
 pub mod auth;
 pub mod config;
+pub mod conn;
 pub mod explain;
 pub mod failure;
+pub mod head;
+pub mod limits;
 pub mod origin;
 pub mod policy;
 pub mod proxy;

@@ -27,6 +27,8 @@ use crate::target::{Scheme, Target};
 #[derive(Debug)]
 pub struct Snapshot {
     pub timeouts: Timeouts,
+    /// YAML `limits:` (client-side bounds: head deadline and size, connections, tunnels).
+    pub limits: crate::limits::Limits,
     pub listen: Vec<SocketAddr>,
     /// YAML `sites`, most specific first (file order among equals).
     pub sites: Vec<Rule>,
@@ -72,6 +74,7 @@ impl Default for Snapshot {
     fn default() -> Self {
         Snapshot {
             timeouts: Timeouts::default(),
+            limits: crate::limits::Limits::default(),
             listen: vec![SocketAddr::from(([127, 0, 0, 1], 3128))],
             sites: Vec::new(),
             rc: Vec::new(),

@@ -9,6 +9,7 @@ mod core;
 mod credentials;
 mod dance;
 mod edl;
+mod hostile;
 mod jar;
 mod leak;
 mod netrc_safety;

@@ -116,6 +116,8 @@ pub struct YamlConfig {
     pub rc_unscoped_credentials: UnscopedCredentials,
     pub max_hops: u8,
     pub timeouts: Timeouts,
+    /// `limits:`; what is not written keeps its default.
+    pub limits: crate::limits::Limits,
     pub log: LogSettings,
     pub sites: Vec<Site>,
     pub warnings: Vec<Diagnostic>,
@@ -138,6 +140,7 @@ impl YamlConfig {
             rc_unscoped_credentials: UnscopedCredentials::Ignore,
             max_hops: DEFAULT_MAX_HOPS,
             timeouts: Timeouts::default(),
+            limits: crate::limits::Limits::default(),
             log: LogSettings::default(),
             sites: Vec::new(),
             warnings: Vec::new(),
