@@ -6,6 +6,7 @@ mod check_output;
 mod clients;
 mod config;
 mod core;
+mod crash;
 mod credentials;
 mod dance;
 mod edl;
