@@ -57,6 +57,16 @@ impl Failure {
     }
 
     pub fn dns(host: &str, err: &io::Error) -> Self {
+        if err.kind() == io::ErrorKind::TimedOut {
+            return Self::new(
+                504,
+                "dns_timeout",
+                format!(
+                    "authproxy could not resolve the host name {host}: the resolver gave no \
+                     answer within the connect timeout. Check this machine's DNS settings."
+                ),
+            );
+        }
         Self::new(
             502,
             "dns_failed",

@@ -202,7 +202,7 @@ impl ProxyHttp for Forwarder {
                 Some(p) => (p.host.as_str(), p.port),
                 None => (target.host.as_str(), target.port),
             };
-            match resolve::resolve(host, port).await {
+            match resolve::resolve_within(host, port, timeouts.connect).await {
                 Ok(found) => *addrs = found,
                 Err(e) => {
                     let f = match &via {

@@ -198,7 +198,7 @@ async fn via_proxy(
     target: &Target,
     timeout: std::time::Duration,
 ) -> Result<tokio::net::TcpStream, Failure> {
-    let addrs = resolve::resolve(&proxy.host, proxy.port)
+    let addrs = resolve::resolve_within(&proxy.host, proxy.port, timeout)
         .await
         .map_err(|e| Failure::proxy_unreachable(&proxy.authority(), &e))?;
     let authorization = proxy.authorization.as_ref().map(|a| a.expose().as_str());

@@ -612,3 +612,90 @@ async fn an_idle_tunnel_is_closed() {
     assert_eq!(origin.requests().len(), 3);
     proxy.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rc_file_timeouts_apply_to_their_own_scope() {
+    use authproxy::config::load::{load, Environment};
+    let (a, b) = (Origin::start().await, Origin::start().await);
+    let home = tempfile::tempdir().unwrap();
+    std::fs::write(
+        home.path().join(".daprc"),
+        format!(
+            "[127.0.0.1:{}]HTTP.TIMEOUT=1\n[http://127.0.0.1:{}/slow]HTTP.TIMEOUT=2\n",
+            a.addr.port(),
+            b.addr.port()
+        ),
+    )
+    .unwrap();
+    let snapshot = load(&Environment::isolated(home.path(), None)).unwrap();
+    let proxy = Proxy::start(snapshot).await;
+    let timed = |o: SocketAddr| async move {
+        let req = format!("GET http://{o}/slow HTTP/1.1\r\nHost: {o}\r\nConnection: close\r\n\r\n");
+        exchange(proxy.addr, req.as_bytes()).await
+    };
+    // /slow answers after 30 s; each scope's HTTP.TIMEOUT cuts it, not the 60 s default.
+    let ((ans_a, took_a), (ans_b, took_b)) = tokio::join!(timed(a.addr), timed(b.addr));
+    for (answer, took, secs) in [(&ans_a, took_a, 1), (&ans_b, took_b, 2)] {
+        assert_eq!(
+            (answer.status, answer.code.as_str()),
+            (504, "upstream_timeout")
+        );
+        assert!(
+            answer.body.contains(&format!("within {secs} s")),
+            "{}",
+            answer.body
+        );
+        let want = Duration::from_secs(secs);
+        assert!(
+            took >= want && took < want + Duration::from_millis(800),
+            "{took:?}"
+        );
+    }
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_releases_its_upstream() {
+    // An origin that sends an endless body and notes when the proxy lets go of it.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = listener.local_addr().unwrap();
+    let (released, released_rx) = tokio::sync::oneshot::channel::<Instant>();
+    tokio::spawn(async move {
+        let (mut sock, _) = listener.accept().await.unwrap();
+        let mut head = [0u8; 4096];
+        let _ = sock.read(&mut head).await.unwrap();
+        let _ = sock
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100000000000\r\n\r\n")
+            .await;
+        let chunk = vec![b'x'; 64 * 1024];
+        while sock.write_all(&chunk).await.is_ok() {}
+        let _ = released.send(Instant::now());
+    });
+    let limits = Limits {
+        write_timeout: Duration::from_millis(500),
+        ..Limits::default()
+    };
+    let proxy = Proxy::start(with_limits(limits)).await;
+    let mut client = TcpStream::connect(proxy.addr).await.unwrap();
+    client
+        .write_all(
+            format!("GET http://{origin}/endless HTTP/1.1\r\nHost: {origin}\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+    // The client reads nothing: buffers fill, the proxy's write waits, times out.
+    let stalled = Instant::now();
+    let at = tokio::time::timeout(Duration::from_secs(4), released_rx)
+        .await
+        .expect("the upstream is released")
+        .unwrap();
+    assert!(at - stalled < Duration::from_secs(3), "{:?}", at - stalled);
+    // And the client's connection is closed after what was already buffered.
+    let mut sink = Vec::new();
+    let n = tokio::time::timeout(BOUND, client.read_to_end(&mut sink))
+        .await
+        .expect("closed");
+    assert!(n.is_err() || sink.len() < 100_000_000, "{}", sink.len());
+    drop(client);
+    proxy.stop().await;
+}
