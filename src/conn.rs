@@ -132,6 +132,12 @@ impl Conn {
         };
     }
 
+    /// Whether the current request has been read to its end (so what is buffered is the
+    /// next request).
+    pub fn between_requests(&self) -> bool {
+        self.allowed == 0 && matches!(self.framing, Framing::Done)
+    }
+
     /// Hands everything that follows to the reader, head included (a tunnel).
     pub fn open(&mut self) {
         self.framing = Framing::Open;

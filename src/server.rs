@@ -26,7 +26,7 @@ use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
 use crate::config::SnapshotHandle;
-use crate::conn::Conn;
+use crate::conn::{Body, Conn};
 use crate::failure::Failure;
 use crate::head::{self, Ended};
 use crate::proxy::Forwarder;
@@ -190,6 +190,9 @@ impl Daemon {
                 tunnel::serve(conn, &snapshot).await;
                 return;
             }
+            // After an `Upgrade` request pingora may read on past the request (the
+            // upgraded protocol), so such a connection serves no further request here.
+            let open_ended = head.body == Body::Open;
             conn.begin(head.len, head.rewritten.as_deref(), head.body);
             let mut session = ServerSession::new_http1(Box::new(conn));
             match persistent.take() {
@@ -216,8 +219,8 @@ impl Daemon {
             // pingora hands back the stream it was given: our `Conn`, with any bytes of
             // the next request still buffered in it.
             match stream.into_any().downcast::<Conn>() {
-                Ok(c) => conn = *c,
-                Err(_) => return,
+                Ok(c) if !open_ended && c.between_requests() => conn = *c,
+                _ => return,
             }
             persistent = settings;
             start = Instant::now();
