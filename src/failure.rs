@@ -376,6 +376,16 @@ impl Failure {
         )
     }
 
+    /// `TRACE` would echo the credentials authproxy adds back to whoever asked.
+    pub fn trace_refused() -> Self {
+        Self::new(
+            405,
+            "trace_refused",
+            "authproxy does not forward TRACE requests: the server would echo back the \
+             credentials authproxy adds. Use GET or HEAD.",
+        )
+    }
+
     /// The client closed its connection in the middle of a request head.
     pub fn incomplete_head() -> Self {
         Self::bad_request(

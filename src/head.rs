@@ -379,9 +379,33 @@ fn judge(req: &httparse::Request, request_line: &[u8], len: usize) -> Result<Sta
         }));
     }
 
+    if method == "TRACE" {
+        return Err(Failure::trace_refused());
+    }
     let target = req.path.unwrap_or_default().as_bytes();
+    // pingora builds the path and query (fragment cut off) as an `http` PathAndQuery and
+    // answers a bare 400 when that refuses bytes httparse let through (`"`, `<`, `\`...).
+    let unfragmented = match target.iter().position(|&b| b == b'#') {
+        Some(i) => &target[..i],
+        None => target,
+    };
+    let path_ok = |pq: &[u8]| match pq.first() {
+        None => true,
+        Some(b'/') => http::uri::PathAndQuery::try_from(pq).is_ok(),
+        Some(_) => http::uri::PathAndQuery::try_from([b"/", pq].concat()).is_ok(),
+    };
     let mut new_host: Option<&[u8]> = None;
-    match raw_target_authority(target) {
+    match raw_target_authority(unfragmented) {
+        RawTargetAuthority::None if !path_ok(unfragmented) => {
+            return Err(Failure::bad_target(
+                "the URL contains characters that must be percent-encoded",
+            ))
+        }
+        RawTargetAuthority::Absolute { path_and_query, .. } if !path_ok(path_and_query) => {
+            return Err(Failure::bad_target(
+                "the URL contains characters that must be percent-encoded",
+            ))
+        }
         RawTargetAuthority::None => {}
         RawTargetAuthority::AmbiguousAuthority => {
             return Err(Failure::bad_target("the URL's host part is ambiguous"))
@@ -393,8 +417,22 @@ fn judge(req: &httparse::Request, request_line: &[u8], len: usize) -> Result<Sta
                      put credentials in the configuration instead",
                 ));
             }
-            if http::uri::Authority::try_from(authority).is_err() {
+            let Ok(parsed) = http::uri::Authority::try_from(authority) else {
                 return Err(Failure::bad_target("the URL's host part is malformed"));
+            };
+            // `http://h:99999/` must not quietly become port 80 (`http` drops a port
+            // that is no u16), nor `http://h:0/` anything else (an empty port is the default).
+            let port_text = parsed
+                .as_str()
+                .rsplit_once(':')
+                .filter(|(host, _)| !host.starts_with('[') || host.ends_with(']'))
+                .map(|(_, p)| p);
+            let bad_port = port_text
+                .is_some_and(|p| !p.is_empty() && p.parse::<u16>().map_or(true, |n| n == 0));
+            if bad_port {
+                return Err(Failure::bad_target(
+                    "the port in the URL is not a number from 1 to 65535",
+                ));
             }
             if hosts.first().is_some_and(|h| *h != authority) {
                 new_host = Some(authority);
@@ -547,6 +585,39 @@ mod tests {
             code(format!("GET http://h/ HTTP/1.1\r\n{many}\r\n").as_bytes()),
             "too_many_headers"
         );
+    }
+
+    #[test]
+    fn odd_urls_and_trace_are_named() {
+        assert_eq!(
+            code(b"GET http://h/a<b> HTTP/1.1\r\n\r\n"),
+            "bad_request_target"
+        );
+        assert_eq!(
+            code(b"GET http://h/a`b HTTP/1.1\r\n\r\n"),
+            "bad_request_target"
+        );
+        assert_eq!(code(b"GET /a>b HTTP/1.1\r\n\r\n"), "bad_request_target");
+        assert_eq!(
+            code(b"GET http://h:99999/ HTTP/1.1\r\n\r\n"),
+            "bad_request_target"
+        );
+        assert_eq!(
+            code(b"GET http://h:0/ HTTP/1.1\r\n\r\n"),
+            "bad_request_target"
+        );
+        assert_eq!(code(b"TRACE http://h/ HTTP/1.1\r\n\r\n"), "trace_refused");
+        for fine in [&b"http://h:/"[..], b"http://[::1]/", b"http://[::1]:8080/x"] {
+            let line = [&b"GET "[..], fine, b" HTTP/1.1\r\n\r\n"].concat();
+            assert!(
+                matches!(verdict(&line), Ok(Status::Complete(_))),
+                "{fine:?}"
+            );
+        }
+        assert!(matches!(
+            verdict(b"GET http://h:8080/{x}|y\"^ HTTP/1.1\r\n\r\n"),
+            Ok(Status::Complete(_))
+        ));
     }
 
     #[test]

@@ -247,6 +247,24 @@ async fn every_invalid_request_is_refused_with_a_sentence_and_never_forwarded() 
         ),
         ("short garbage", b"HI\r\n".to_vec(), 400, "bad_request_line"),
         (
+            "< in URL",
+            format!("GET http://{o}/a<b HTTP/1.1\r\nHost: {o}\r\n\r\n").into_bytes(),
+            400,
+            "bad_request_target",
+        ),
+        (
+            "port out of range",
+            format!("GET http://127.0.0.1:99999/ HTTP/1.1\r\n\r\n").into_bytes(),
+            400,
+            "bad_request_target",
+        ),
+        (
+            "TRACE",
+            format!("TRACE http://{o}/ HTTP/1.1\r\nHost: {o}\r\n\r\n").into_bytes(),
+            405,
+            "trace_refused",
+        ),
+        (
             "half-closed mid-head",
             format!("GET http://{o}/ HTTP/1.1\r\nHost").into_bytes(),
             400,
