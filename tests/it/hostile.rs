@@ -254,7 +254,7 @@ async fn every_invalid_request_is_refused_with_a_sentence_and_never_forwarded() 
         ),
         (
             "port out of range",
-            format!("GET http://127.0.0.1:99999/ HTTP/1.1\r\n\r\n").into_bytes(),
+            b"GET http://127.0.0.1:99999/ HTTP/1.1\r\n\r\n".to_vec(),
             400,
             "bad_request_target",
         ),
