@@ -16,6 +16,7 @@ deadline and a size, with httparse, and:
 [`parse`] is pure (unit tests and fuzzing call it); [`read`] drives it over a [`Conn`].
 */
 
+use std::mem::MaybeUninit;
 use std::time::Duration;
 
 use pingora::http::authority::{raw_target_authority, RawTargetAuthority};
@@ -23,7 +24,7 @@ use tokio::time::Instant;
 
 use crate::conn::{Body, Conn};
 use crate::failure::Failure;
-use crate::limits::Limits;
+use crate::limits::{Limits, PINGORA_MAX_HEADERS};
 
 /// A complete, acceptable request head.
 #[derive(Debug, PartialEq, Eq)]
@@ -138,9 +139,11 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Result<Status, Failure> {
         return Err(Failure::head_too_large(limits.max_head_bytes));
     }
 
-    let mut headers = vec![httparse::EMPTY_HEADER; limits.max_headers];
-    let mut req = httparse::Request::new(&mut headers);
-    let len = match req.parse(&buf[..end]) {
+    // Uninitialised slots: no allocation and no zeroing per request.
+    let mut slots = [const { MaybeUninit::<httparse::Header>::uninit() }; PINGORA_MAX_HEADERS];
+    let slots = &mut slots[..limits.max_headers.min(PINGORA_MAX_HEADERS)];
+    let mut req = httparse::Request::new(&mut []);
+    let len = match req.parse_with_uninit_headers(&buf[..end], slots) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(Status::Partial),
         Err(httparse::Error::TooManyHeaders) => {
@@ -284,7 +287,8 @@ fn judge(req: &httparse::Request, request_line: &[u8], len: usize) -> Result<Sta
     let mut te_headers = 0;
     let mut lengths: Vec<&[u8]> = Vec::new();
     let mut cl_headers = 0;
-    let mut hosts: Vec<&[u8]> = Vec::new();
+    let mut host: Option<&[u8]> = None;
+    let mut hosts = 0;
     let mut upgrade = false;
     for h in req.headers.iter() {
         if h.name.eq_ignore_ascii_case("transfer-encoding") {
@@ -299,7 +303,8 @@ fn judge(req: &httparse::Request, request_line: &[u8], len: usize) -> Result<Sta
             cl_headers += 1;
             lengths.extend(h.value.split(|&b| b == b',').map(|v| v.trim_ascii()));
         } else if h.name.eq_ignore_ascii_case("host") {
-            hosts.push(h.value);
+            hosts += 1;
+            host = host.or(Some(h.value));
         } else if h.name.eq_ignore_ascii_case("upgrade") {
             upgrade = true;
         }
@@ -358,13 +363,13 @@ fn judge(req: &httparse::Request, request_line: &[u8], len: usize) -> Result<Sta
     };
     let body = if upgrade { Body::Open } else { body };
 
-    if hosts.len() > 1 {
+    if hosts > 1 {
         return Err(Failure::bad_request(
             "bad_host",
             "the request has more than one Host header",
         ));
     }
-    if hosts.first().is_some_and(|h| h.contains(&b'@')) {
+    if host.is_some_and(|h| h.contains(&b'@')) {
         return Err(Failure::bad_request(
             "bad_host",
             "the Host header carries a user name",
@@ -434,7 +439,7 @@ fn judge(req: &httparse::Request, request_line: &[u8], len: usize) -> Result<Sta
                     "the port in the URL is not a number from 1 to 65535",
                 ));
             }
-            if hosts.first().is_some_and(|h| *h != authority) {
+            if host.is_some_and(|h| h != authority) {
                 new_host = Some(authority);
             }
         }
