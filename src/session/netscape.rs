@@ -254,6 +254,10 @@ pub fn parse_line(text: &str) -> Result<Option<Cookie<'static>>, String> {
     if domain.is_empty() || !field_ok(domain) || domain.contains(['/', ' ', '?', '#', '@']) {
         return Err("field 1 (domain) is not a host name".into());
     }
+    // `..h` would lose a dot at each read and write (cargo fuzz, target netscape).
+    if domain.starts_with('.') || domain.contains("..") {
+        return Err("field 1 (domain) has an empty label".into());
+    }
     let host = if domain.contains(':') && !domain.starts_with('[') {
         format!("[{domain}]")
     } else {
@@ -317,6 +321,26 @@ fn tf(b: bool) -> &'static str {
 /// `invalid_octets()` requires of names and values.
 pub(crate) fn field_ok(s: &str) -> bool {
     !s.bytes().any(|b| b < 0x20 || b == 0x7f)
+}
+
+#[cfg(test)]
+mod empty_label_tests {
+    use super::*;
+
+    #[test]
+    fn a_domain_with_an_empty_label_is_skipped_not_shortened() {
+        for d in ["..h.example", ".h..example", "...h"] {
+            let line = format!("{d}\tTRUE\t/\tFALSE\t0\tn\tv");
+            assert_eq!(
+                parse_line(&line).unwrap_err(),
+                "field 1 (domain) has an empty label",
+                "{d}"
+            );
+        }
+        assert!(parse_line(".h.example\tTRUE\t/\tFALSE\t0\tn\tv")
+            .unwrap()
+            .is_some());
+    }
 }
 
 #[cfg(test)]
