@@ -268,6 +268,14 @@ pub fn parse_line(text: &str) -> Result<Option<Cookie<'static>>, String> {
         if secure { "https" } else { "http" }
     ))
     .map_err(|_| "field 1 (domain) is not a host name".to_string())?;
+    // A host the URL parser rewrote (`%2E` decoded, `0x7f.1` as an IPv4 address) would
+    // be written back as another domain than the one read (cargo fuzz, target netscape).
+    if !url
+        .host_str()
+        .is_some_and(|h| h.eq_ignore_ascii_case(&host))
+    {
+        return Err("field 1 (domain) is not a host name as written".into());
+    }
 
     let mut raw = cookie::Cookie::build((name.to_owned(), value.to_owned()))
         .path(path.to_owned())
@@ -340,6 +348,14 @@ mod empty_label_tests {
         assert!(parse_line(".h.example\tTRUE\t/\tFALSE\t0\tn\tv")
             .unwrap()
             .is_some());
+        for d in ["h.exa%2Emple", "0x7f.1", "h%2E%2Eexample"] {
+            let line = format!("{d}\tFALSE\t/\tFALSE\t0\tn\tv");
+            assert!(parse_line(&line).is_err(), "{d}");
+        }
+        for d in ["127.0.0.1", "[::1]", "::1", "H.Example"] {
+            let line = format!("{d}\tFALSE\t/\tFALSE\t0\tn\tv");
+            assert!(parse_line(&line).unwrap().is_some(), "{d}");
+        }
     }
 }
 
