@@ -68,6 +68,7 @@ pub struct Conn {
     allowed: usize,
     framing: Framing,
     eof: bool,
+    scratch: Box<[u8]>,
 }
 
 impl Conn {
@@ -78,6 +79,7 @@ impl Conn {
             allowed: 0,
             framing: Framing::Done,
             eof: false,
+            scratch: vec![0; READ_CHUNK].into_boxed_slice(),
         }
     }
 
@@ -100,8 +102,9 @@ impl Conn {
         if self.eof {
             return Poll::Ready(Ok(0));
         }
-        let mut chunk = [0u8; READ_CHUNK];
-        let mut rb = ReadBuf::new(&mut chunk);
+        // A scratch buffer kept for the connection: zeroed once, not at every read (the
+        // idle probe polls here after every response).
+        let mut rb = ReadBuf::new(&mut self.scratch);
         ready!(Pin::new(&mut self.inner).poll_read(cx, &mut rb))?;
         let n = rb.filled().len();
         if n == 0 {
