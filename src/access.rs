@@ -167,17 +167,6 @@ fn token_required(sent: bool) -> Failure {
     )
 }
 
-/// The answer to `TRACE`: it would echo back the request with the credentials authproxy
-/// added, so it is never forwarded.
-pub fn trace_refused() -> Failure {
-    Failure::new(
-        405,
-        "method_not_allowed",
-        "authproxy does not forward TRACE requests: the answer would echo the credentials \
-         it adds. Use another method.",
-    )
-}
-
 /// Checks the addresses the daemon is about to listen on against the access settings.
 /// `setting` names where they come from (`--listen`, or `listen` in a file), for the
 /// messages. Returns the warnings to log, or the reason to refuse to start.

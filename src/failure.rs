@@ -57,6 +57,16 @@ impl Failure {
     }
 
     pub fn dns(host: &str, err: &io::Error) -> Self {
+        if err.kind() == io::ErrorKind::TimedOut {
+            return Self::new(
+                504,
+                "dns_timeout",
+                format!(
+                    "authproxy could not resolve the host name {host}: the resolver gave no \
+                     answer within the connect timeout. Check this machine's DNS settings."
+                ),
+            );
+        }
         Self::new(
             502,
             "dns_failed",
@@ -350,6 +360,87 @@ impl Failure {
             502,
             "tls_config_unusable",
             format!("authproxy cannot use the TLS settings for {authority}: {reason}."),
+        )
+    }
+
+    /// A request head that is not valid HTTP/1.1 (`why` names the fault; it is built
+    /// from fixed text, never from the request's bytes). Nothing was forwarded.
+    pub fn bad_request(code: &'static str, why: &str) -> Self {
+        Self::new(
+            400,
+            code,
+            format!(
+                "authproxy refused this request because {why}. It was not sent anywhere; \
+                 fix the client or the URL and try again."
+            ),
+        )
+    }
+
+    /// `TRACE` would echo the credentials authproxy adds back to whoever asked.
+    pub fn trace_refused() -> Self {
+        Self::new(
+            405,
+            "trace_refused",
+            "authproxy does not forward TRACE requests: the server would echo back the \
+             credentials authproxy adds. Use GET or HEAD.",
+        )
+    }
+
+    /// The client closed its connection in the middle of a request head.
+    pub fn incomplete_head() -> Self {
+        Self::bad_request(
+            "incomplete_request",
+            "the connection was closed before the request head was complete",
+        )
+    }
+
+    /// The request head did not arrive within `limits.head_timeout`.
+    pub fn head_timeout(after: Duration) -> Self {
+        Self::new(
+            408,
+            "request_timeout",
+            format!(
+                "authproxy did not receive a complete request head within {} and closed the \
+                 connection (limits.head_timeout).",
+                human(after)
+            ),
+        )
+    }
+
+    /// The request head is larger than `limits.max_head_bytes`.
+    pub fn head_too_large(limit: usize) -> Self {
+        Self::new(
+            431,
+            "request_header_too_large",
+            format!(
+                "the request head is larger than authproxy accepts ({} KiB, \
+                 limits.max_head_bytes). Send fewer or shorter headers, or a shorter URL.",
+                limit / 1024
+            ),
+        )
+    }
+
+    /// The request has more header lines than `limits.max_headers`.
+    pub fn too_many_headers(limit: usize) -> Self {
+        Self::new(
+            431,
+            "too_many_headers",
+            format!(
+                "the request has more than {limit} header lines, more than authproxy accepts \
+                 (limits.max_headers)."
+            ),
+        )
+    }
+
+    /// `limits.max_connections` client connections are open already.
+    pub fn too_many_connections(limit: usize) -> Self {
+        Self::new(
+            503,
+            "too_many_connections",
+            format!(
+                "authproxy is serving {limit} connections already, as many as it accepts \
+                 (limits.max_connections). Try again in a moment, or reuse connections."
+            ),
         )
     }
 

@@ -203,10 +203,8 @@ impl ProxyHttp for Forwarder {
             true => Ok(()),
             false => access::check_token(&snapshot.access, proxy_auth.iter().map(|v| v.as_bytes())),
         };
-        let refused = token
-            .err()
-            .or_else(|| (req.method == http::Method::TRACE).then(access::trace_refused));
-        if let Some(failure) = refused {
+        // (TRACE never gets here: `head::read` answers it.)
+        if let Err(failure) = token {
             respond(session, &failure).await?;
             ctx.error_code = Some(failure.code);
             return Ok(true);
@@ -299,7 +297,7 @@ impl ProxyHttp for Forwarder {
                 Some(p) => (p.host.as_str(), p.port),
                 None => (target.host.as_str(), target.port),
             };
-            match resolve::resolve(host, port).await {
+            match resolve::resolve_within(host, port, timeouts.connect).await {
                 Ok(found) => *addrs = found,
                 Err(e) => {
                     let f = match &via {

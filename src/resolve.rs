@@ -28,10 +28,34 @@ pub async fn resolve(host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
     Ok(addrs)
 }
 
-/// Resolves the target and connects to the first address that answers, each attempt
-/// bounded by `timeout`. The error is the failure the client should see.
+/// [`resolve`] within the connect budget: a resolver that does not answer must not hold
+/// a request longer than a server that does not answer would (the error is `TimedOut`).
+pub async fn resolve_within(
+    host: &str,
+    port: u16,
+    budget: Duration,
+) -> io::Result<Vec<SocketAddr>> {
+    within(budget, resolve(host, port)).await
+}
+
+/// `lookup`, or `TimedOut` when it takes longer than `budget`.
+async fn within<T>(
+    budget: Duration,
+    lookup: impl std::future::Future<Output = io::Result<T>>,
+) -> io::Result<T> {
+    match tokio::time::timeout(budget, lookup).await {
+        Ok(found) => found,
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("no answer within {} ms", budget.as_millis()),
+        )),
+    }
+}
+
+/// Resolves the target and connects to the first address that answers; the lookup and
+/// each attempt are bounded by `timeout`. The error is the failure the client should see.
 pub async fn connect(target: &Target, timeout: Duration) -> Result<TcpStream, Failure> {
-    let addrs = resolve(&target.host, target.port)
+    let addrs = resolve_within(&target.host, target.port, timeout)
         .await
         .map_err(|e| Failure::dns(&target.host, &e))?;
     let authority = target.authority();
@@ -59,6 +83,20 @@ mod tests {
         assert_eq!(a, vec!["127.0.0.1:80".parse().unwrap()]);
         let a = resolve("::1", 80).await.unwrap();
         assert_eq!(a, vec!["[::1]:80".parse().unwrap()]);
+    }
+
+    #[tokio::test]
+    async fn a_lookup_is_bounded_by_the_connect_budget() {
+        // A resolver that never answers is cut at the budget (no real lookup is made:
+        // tests ask no resolver); literals need no lookup at all.
+        let never = std::future::pending::<io::Result<Vec<SocketAddr>>>();
+        let e = within(Duration::from_millis(20), never).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        let f = Failure::dns("slow-resolver.invalid", &e);
+        assert_eq!((f.status, f.code), (504, "dns_timeout"));
+        assert!(resolve_within("127.0.0.1", 80, Duration::ZERO)
+            .await
+            .is_ok());
     }
 
     #[tokio::test]

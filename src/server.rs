@@ -3,26 +3,33 @@ The accept loop: the daemon's listening sockets, each connection's request loop,
 graceful shutdown.
 
 Connections are accepted here rather than by pingora's `Server`, so the daemon runs on a
-runtime it owns, tests can drive it in-process on `127.0.0.1:0`, and every connection's
-next request can be peeked for `CONNECT` before pingora's HTTP/1 session (which cannot
-tunnel) reads it. Everything else goes to pingora's proxy loop with [`Forwarder`].
+runtime it owns, tests can drive it in-process on `127.0.0.1:0`, and every request head
+is read and judged here ([`crate::head`]) before pingora's HTTP/1 session sees it:
+hostile input gets our explained answer, `CONNECT` goes to the tunnel (pingora's session
+cannot tunnel), and everything else to pingora's proxy loop with [`Forwarder`]. The
+connection cap (`limits.max_connections`) is kept here too.
 */
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use pingora::apps::{HttpPersistentSettings, HttpServerApp};
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::l4::stream::Stream as L4Stream;
-use pingora::protocols::Stream;
 use pingora::proxy::{http_proxy, HttpProxy};
 use pingora::server::configuration::ServerConf;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
 use crate::access;
 use crate::config::SnapshotHandle;
+use crate::conn::{Body, Conn};
+use crate::failure::Failure;
+use crate::head::{self, Ended};
 use crate::intercept::Interceptor;
 use crate::lifecycle::{self, Heartbeat};
 use crate::proxy::Forwarder;
@@ -59,6 +66,8 @@ pub struct Daemon {
     snapshots: SnapshotHandle,
     state: Arc<State>,
     intercept: Interceptor,
+    /// Client connections being served (`limits.max_connections`).
+    slots: Arc<Slots>,
 }
 
 impl Daemon {
@@ -87,6 +96,7 @@ impl Daemon {
             snapshots,
             state,
             intercept: Interceptor::default(),
+            slots: Arc::default(),
         })
     }
 
@@ -151,9 +161,22 @@ impl Daemon {
                 accepted = listener.accept() => match accepted {
                     Ok((sock, _peer)) => {
                         let _ = sock.set_nodelay(true);
+                        let max = self.snapshots.load().limits.max_connections;
+                        let Some(slot) = self.slots.take(max) else {
+                            // Past the cap: answer at once rather than leave it in the
+                            // backlog (the answer itself is bounded by REFUSE_LINGER).
+                            conns.spawn(async move {
+                                let mut conn = Conn::new(Box::new(L4Stream::from(sock)));
+                                refuse(&mut conn, &Failure::too_many_connections(max)).await;
+                            });
+                            continue;
+                        };
                         let daemon = self.clone();
                         let shutdown = shutdown.clone();
-                        conns.spawn(async move { daemon.serve_connection(sock, shutdown).await });
+                        conns.spawn(async move {
+                            daemon.serve_connection(sock, shutdown).await;
+                            drop(slot);
+                        });
                     }
                     Err(e) => {
                         // EMFILE and friends: back off instead of spinning.
@@ -167,6 +190,12 @@ impl Daemon {
     }
 
     /// The request loop of one client connection.
+    ///
+    /// Each request head is read and judged here ([`head::read`]) before pingora sees
+    /// it: a bad one is answered with our own 400/408/431 and never forwarded, a
+    /// `CONNECT` goes to the tunnel (on a reused connection too), and the rest goes to
+    /// pingora on a [`Conn`] that replays the head and keeps the next request's bytes
+    /// for the next turn of this loop.
     async fn serve_connection(&self, sock: tokio::net::TcpStream, shutdown: watch::Receiver<bool>) {
         let _open = self.state.metrics.client_connection();
         // Who may use the daemon: decided once per connection, before a byte is read.
@@ -195,85 +224,157 @@ impl Daemon {
         } else {
             return;
         }
-        let mut stream: Stream = Box::new(L4Stream::from(sock));
+        let limits = self.snapshots.load().limits;
+        let mut conn = Conn::new(Box::new(L4Stream::from(sock)));
         let mut persistent: Option<HttpPersistentSettings> = None;
-        // Inside an intercepted CONNECT every request goes to pingora: a CONNECT there
-        // is not routed again. (Its peek reads ahead through TLS; see `Intercepted`.)
+        let mut start = Instant::now();
+        // The first request's head is due within the head deadline of the accept; later
+        // ones may wait for the keep-alive time before their first byte.
+        let mut idle = None;
+        // Inside an intercepted CONNECT every request goes to pingora; a CONNECT there
+        // is refused, not routed again.
         let mut intercepted = false;
         loop {
-            // Peek at the next request: CONNECT goes to the tunnel, the rest to pingora.
-            // Bytes pingora already read past the previous request (a pipelined prefix)
-            // are not on the socket, so such a request goes to pingora unpeeked.
-            if !persistent.as_ref().is_some_and(has_pipelined_prefix) {
-                let mut first = [0u8; 8];
-                let mut stop = shutdown.clone();
-                let peeked = tokio::select! {
-                    r = tokio::time::timeout(
-                        Duration::from_secs(KEEPALIVE_SECS),
-                        stream.try_peek(&mut first),
-                    ) => matches!(r, Ok(Ok(true))),
-                    _ = stopped(&mut stop) => false,
-                };
-                if !peeked {
+            let mut stop = shutdown.clone();
+            let head = tokio::select! {
+                h = head::read(&mut conn, &limits, start, idle) => h,
+                _ = stopped(&mut stop) => return,
+            };
+            let head = match head {
+                Ok(head) => head,
+                Err(Ended::Quiet) => return,
+                Err(Ended::Refused(failure)) => {
+                    refuse(&mut conn, &failure).await;
                     return;
                 }
-                if &first == b"CONNECT " && !intercepted {
-                    let snapshot = self.snapshots.load_full();
-                    match tunnel::serve(stream, &snapshot, &self.state.metrics).await {
-                        tunnel::Routed::Done => return,
-                        tunnel::Routed::Intercept {
-                            down,
-                            target,
-                            leftover,
-                        } => match self
-                            .intercept
-                            .accept(down, target, leftover, &snapshot)
-                            .await
-                        {
-                            Some(tls) => {
-                                stream = tls;
-                                intercepted = true;
-                                continue;
-                            }
-                            None => return,
-                        },
-                    }
+            };
+            if head.connect && intercepted {
+                let failure = Failure::bad_target(
+                    "a CONNECT inside an intercepted https connection; send the request \
+                     itself",
+                );
+                refuse(&mut conn, &failure).await;
+                return;
+            }
+            if head.connect {
+                conn.open();
+                let snapshot = self.snapshots.load_full();
+                match tunnel::serve(conn, &snapshot, &self.state.metrics).await {
+                    tunnel::Routed::Done => return,
+                    tunnel::Routed::Intercept {
+                        down,
+                        target,
+                        leftover,
+                    } => match self
+                        .intercept
+                        .accept(Box::new(down), target, leftover, &snapshot)
+                        .await
+                    {
+                        Some(tls) => {
+                            conn = Conn::new(tls);
+                            intercepted = true;
+                            persistent = None;
+                            start = Instant::now();
+                            idle = None;
+                            continue;
+                        }
+                        None => return,
+                    },
                 }
             }
-            let mut session = ServerSession::new_http1(stream);
+            // After an `Upgrade` request pingora may read on past the request (the
+            // upgraded protocol), so such a connection serves no further request here.
+            let open_ended = head.body == Body::Open;
+            conn.begin(head.len, head.rewritten.as_deref(), head.body);
+            let mut session = ServerSession::new_http1(Box::new(conn));
             match persistent.take() {
                 Some(settings) => settings.apply_to_session(&mut session),
-                None => {
-                    session.set_keepalive(Some(KEEPALIVE_SECS));
-                    // Without pipelining, pingora refuses to reuse a connection whose
-                    // client sent its next request the moment the last response byte
-                    // arrived (its idle probe reads that byte); with it, the byte is
-                    // kept as the next request's prefix.
-                    session.set_pipelining_enabled(true);
-                }
+                None => session.set_keepalive(Some(KEEPALIVE_SECS)),
             }
+            // A client that half-closes after its request still gets the response
+            // (RFC 9112 §9.6); a client that stops reading releases its upstream.
+            session.set_abort_on_close(false);
+            // `Conn` never lets pingora read past this request, so pingora never holds a
+            // pipelined prefix; with pipelining off, though, pingora resets a connection
+            // whose response it sent before the request body ended, and the client loses
+            // the answer (dance::a_307_replays_a_small_body_and_explains_a_large_one).
+            session.set_pipelining_enabled(true);
+            session.set_write_timeout(Some(limits.write_timeout));
             if *shutdown.borrow() {
                 session.set_keepalive(None);
             }
-            match self.proxy.process_new_http(session, &shutdown).await {
-                Some(reused) => {
-                    let (s, p) = reused.consume();
-                    stream = s;
-                    persistent = p;
-                }
+            let reused = match self.proxy.process_new_http(session, &shutdown).await {
+                Some(reused) => reused,
                 None => return,
+            };
+            let (stream, settings) = reused.consume();
+            // pingora hands back the stream it was given: our `Conn`, with any bytes of
+            // the next request still buffered in it.
+            match stream.into_any().downcast::<Conn>() {
+                Ok(c) if !open_ended && c.between_requests() => conn = *c,
+                _ => return,
+            }
+            persistent = settings;
+            start = Instant::now();
+            idle = Some(Duration::from_secs(KEEPALIVE_SECS));
+        }
+    }
+}
+
+/// Answers `failure` and closes: the write side first, then whatever the client still
+/// sends is read and dropped for a moment, so the answer is not lost to a reset.
+async fn refuse(conn: &mut Conn, failure: &Failure) {
+    tracing::warn!(
+        target: "authproxy::access",
+        status = failure.status, error = failure.code,
+        "request refused"
+    );
+    let _ = tokio::time::timeout(REFUSE_LINGER, async {
+        if conn.write_all(&failure.to_http1()).await.is_err() || conn.flush().await.is_err() {
+            return;
+        }
+        let _ = AsyncWriteExt::shutdown(conn).await;
+        let mut drained = 0;
+        while drained < REFUSE_DRAIN {
+            match conn.fill().await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => drained += n,
             }
         }
+    })
+    .await;
+}
+
+/// How long a refused connection is kept to deliver its answer.
+const REFUSE_LINGER: Duration = Duration::from_secs(2);
+/// How much a refused client may still send while its answer is delivered.
+const REFUSE_DRAIN: usize = 1 << 20;
+
+/// Counts the client connections being served; one [`Slot`] per connection.
+#[derive(Default)]
+struct Slots(AtomicUsize);
+
+struct Slot(Arc<Slots>);
+
+impl Slots {
+    /// A slot if fewer than `max` are taken.
+    fn take(self: &Arc<Self>, max: usize) -> Option<Slot> {
+        self.0
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Slot(self.clone()))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0 .0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
 /// Resolves once the shutdown flag is set (or its sender is gone).
 async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
-}
-
-/// Whether pingora carried bytes of the next request over from the previous one.
-/// pingora 0.9 has no accessor for this; its `Debug` output names the field.
-fn has_pipelined_prefix(settings: &HttpPersistentSettings) -> bool {
-    !format!("{settings:?}").contains("pipelined_prefix: None")
 }

@@ -67,6 +67,21 @@ pub struct Target {
     pub path_and_query: String,
 }
 
+/// Whether the authority's port, if it writes one, is a number from 0 to 65535 (an
+/// empty port means the default).
+fn port_text_ok(authority: Option<&http::uri::Authority>) -> bool {
+    let Some(a) = authority else { return true };
+    let text = a.as_str();
+    let after_host = match text.rfind(']') {
+        Some(i) => &text[i + 1..],
+        None => text.rsplit_once('@').map_or(text, |(_, h)| h),
+    };
+    match after_host.rsplit_once(':') {
+        Some((_, p)) => p.is_empty() || p.parse::<u16>().is_ok(),
+        None => true,
+    }
+}
+
 impl Target {
     /// Parses an absolute-form request target (`http://host[:port]/path?query`).
     pub fn from_absolute(raw: &[u8]) -> Result<Target, TargetError> {
@@ -83,7 +98,9 @@ impl Target {
             .strip_prefix('[')
             .and_then(|h| h.strip_suffix(']'))
             .unwrap_or(host);
-        if host.is_empty() {
+        // The `http` crate keeps `h[x:bad]` as host `h[x` with no port: a bracket outside
+        // an IPv6 literal, or a port that is no u16, is malformed (not port 80 or 443).
+        if host.is_empty() || host.contains(['[', ']']) || !port_text_ok(uri.authority()) {
             return Err(TargetError::Malformed);
         }
         let port = match uri.port_u16() {
@@ -190,6 +207,31 @@ impl fmt::Display for Target {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn brackets_in_a_host_and_bad_ports_are_malformed() {
+        // Found by the location fuzz target: this parsed as host `uat.u[s.earthdec`, port 443.
+        for bad in [
+            &b"https://uat.u[s.earthdec:%2F%2Fdata].example/"[..],
+            b"http://h:99999/",
+            b"http://h]/",
+        ] {
+            assert_eq!(
+                super::Target::from_absolute(bad),
+                Err(super::TargetError::Malformed),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        for good in [
+            &b"http://[::1]:8080/"[..],
+            b"http://[::1]/",
+            b"http://h:/",
+            b"http://h:1/",
+        ] {
+            assert!(super::Target::from_absolute(good).is_ok());
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -9,11 +9,19 @@ the same bodies and `X-Authproxy-Error` codes as proxied requests.
 
 A `CONNECT` to an authority YAML `intercept` names is not tunnelled: [`serve`] hands the
 connection back ([`Routed::Intercept`]) for [`crate::intercept`] to terminate its TLS.
+and bytes copied both ways until either side closes, or until no byte has moved either
+way for `limits.tunnel_idle` (a forgotten tunnel must not hold two sockets forever).
+Failures are HTTP responses with the same bodies and `X-Authproxy-Error` codes as
+proxied requests.
 */
 
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use crate::access;
 use crate::config::Snapshot;
@@ -106,16 +114,119 @@ where
     if !leftover.is_empty() && up.write_all(&leftover).await.is_err() {
         return Routed::Done;
     }
-    let result = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+    let idle = snapshot.limits.tunnel_idle;
+    let (result, idled) = copy_until_idle(&mut down, &mut up, idle).await;
     let (sent, received) = result.unwrap_or((0, 0));
     tracing::info!(
         target: "authproxy::access",
         method = "CONNECT", url = %target.authority(), status = 200,
         bytes = received, sent = sent + leftover.len() as u64,
         ms = started.elapsed().as_micros() as f64 / 1e3,
-        "tunnel closed"
+        "{}",
+        if idled { "tunnel closed: idle (limits.tunnel_idle)" } else { "tunnel closed" }
     );
     Routed::Done
+}
+
+/// When a tunnel last moved a byte, in either direction.
+struct Activity {
+    base: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn touch(&self) {
+        let ms = self.base.elapsed().as_millis() as u64;
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn idle_for(&self) -> Duration {
+        let now = self.base.elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(self.last_ms.load(Ordering::Relaxed)))
+    }
+}
+
+/// One side of a tunnel, noting each byte that moves.
+struct Watched<'a, S> {
+    inner: &'a mut S,
+    activity: &'a Activity,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<'_, S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let r = Pin::new(&mut *this.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.activity.touch();
+        }
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<'_, S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut *this.inner).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            this.activity.touch();
+        }
+        r
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// `copy_bidirectional` that also ends when no byte has moved for `idle`; the flag
+/// says whether that is why it ended.
+async fn copy_until_idle<A, B>(
+    a: &mut A,
+    b: &mut B,
+    idle: Duration,
+) -> (io::Result<(u64, u64)>, bool)
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let activity = Activity {
+        base: Instant::now(),
+        last_ms: AtomicU64::new(0),
+    };
+    let mut a = Watched {
+        inner: a,
+        activity: &activity,
+    };
+    let mut b = Watched {
+        inner: b,
+        activity: &activity,
+    };
+    let copy = tokio::io::copy_bidirectional(&mut a, &mut b);
+    tokio::pin!(copy);
+    loop {
+        let wait = idle.saturating_sub(activity.idle_for());
+        tokio::select! {
+            r = &mut copy => return (r, false),
+            _ = tokio::time::sleep(wait) => {
+                if activity.idle_for() >= idle {
+                    return (Ok((0, 0)), true);
+                }
+            }
+        }
+    }
 }
 
 /// A tunnel through the upstream proxy: `CONNECT` there, with its credentials.
@@ -124,7 +235,7 @@ async fn via_proxy(
     target: &Target,
     timeout: std::time::Duration,
 ) -> Result<tokio::net::TcpStream, Failure> {
-    let addrs = resolve::resolve(&proxy.host, proxy.port)
+    let addrs = resolve::resolve_within(&proxy.host, proxy.port, timeout)
         .await
         .map_err(|e| Failure::proxy_unreachable(&proxy.authority(), &e))?;
     let authorization = proxy.authorization.as_ref().map(|a| a.expose().as_str());

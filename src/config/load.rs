@@ -170,6 +170,7 @@ pub fn load(env: &Environment) -> Result<Snapshot, LoadErrors> {
         snap.listen = y.listen.clone();
         snap.admin = y.admin;
         snap.max_hops = y.max_hops;
+        snap.limits = y.limits;
         snap.netrc_default = y.netrc_default;
         snap.log_level = y.log.level.map(|l| format!("{l:?}").to_ascii_lowercase());
         snap.log_json = y.log.format.map(|f| f == yaml::LogFormat::Json);

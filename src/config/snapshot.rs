@@ -32,6 +32,8 @@ pub const DEFAULT_DRAIN: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub struct Snapshot {
     pub timeouts: Timeouts,
+    /// YAML `limits:` (client-side bounds: head deadline and size, connections, tunnels).
+    pub limits: crate::limits::Limits,
     pub listen: Vec<SocketAddr>,
     /// YAML `admin.listen`: the admin listener's loopback address; `None`: off.
     pub admin: Option<SocketAddr>,
@@ -138,6 +140,7 @@ impl Default for Snapshot {
     fn default() -> Self {
         Snapshot {
             timeouts: Timeouts::default(),
+            limits: crate::limits::Limits::default(),
             listen: vec![SocketAddr::from(([127, 0, 0, 1], 3128))],
             admin: None,
             sites: Vec::new(),

@@ -144,10 +144,14 @@ impl Interceptor {
 
 /// The `CONNECT` authority of an intercepted client connection, if `stream` is one.
 pub fn origin_of(stream: Option<&Stream>) -> Option<&Target> {
-    let io = &**stream?;
-    io.as_any()
-        .downcast_ref::<Intercepted>()
-        .map(Intercepted::origin)
+    let io = stream?.as_any();
+    // The accept loop hands pingora a `Conn` (it read the request head) around the
+    // intercepted stream.
+    let io = match io.downcast_ref::<crate::conn::Conn>() {
+        Some(conn) => conn.inner().as_any(),
+        None => io,
+    };
+    io.downcast_ref::<Intercepted>().map(Intercepted::origin)
 }
 
 /// On an intercepted connection, makes the request's target the absolute

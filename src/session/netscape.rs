@@ -254,6 +254,10 @@ pub fn parse_line(text: &str) -> Result<Option<Cookie<'static>>, String> {
     if domain.is_empty() || !field_ok(domain) || domain.contains(['/', ' ', '?', '#', '@']) {
         return Err("field 1 (domain) is not a host name".into());
     }
+    // `..h` would lose a dot at each read and write (cargo fuzz, target netscape).
+    if domain.starts_with('.') || domain.contains("..") {
+        return Err("field 1 (domain) has an empty label".into());
+    }
     let host = if domain.contains(':') && !domain.starts_with('[') {
         format!("[{domain}]")
     } else {
@@ -264,6 +268,14 @@ pub fn parse_line(text: &str) -> Result<Option<Cookie<'static>>, String> {
         if secure { "https" } else { "http" }
     ))
     .map_err(|_| "field 1 (domain) is not a host name".to_string())?;
+    // A host the URL parser rewrote (`%2E` decoded, `0x7f.1` as an IPv4 address) would
+    // be written back as another domain than the one read (cargo fuzz, target netscape).
+    if !url
+        .host_str()
+        .is_some_and(|h| h.eq_ignore_ascii_case(&host))
+    {
+        return Err("field 1 (domain) is not a host name as written".into());
+    }
 
     let mut raw = cookie::Cookie::build((name.to_owned(), value.to_owned()))
         .path(path.to_owned())
@@ -317,6 +329,34 @@ fn tf(b: bool) -> &'static str {
 /// `invalid_octets()` requires of names and values.
 pub(crate) fn field_ok(s: &str) -> bool {
     !s.bytes().any(|b| b < 0x20 || b == 0x7f)
+}
+
+#[cfg(test)]
+mod empty_label_tests {
+    use super::*;
+
+    #[test]
+    fn a_domain_with_an_empty_label_is_skipped_not_shortened() {
+        for d in ["..h.example", ".h..example", "...h"] {
+            let line = format!("{d}\tTRUE\t/\tFALSE\t0\tn\tv");
+            assert_eq!(
+                parse_line(&line).unwrap_err(),
+                "field 1 (domain) has an empty label",
+                "{d}"
+            );
+        }
+        assert!(parse_line(".h.example\tTRUE\t/\tFALSE\t0\tn\tv")
+            .unwrap()
+            .is_some());
+        for d in ["h.exa%2Emple", "0x7f.1", "h%2E%2Eexample"] {
+            let line = format!("{d}\tFALSE\t/\tFALSE\t0\tn\tv");
+            assert!(parse_line(&line).is_err(), "{d}");
+        }
+        for d in ["127.0.0.1", "[::1]", "::1", "H.Example"] {
+            let line = format!("{d}\tFALSE\t/\tFALSE\t0\tn\tv");
+            assert!(parse_line(&line).unwrap().is_some(), "{d}");
+        }
+    }
 }
 
 #[cfg(test)]

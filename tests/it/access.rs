@@ -342,7 +342,7 @@ async fn trace_is_answered_with_405_and_never_forwarded() {
     );
     let lower = answer.to_ascii_lowercase();
     assert!(
-        lower.contains("\r\nx-authproxy-error: method_not_allowed\r\n"),
+        lower.contains("\r\nx-authproxy-error: trace_refused\r\n"),
         "{answer}"
     );
     assert!(lower.contains("\r\nallow: get, head, post, put, delete, options, patch, connect\r\n"));

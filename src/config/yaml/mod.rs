@@ -125,6 +125,8 @@ pub struct YamlConfig {
     pub rc_unscoped_credentials: UnscopedCredentials,
     pub max_hops: u8,
     pub timeouts: Timeouts,
+    /// `limits:`; what is not written keeps its default.
+    pub limits: crate::limits::Limits,
     pub log: LogSettings,
     /// `shutdown.drain`: how long SIGTERM waits for requests in flight (`None`: the
     /// daemon's default).
@@ -155,6 +157,7 @@ impl YamlConfig {
             rc_unscoped_credentials: UnscopedCredentials::Ignore,
             max_hops: DEFAULT_MAX_HOPS,
             timeouts: Timeouts::default(),
+            limits: crate::limits::Limits::default(),
             log: LogSettings::default(),
             shutdown_drain: None,
             intercept: Vec::new(),

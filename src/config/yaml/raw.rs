@@ -369,6 +369,44 @@ pub(super) struct RawShutdown {
 }
 
 #[derive(Deserialize, Default)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a map with head_timeout, max_head_bytes, max_headers, max_connections, tunnel_idle and write_timeout"
+)]
+pub(super) struct RawLimits {
+    pub(super) head_timeout: Option<RawDuration>,
+    pub(super) max_head_bytes: Option<RawCount>,
+    pub(super) max_headers: Option<RawCount>,
+    pub(super) max_connections: Option<RawCount>,
+    pub(super) tunnel_idle: Option<RawDuration>,
+    pub(super) write_timeout: Option<RawDuration>,
+}
+
+/// A positive whole number (a limit).
+pub(super) struct RawCount(pub(super) usize);
+impl<'de> Deserialize<'de> for RawCount {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = RawCount;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a whole number greater than zero")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<RawCount, E> {
+                match usize::try_from(v) {
+                    Ok(n) if n > 0 => Ok(RawCount(n)),
+                    _ => Err(E::custom("must be a whole number greater than zero")),
+                }
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<RawCount, E> {
+                self.visit_u64(u64::try_from(v).unwrap_or(0))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields, expecting = "a map with format and level")]
 pub(super) struct RawLog {
     pub(super) format: Option<LogFormat>,

@@ -299,6 +299,8 @@ fn secret_values_never_appear_in_messages() {
         "redirects: { max_hops: S3CRET-VALUE }\n",
         "redirects: S3CRET-VALUE\n",
         "timeouts: { connect: S3CRET-VALUE }\n",
+        "limits: { tunnel_idle: S3CRET-VALUE }\n",
+        "limits: { max_headers: S3CRET-VALUE }\n",
         "log: { format: S3CRET-VALUE }\n",
         "log: { level: S3CRET-VALUE }\n",
         "access: { allow_uids: [S3CRET-VALUE] }\n",
@@ -806,4 +808,38 @@ fn admin_listens_on_loopback_only_and_is_off_by_default() {
         es[0].contains("unknown field `port`") || es[0].contains("not a socket address"),
         "{es:?}"
     );
+}
+
+#[test]
+fn limits_are_read_and_checked() {
+    let c = parse(
+        "limits: { head_timeout: 2s, max_head_bytes: 8192, max_headers: 50,\n\
+         max_connections: 10, tunnel_idle: 1m, write_timeout: 500ms }\n",
+    )
+    .unwrap();
+    let l = c.limits;
+    assert_eq!(l.head_timeout, Duration::from_secs(2));
+    assert_eq!(
+        (l.max_head_bytes, l.max_headers, l.max_connections),
+        (8192, 50, 10)
+    );
+    assert_eq!(l.tunnel_idle, Duration::from_secs(60));
+    assert_eq!(l.write_timeout, Duration::from_millis(500));
+    assert_eq!(
+        parse("{}\n").unwrap().limits,
+        crate::limits::Limits::default()
+    );
+
+    let e = errors("log: { level: info }\nlimits:\n  max_headers: 300\n");
+    assert_eq!(
+        e,
+        ["/etc/authproxy/config.yaml:3: limits.max_headers: at most 256 (the HTTP engine's own cap)"]
+    );
+    let e = errors("limits: { max_connections: 0 }\n");
+    assert!(e[0].starts_with("/etc/authproxy/config.yaml:1:"), "{e:?}");
+    assert!(e[0].contains("greater than zero"), "{e:?}");
+    let e = errors("limits: { head_timeout: soon }\n");
+    assert!(e[0].contains("duration"), "{e:?}");
+    let e = errors("limits: { max_conections: 5 }\n");
+    assert!(e[0].contains("max_conections"), "{e:?}");
 }

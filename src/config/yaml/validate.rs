@@ -21,9 +21,9 @@ use serde_yaml::Value;
 use super::locate::{clean_message, option_name, show_key, Nav, NodeProbe, Seg, PROBE};
 use super::raw::RawUid;
 use super::raw::{
-    NonEmpty, RawAccess, RawAddr, RawAdmin, RawCookieJar, RawHops, RawInterceptCa, RawLog,
-    RawMatch, RawNetrc, RawNoProxy, RawProxy, RawProxyVia, RawRcFiles, RawRedirects, RawShutdown,
-    RawTimeouts,
+    NonEmpty, RawAccess, RawAddr, RawAdmin, RawCookieJar, RawHops, RawInterceptCa, RawLimits,
+    RawLog, RawMatch, RawNetrc, RawNoProxy, RawProxy, RawProxyVia, RawRcFiles, RawRedirects,
+    RawShutdown, RawTimeouts,
 };
 use super::{
     AccessMode, AllowUid, InterceptCa, InterceptEntry, LogSettings, NetrcSetting, RcFilesSetting,
@@ -45,6 +45,7 @@ const TOP_KEYS: &[&str] = &[
     "rc_unscoped_credentials",
     "redirects",
     "timeouts",
+    "limits",
     "log",
     "shutdown",
     "intercept",
@@ -327,6 +328,41 @@ impl<'a> Cx<'a> {
                         first_byte: raw.first_byte.map(|d| d.0),
                         idle: raw.idle.map(|d| d.0),
                     };
+                }
+            }
+            "limits" => {
+                if let Some(raw) = self.extract::<Option<RawLimits>>(&at).flatten() {
+                    let l = &mut cfg.limits;
+                    if let Some(d) = raw.head_timeout {
+                        l.head_timeout = d.0;
+                    }
+                    if let Some(n) = raw.max_head_bytes {
+                        l.max_head_bytes = n.0;
+                    }
+                    if let Some(n) = raw.max_headers {
+                        if n.0 > crate::limits::PINGORA_MAX_HEADERS {
+                            let line =
+                                self.key_line(&[Seg::Key("limits"), Seg::Key("max_headers")]);
+                            self.error(
+                                line,
+                                format!(
+                                    "limits.max_headers: at most {} (the HTTP engine's own cap)",
+                                    crate::limits::PINGORA_MAX_HEADERS
+                                ),
+                            );
+                        } else {
+                            l.max_headers = n.0;
+                        }
+                    }
+                    if let Some(n) = raw.max_connections {
+                        l.max_connections = n.0;
+                    }
+                    if let Some(d) = raw.tunnel_idle {
+                        l.tunnel_idle = d.0;
+                    }
+                    if let Some(d) = raw.write_timeout {
+                        l.write_timeout = d.0;
+                    }
                 }
             }
             "rc_unscoped_credentials" => {
