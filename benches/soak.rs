@@ -858,7 +858,8 @@ async fn client(id: usize, t: Arc<Targets>, tally: Arc<Tally>, stop: Arc<AtomicB
                     )
                 }
                 _ => {
-                    let fault = FAULTS[n % FAULTS.len()];
+                    // n is 22 or 23 modulo 24 here: step through the faults by n / 24.
+                    let fault = FAULTS[(n / 24 + n % 2) % FAULTS.len()];
                     // A trickled body is slow, not broken: it must arrive whole.
                     let expect = (fault == "trickle").then_some((200, 400));
                     (format!("http://127.0.0.1:{}/{fault}", t.fault), expect)
@@ -1203,13 +1204,32 @@ async fn main() {
         plain_hits.load(Ordering::Relaxed),
         mtls_hits.load(Ordering::Relaxed)
     );
-    let growth = if rss_after_warm > 0 {
+    // Growth is the last minute's median RSS over the median of the minute after the
+    // warm-up: a leak grows it, the allocator's moment-to-moment swings do not. The peak
+    // is printed beside it.
+    let median = |xs: &[u64]| -> u64 {
+        let mut v = xs.to_vec();
+        v.sort_unstable();
+        v.get(v.len() / 2).copied().unwrap_or(0)
+    };
+    let w = (warm.as_secs() as usize).min(rss_samples.len());
+    let window = 60.min(rss_samples.len().saturating_sub(w).max(1));
+    let rss_warm = median(&rss_samples[w..(w + window).min(rss_samples.len())]);
+    let rss_end = median(&rss_samples[rss_samples.len().saturating_sub(window)..]);
+    let growth = if rss_warm > 0 {
+        (rss_end as f64 / rss_warm as f64 - 1.0) * 100.0
+    } else {
+        0.0
+    };
+    let peak_growth = if rss_after_warm > 0 {
         (rss_max_late as f64 / rss_after_warm as f64 - 1.0) * 100.0
     } else {
         0.0
     };
     println!(
-        "RSS: {baseline_rss} KiB at start, {rss_after_warm} KiB after warm-up, {rss_max_late} KiB peak after ({growth:+.1} %)"
+        "RSS: {baseline_rss} KiB at start; median {rss_warm} KiB in the minute after warm-up, \
+         {rss_end} KiB in the last minute ({growth:+.1} %); peak after warm-up {rss_max_late} KiB \
+         ({peak_growth:+.1} % over the sample at its end)"
     );
     println!("fds: {baseline_fds} at start, {end_fds} after the traffic stopped");
     println!(
