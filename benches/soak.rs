@@ -98,27 +98,32 @@ async fn plain_origin(listener: TcpListener, hits: Arc<AtomicU64>) {
         let Ok((sock, _)) = listener.accept().await else {
             continue;
         };
-        let hits = hits.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req: hyper::Request<Incoming>| {
-                hits.fetch_add(1, Ordering::Relaxed);
-                async move {
-                    let n = req
-                        .uri()
-                        .path()
-                        .strip_prefix("/bytes/")
-                        .and_then(|n| n.parse::<usize>().ok())
-                        .unwrap_or(0);
-                    Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::from(
-                        pattern(n),
-                    ))))
-                }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(sock), svc)
-                .await;
-        });
+        tokio::spawn(serve_bytes(sock, hits.clone()));
     }
+}
+
+/// One connection of an origin that answers `/bytes/N` with N pattern bytes.
+async fn serve_bytes<S>(io: S, hits: Arc<AtomicU64>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |req: hyper::Request<Incoming>| {
+        hits.fetch_add(1, Ordering::Relaxed);
+        async move {
+            let n = req
+                .uri()
+                .path()
+                .strip_prefix("/bytes/")
+                .and_then(|n| n.parse::<usize>().ok())
+                .unwrap_or(0);
+            Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::from(
+                pattern(n),
+            ))))
+        }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(io), svc)
+        .await;
 }
 
 /// Certificates made at start: a CA, a server certificate for 127.0.0.1, a client
@@ -186,23 +191,7 @@ async fn mtls_origin(listener: TcpListener, config: rustls::ServerConfig, hits: 
             let Ok(tls) = acceptor.accept(sock).await else {
                 return;
             };
-            let svc = service_fn(move |req: hyper::Request<Incoming>| {
-                hits.fetch_add(1, Ordering::Relaxed);
-                async move {
-                    let n = req
-                        .uri()
-                        .path()
-                        .strip_prefix("/bytes/")
-                        .and_then(|n| n.parse::<usize>().ok())
-                        .unwrap_or(0);
-                    Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::from(
-                        pattern(n),
-                    ))))
-                }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tls), svc)
-                .await;
+            serve_bytes(tls, hits).await;
         });
     }
 }
