@@ -635,41 +635,51 @@ async fn one(sender: &mut Sender, url: &str, expect: Option<(u16, usize)>) -> (O
     }
 }
 
-/// A `CONNECT` tunnel to `authority`, then one request inside it.
-async fn tunnel(proxy: u16, authority: &str, path: &str, n: usize) -> (Outcome, String) {
+/// A `CONNECT` to `authority` through authproxy at `proxy`: the socket once the answer
+/// was `200`, or the outcome to count.
+async fn open_connect(proxy: u16, authority: &str) -> Result<TcpStream, (Outcome, String)> {
     let Ok(mut sock) = TcpStream::connect(("127.0.0.1", proxy)).await else {
-        return (Outcome::Unanswered, "cannot connect to authproxy".into());
+        return Err((Outcome::Unanswered, "cannot connect to authproxy".into()));
     };
     let head = format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n");
     if sock.write_all(head.as_bytes()).await.is_err() {
-        return (Outcome::Unanswered, "CONNECT not sent".into());
+        return Err((Outcome::Unanswered, "CONNECT not sent".into()));
     }
     let mut buf = Vec::new();
     let mut byte = [0u8; 1];
     while !buf.ends_with(b"\r\n\r\n") {
         match sock.read(&mut byte).await {
             Ok(1) => buf.push(byte[0]),
-            _ => return (Outcome::Unanswered, "no answer to CONNECT".into()),
+            _ => return Err((Outcome::Unanswered, "no answer to CONNECT".into())),
         }
         if buf.len() > 16 * 1024 {
-            return (Outcome::Wrong, "CONNECT answer too long".into());
+            return Err((Outcome::Wrong, "CONNECT answer too long".into()));
         }
     }
     if !buf.starts_with(b"HTTP/1.1 200") {
-        return (
-            Outcome::Wrong,
-            format!(
-                "CONNECT: {}",
-                String::from_utf8_lossy(&buf[..buf.len().min(40)])
-            ),
-        );
+        let start = String::from_utf8_lossy(&buf[..buf.len().min(40)]).into_owned();
+        return Err((Outcome::Wrong, format!("CONNECT: {start}")));
     }
-    let Some(mut sender) = handshake(sock).await else {
-        return (Outcome::Unanswered, "no HTTP inside the tunnel".into());
+    Ok(sock)
+}
+
+/// One origin-form GET of `path` on `io` (inside a tunnel, as a client sends it), judged
+/// against `n` pattern bytes.
+async fn get_inside<S>(
+    io: S,
+    authority: &str,
+    path: &str,
+    n: usize,
+    what: &str,
+) -> (Outcome, String)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let Some(mut sender) = handshake(io).await else {
+        return (Outcome::Unanswered, format!("{what}: no HTTP inside"));
     };
-    // Inside a tunnel the request is origin-form, as a client would send it.
     if sender.ready().await.is_err() {
-        return (Outcome::Unanswered, "tunnel closed".into());
+        return (Outcome::Unanswered, format!("{what}: closed"));
     }
     let req = hyper::Request::get(path)
         .header(http::header::HOST, authority)
@@ -682,11 +692,22 @@ async fn tunnel(proxy: u16, authority: &str, path: &str, n: usize) -> (Outcome, 
                 Ok(b) if status == 200 && b[..] == pattern(n)[..] => {
                     (Outcome::Right, String::new())
                 }
-                Ok(_) => (Outcome::Wrong, format!("tunnel: {status}")),
-                Err(e) => (Outcome::Truncated, format!("tunnel body: {e}")),
+                Ok(b) => (
+                    Outcome::Wrong,
+                    format!("{what}: {status}, {} bytes", b.len()),
+                ),
+                Err(e) => (Outcome::Truncated, format!("{what} body: {e}")),
             }
         }
-        Err(e) => (Outcome::Unanswered, format!("tunnel request: {e}")),
+        Err(e) => (Outcome::Unanswered, format!("{what} request: {e}")),
+    }
+}
+
+/// A `CONNECT` tunnel to `authority`, then one request inside it.
+async fn tunnel(proxy: u16, authority: &str, path: &str, n: usize) -> (Outcome, String) {
+    match open_connect(proxy, authority).await {
+        Ok(sock) => get_inside(sock, authority, path, n, "tunnel").await,
+        Err(outcome) => outcome,
     }
 }
 
@@ -695,62 +716,14 @@ async fn tunnel(proxy: u16, authority: &str, path: &str, n: usize) -> (Outcome, 
 /// through the login dance like a plain-http one.
 async fn intercepted(t: &Targets, path: &str) -> (Outcome, String) {
     let authority = format!("127.0.0.1:{}", t.data_tls);
-    let Ok(mut sock) = TcpStream::connect(("127.0.0.1", t.proxy)).await else {
-        return (Outcome::Unanswered, "cannot connect to authproxy".into());
+    let sock = match open_connect(t.proxy, &authority).await {
+        Ok(sock) => sock,
+        Err(outcome) => return outcome,
     };
-    let head = format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n");
-    if sock.write_all(head.as_bytes()).await.is_err() {
-        return (Outcome::Unanswered, "CONNECT not sent".into());
-    }
-    let mut buf = Vec::new();
-    let mut byte = [0u8; 1];
-    while !buf.ends_with(b"\r\n\r\n") {
-        match sock.read(&mut byte).await {
-            Ok(1) => buf.push(byte[0]),
-            _ => {
-                return (
-                    Outcome::Unanswered,
-                    "no answer to an intercepted CONNECT".into(),
-                )
-            }
-        }
-    }
-    if !buf.starts_with(b"HTTP/1.1 200") {
-        return (Outcome::Wrong, "intercepted CONNECT refused".into());
-    }
     let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
-    let tls = match t.tls.connect(name, sock).await {
-        Ok(tls) => tls,
-        Err(e) => return (Outcome::Wrong, format!("intercepted TLS: {e}")),
-    };
-    let Some(mut sender) = handshake(tls).await else {
-        return (
-            Outcome::Unanswered,
-            "no HTTP inside the intercepted TLS".into(),
-        );
-    };
-    if sender.ready().await.is_err() {
-        return (Outcome::Unanswered, "intercepted connection closed".into());
-    }
-    let req = hyper::Request::get(path)
-        .header(http::header::HOST, &authority)
-        .body(Empty::<Bytes>::new())
-        .unwrap();
-    match sender.send_request(req).await {
-        Ok(resp) => {
-            let status = resp.status().as_u16();
-            match resp.into_body().collect().await.map(|b| b.to_bytes()) {
-                Ok(b) if status == 200 && b[..] == pattern(t.dance_size)[..] => {
-                    (Outcome::Right, String::new())
-                }
-                Ok(b) => (
-                    Outcome::Wrong,
-                    format!("intercepted: {status}, {} bytes", b.len()),
-                ),
-                Err(e) => (Outcome::Truncated, format!("intercepted body: {e}")),
-            }
-        }
-        Err(e) => (Outcome::Unanswered, format!("intercepted request: {e}")),
+    match t.tls.connect(name, sock).await {
+        Ok(tls) => get_inside(tls, &authority, path, t.dance_size, "intercepted").await,
+        Err(e) => (Outcome::Wrong, format!("intercepted TLS: {e}")),
     }
 }
 
