@@ -102,6 +102,9 @@ where
             return Routed::Done;
         }
     };
+    // Counted before the client can see the 200 and ask the admin listener.
+    metrics.request("CONNECT", 200, None);
+    let _open = metrics.tunnel();
     if down
         .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
         .await
@@ -109,8 +112,6 @@ where
     {
         return Routed::Done;
     }
-    metrics.request("CONNECT", 200, None);
-    let _open = metrics.tunnel();
     if !leftover.is_empty() && up.write_all(&leftover).await.is_err() {
         return Routed::Done;
     }
