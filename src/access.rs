@@ -21,20 +21,11 @@ admits (`mode: token`).
 */
 
 use std::net::{IpAddr, SocketAddr};
-use std::time::Duration;
 
 use subtle::ConstantTimeEq;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use crate::config::snapshot::{AccessMode, AccessSettings};
 use crate::failure::Failure;
-
-/// How long a refused connection is read (and discarded) after its answer, so that
-/// closing it does not reset the connection before the client read the answer.
-const REFUSE_LINGER: Duration = Duration::from_secs(2);
-/// At most this much of a refused connection's request is read (never parsed).
-const REFUSE_DRAIN: usize = 256 * 1024;
 
 /// Whether this connection may be served, decided from its client socket's owner.
 /// `peer` and `local` are the accepted socket's addresses. Admitted, it returns the
@@ -89,25 +80,6 @@ fn unknown_owner(peer: SocketAddr) -> Failure {
              `access: {{ proxy_token_file: FILE, mode: token }}`."
         ),
     )
-}
-
-/// Answers a refused connection with `failure` and closes it. The request is read and
-/// thrown away (bounded in time and bytes) so that closing with unread data does not
-/// reset the connection before the client has read why.
-pub async fn refuse(mut sock: TcpStream, failure: &Failure) {
-    if sock.write_all(&failure.to_http1()).await.is_err() {
-        return;
-    }
-    let _ = sock.shutdown().await;
-    let deadline = tokio::time::Instant::now() + REFUSE_LINGER;
-    let mut buf = [0u8; 4096];
-    let mut total = 0;
-    while total < REFUSE_DRAIN {
-        match tokio::time::timeout_at(deadline, sock.read(&mut buf)).await {
-            Ok(Ok(n)) if n > 0 => total += n,
-            _ => break,
-        }
-    }
 }
 
 /// Whether a request (or CONNECT) carries the proxy token, when one is configured:

@@ -217,7 +217,8 @@ impl Daemon {
                     self.state
                         .metrics
                         .request("other", failure.status, Some(failure.code));
-                    access::refuse(sock, &failure).await;
+                    let mut conn = Conn::new(Box::new(L4Stream::from(sock)));
+                    answer_and_close(&mut conn, &failure).await;
                     return;
                 }
             }
@@ -329,6 +330,11 @@ async fn refuse(conn: &mut Conn, failure: &Failure) {
         status = failure.status, error = failure.code,
         "request refused"
     );
+    answer_and_close(conn, failure).await;
+}
+
+/// [`refuse`] without its log line, for callers that log with more to say.
+async fn answer_and_close(conn: &mut Conn, failure: &Failure) {
     let _ = tokio::time::timeout(REFUSE_LINGER, async {
         if conn.write_all(&failure.to_http1()).await.is_err() || conn.flush().await.is_err() {
             return;
